@@ -1,0 +1,226 @@
+"""Profiles: typed, validated run settings loaded from ``configs/<name>.yaml`` plus overrides.
+
+A profile is a tree of dataclasses. Unknown keys and wrongly typed values are errors that name the
+offending key (and the nearest valid key). Every output path derives from one run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class ProfileError(ValueError):
+    """A profile file or override that cannot be used."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The embedded synthetic cohort (used when ``data`` is empty)."""
+
+    n: int = 120  # number of subjects
+    mode: Literal["demo", "full-res"] = "demo"  # acquisition grid preset
+    format: Literal["nifti", "dicom"] = "nifti"
+    schedule: str = "physiological"  # preset name or path to a schedule JSON
+    gantry_tilt_fraction: float = 0.0  # share of subjects scanned with a tilted gantry
+    workers: int = 0  # parallel processes; 0 = all cores
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Skull strip → PCA orientation → P-tile normalisation → isotropic resample → crop."""
+
+    spacing_mm: float = 1.5  # isotropic output spacing
+    size: int = 128  # edge of the output cube, voxels
+    ptile_low: float = 0.5  # lower percentile of brain HU mapped to 0
+    ptile_high: float = 99.5  # upper percentile of brain HU mapped to 1
+
+
+@dataclass(frozen=True)
+class LobesConfig:
+    method: Literal["atlas", "totalsegmentator", "auto"] = "atlas"
+    totalseg_license: str = ""  # or environment variable TOTALSEG_LICENSE
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["resnet10", "resnet18", "resnet34", "resnet50"] = "resnet34"
+    width: int = 64  # channels of the first stage (64 = the standard ResNet)
+    first_stride: int = 2  # stride of the first convolution (He et al.; MONAI's default is 1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    folds: int = 5  # age-stratified cross-validation folds
+    epochs: int = 75
+    batch_size: int = 4
+    lr: float = 1e-4
+    optimizer: Literal["adamw"] = "adamw"
+    loss: Literal["mse"] = "mse"
+    augment: bool = False  # TorchIO augmentation (the paper reports none)
+    val_fraction: float = 0.0  # inner validation split of each training fold
+
+
+@dataclass(frozen=True)
+class PerturbConfig:
+    repeats: int = 1  # noise repeats per lobe (paper: 1)
+    fill: Literal["noise", "zero", "mean"] = "noise"
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    alpha: float = 0.05
+    fdr: bool = False  # Benjamini–Hochberg across all tests
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All settings of one run."""
+
+    name: str
+    seed: int = 42
+    run_dir: str = ""  # empty = runs/<name>, relative to the repository
+    data: str = ""  # manifest CSV of a real cohort; empty = the embedded synthetic cohort
+    age_range_months: tuple[float, float] = (0.0, 48.0)
+    age_group_edges: tuple[float, ...] = (0.0, 12.0, 24.0, 36.0, 48.0)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    lobes: LobesConfig = field(default_factory=LobesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+
+    @property
+    def run_path(self) -> Path:
+        path = Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    @property
+    def synthetic_dir(self) -> Path:
+        """Where the embedded synthetic cohort of this run is generated."""
+        return self.run_path / "synthetic"
+
+    @property
+    def manifest_path(self) -> Path:
+        """The input manifest: the user's ``data`` or the synthetic cohort's manifest."""
+        return Path(self.data) if self.data else self.synthetic_dir / "cohort.csv"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_profile(
+    profile: str | Path = "demo", overrides: dict[str, Any] | None = None, **kwargs: Any
+) -> Profile:
+    """Load a profile by name (``configs/<name>.yaml``) or path, then apply overrides.
+
+    Overrides are nested dicts or dotted keys, e.g. ``{"train.epochs": 2}`` or
+    ``synth={"n": 12}``; keyword arguments are overrides too (as papermill passes them).
+    """
+    path = Path(profile)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{profile}.yaml"
+        if not path.exists():
+            raise ProfileError(
+                f"unknown profile {str(profile)!r}{_suggest(str(profile), available_profiles())};"
+                f" available: {', '.join(available_profiles())}"
+            )
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: expected a mapping at the top level")
+    raw.setdefault("name", path.stem)
+    for key, value in {**(overrides or {}), **kwargs}.items():
+        _set_dotted(raw, key, value)
+    return _build(Profile, raw, where="")
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise ProfileError(f"override {key!r}: {part!r} is not a section")
+    if isinstance(value, dict) and isinstance(tree.get(leaf), dict):
+        tree[leaf] = {**tree[leaf], **value}
+    else:
+        tree[leaf] = value
+
+
+def _suggest(name: str, valid: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ProfileError(f"{where.rstrip('.') or 'profile'}: expected a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ProfileError(
+                f"unknown setting {where + key!r}{_suggest(key, list(fields), where)};"
+                f" valid settings here: {', '.join(fields)}"
+            )
+        kwargs[key] = _coerce(hints[key], value, where + key)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ProfileError(f"{where.rstrip('.') or 'profile'}: {err}") from None
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ProfileError(
+                f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}"
+                f"{_suggest(str(value), [str(c) for c in choices])}"
+            )
+        return value
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ProfileError(f"{key}: expected a list, got {value!r}")
+        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise ProfileError(f"{key}: expected {len(item_types)} values, got {len(value)}")
+        return tuple(_coerce(t, v, key) for t, v in zip(item_types, value, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        raise ProfileError(f"{key}: union types are not supported in profiles")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ProfileError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProfileError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ProfileError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ProfileError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ProfileError(f"{key}: unsupported setting type {hint!r}")

@@ -1,0 +1,235 @@
+"""Tests for ctbrainage.io."""
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from ctbrainage.io import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    write_ct_dicom_series,
+    write_nifti,
+)
+
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+DICOM_KW = dict(
+    age_months=18,
+    sex="F",
+    patient_name="Doe^Jane",
+    patient_id="P0001",
+    study_date="20240315",
+    uid_seed="subject-0001",
+)
+
+
+def _affine(lin, origin=(10.0, -20.0, 30.0)):
+    a = np.eye(4)
+    a[:3, :3] = lin
+    a[:3, 3] = origin
+    return a
+
+
+def _tilted_affine(deg=15.0, dk=1.25):
+    t = math.radians(deg)
+    lin = np.array([[-0.5, 0.0, 0.0], [0.0, 0.5, dk * math.sin(t)], [0.0, 0.0, dk * math.cos(t)]])
+    return _affine(lin)
+
+
+def _hu(shape=(20, 16, 6), seed=0):
+    return np.random.default_rng(seed).integers(-1024, 3072, size=shape).astype(np.int16)
+
+
+def _read_dir(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _sitk_read(folder):
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    img = reader.Execute()
+    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+    lin = np.array(img.GetDirection()).reshape(3, 3) * np.array(img.GetSpacing())
+    return arr, LPS @ _affine(lin, img.GetOrigin())  # back to RAS
+
+
+def test_atomic_path_names_and_replace(tmp_path):
+    target = tmp_path / "sub" / "scan.nii.gz"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.parent.is_dir()
+        assert tmp.name.startswith(".tmp-") and tmp.name.endswith(".nii.gz")
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in target.parent.iterdir()] == ["scan.nii.gz"]
+    atomic_write_text(target, "text ü")
+    assert target.read_text(encoding="utf-8") == "text ü"
+    atomic_write_bytes(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+
+
+def test_atomic_path_failure_keeps_old_file(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_atomic_path_directory(tmp_path):
+    target = tmp_path / "series"
+    for content in ("first", "second"):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / f"{content}.txt").write_text(content)
+    assert [p.name for p in target.iterdir()] == ["second.txt"]
+    with pytest.raises(ValueError), atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "third.txt").write_text("x")
+        raise ValueError
+    assert [p.name for p in target.iterdir()] == ["second.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["series"]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_write_nifti_roundtrip_and_deterministic(tmp_path, dtype, suffix):
+    data = (np.random.default_rng(1).random((7, 5, 3)) * 200).astype(dtype)
+    aff = _affine(np.diag([-0.5, 0.5, 1.25]))
+    a, b = tmp_path / f"a{suffix}", tmp_path / "other" / f"b{suffix}"
+    write_nifti(a, data, aff)
+    write_nifti(b, data, aff)
+    assert a.read_bytes() == b.read_bytes()
+    img = nib.load(a)
+    assert img.get_data_dtype() == np.dtype(dtype)
+    np.testing.assert_array_equal(np.asanyarray(img.dataobj), data)
+    np.testing.assert_allclose(img.affine, aff)
+    assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
+    np.testing.assert_allclose(img.header.get_qform(), aff, atol=1e-6)
+
+
+def test_write_nifti_sheared(tmp_path):
+    data = _hu((6, 5, 4))
+    aff = _tilted_affine()
+    path = tmp_path / "tilt.nii.gz"
+    write_nifti(path, data, aff)
+    first = path.read_bytes()
+    write_nifti(path, data, aff)
+    assert path.read_bytes() == first
+    img = nib.load(path)
+    np.testing.assert_array_equal(np.asanyarray(img.dataobj), data)
+    assert img.get_data_dtype() == np.int16
+    np.testing.assert_allclose(img.header.get_sform(), aff, atol=1e-6)
+    np.testing.assert_allclose(img.affine, aff, atol=1e-6)
+    assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 0
+
+
+def test_write_nifti_rejects_other_suffix(tmp_path):
+    with pytest.raises(ValueError):
+        write_nifti(tmp_path / "x.mgz", np.zeros((2, 2, 2), np.uint8), np.eye(4))
+
+
+def test_dicom_sitk_roundtrip_standard_orientation(tmp_path):
+    hu = _hu()
+    aff = _affine(np.diag([-0.5, -0.5, 1.25]))  # LPS-aligned: i -> L, j -> P, k -> S
+    write_ct_dicom_series(tmp_path / "dcm", hu, aff, **DICOM_KW)
+    assert sorted(p.name for p in (tmp_path / "dcm").iterdir()) == [
+        f"IM{k:04d}.dcm" for k in range(1, 7)
+    ]
+    arr, sitk_aff = _sitk_read(tmp_path / "dcm")
+    np.testing.assert_array_equal(arr, hu)
+    np.testing.assert_allclose(sitk_aff, aff, atol=1e-6)
+
+
+def test_dicom_sitk_roundtrip_flipped(tmp_path):
+    """A left-handed grid: readers stack slices along the (right-handed) normal, reversing k."""
+    hu = _hu()
+    aff = _affine(np.diag([-0.5, 0.5, 1.25]))
+    write_ct_dicom_series(tmp_path / "dcm", hu, aff, **DICOM_KW)
+    arr, sitk_aff = _sitk_read(tmp_path / "dcm")
+    n = hu.shape[2]
+    flip_k = np.diag([1.0, 1.0, -1.0, 1.0])
+    flip_k[2, 3] = n - 1
+    np.testing.assert_array_equal(arr, hu[:, :, ::-1])
+    np.testing.assert_allclose(sitk_aff, aff @ flip_k, atol=1e-6)
+    # Same voxel -> same world point: voxel (i, j, k) of the input is voxel (i, j, n-1-k) in SITK.
+    ijk = np.array([3, 7, 1, 1.0])
+    np.testing.assert_allclose(aff @ ijk, sitk_aff @ (flip_k @ ijk), atol=1e-6)
+    # Orientation tags as specified (LPS unit vectors of affine columns 0 and 1).
+    ds = pydicom.dcmread(tmp_path / "dcm" / "IM0001.dcm")
+    np.testing.assert_allclose([float(v) for v in ds.ImageOrientationPatient], [1, 0, 0, 0, -1, 0])
+    np.testing.assert_allclose([float(v) for v in ds.PixelSpacing], [0.5, 0.5])
+
+
+def test_dicom_gantry_tilt(tmp_path):
+    hu = _hu((12, 10, 5), seed=3)
+    aff = _tilted_affine(15.0)
+    write_ct_dicom_series(tmp_path / "dcm", hu, aff, **DICOM_KW)
+    for k in range(hu.shape[2]):
+        ds = pydicom.dcmread(tmp_path / "dcm" / f"IM{k + 1:04d}.dcm")
+        assert ds.InstanceNumber == k + 1
+        assert float(ds.GantryDetectorTilt) == pytest.approx(15.0, abs=1e-6)
+        assert float(ds.SliceThickness) == pytest.approx(1.25 * math.cos(math.radians(15)))
+        expected = (LPS @ aff @ [0, 0, k, 1])[:3]
+        np.testing.assert_allclose(
+            [float(v) for v in ds.ImagePositionPatient], expected, rtol=0, atol=1e-9
+        )
+        assert ds.PixelRepresentation == 0 and ds.pixel_array.dtype == np.uint16
+        values = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
+        np.testing.assert_array_equal(values, hu[:, :, k].T)
+    untilted = tmp_path / "flat"
+    write_ct_dicom_series(untilted, hu, _affine(np.diag([-0.5, 0.5, 1.25])), **DICOM_KW)
+    assert "GantryDetectorTilt" not in pydicom.dcmread(untilted / "IM0001.dcm")
+
+
+def test_dicom_header_fields(tmp_path):
+    hu = _hu((4, 3, 2))
+    hu[0, 0, 0], hu[1, 0, 0] = -3000, 5000
+    write_ct_dicom_series(tmp_path / "a", hu, np.diag([-0.5, -0.5, 1.25, 1]), **DICOM_KW)
+    ds = pydicom.dcmread(tmp_path / "a" / "IM0001.dcm")
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert ds.SOPClassUID == pydicom.uid.CTImageStorage == ds.file_meta.MediaStorageSOPClassUID
+    assert ds.Modality == "CT" and ds.RescaleType == "HU"
+    assert (ds.Rows, ds.Columns) == (3, 4)
+    assert ds.PatientAge == "018M" and ds.PatientSex == "F"
+    assert ds.PatientName == "Doe^Jane" and ds.PatientID == "P0001"
+    assert ds.StudyDate == ds.SeriesDate == ds.AcquisitionDate == "20240315"
+    assert ds.PatientBirthDate == "20220914"
+    assert ds.InstitutionName == "Synthetic Children's Hospital"
+    assert ds.AccessionNumber and ds.ReferringPhysicianName and ds.StationName
+    assert ds.BodyPartExamined == "HEAD" and float(ds.KVP) == 100
+    assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (40, 80)
+    values = ds.pixel_array.astype(int) + int(ds.RescaleIntercept)
+    assert values[0, 0] == -1024 and values[0, 1] == 3071  # clipped
+
+
+@pytest.mark.parametrize(
+    ("age", "sex", "want_age", "want_sex"),
+    [(18, "M", "018M", "M"), (0.3, "", "001W", "O"), (0.05, "female", "000W", "F")],
+)
+def test_dicom_age_and_sex(tmp_path, age, sex, want_age, want_sex):
+    kw = {**DICOM_KW, "age_months": age, "sex": sex}
+    write_ct_dicom_series(tmp_path / "s", _hu((4, 4, 1)), np.eye(4), **kw)
+    ds = pydicom.dcmread(tmp_path / "s" / "IM0001.dcm")
+    assert (ds.PatientAge, ds.PatientSex) == (want_age, want_sex)
+
+
+def test_dicom_deterministic_and_seeded_uids(tmp_path):
+    hu, aff = _hu((8, 6, 3)), _tilted_affine(10.0)
+    write_ct_dicom_series(tmp_path / "a", hu, aff, **DICOM_KW)
+    write_ct_dicom_series(tmp_path / "b", hu, aff, **DICOM_KW)
+    assert _read_dir(tmp_path / "a") == _read_dir(tmp_path / "b")
+    write_ct_dicom_series(tmp_path / "a", hu, aff, **DICOM_KW)  # overwrite existing folder
+    assert _read_dir(tmp_path / "a") == _read_dir(tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+    write_ct_dicom_series(tmp_path / "c", hu, aff, **{**DICOM_KW, "uid_seed": "other"})
+    a = pydicom.dcmread(tmp_path / "a" / "IM0001.dcm")
+    c = pydicom.dcmread(tmp_path / "c" / "IM0001.dcm")
+    assert a.StudyInstanceUID != c.StudyInstanceUID and a.SOPInstanceUID != c.SOPInstanceUID
+    uids = {pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / "a").iterdir()}
+    assert len(uids) == 3
