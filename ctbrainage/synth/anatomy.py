@@ -26,7 +26,7 @@ FRONTAL_BONE, PARIETAL_BONE, OCCIPITAL_BONE = 1, 2, 3
 BONE_NAMES = {FRONTAL_BONE: "frontal", PARIETAL_BONE: "parietal", OCCIPITAL_BONE: "occipital"}
 
 PAD_MM = 30.0  # room around the intracranial surface for CSF, skull and scalp of small heads
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 BRAIN_BIT, WM_CORE_BIT = 8, 16  # bits of the truth code above the lobe id
 
 
@@ -45,7 +45,7 @@ class Template:
     sinus: np.ndarray  # bool venous sinuses (superior sagittal, transverse)
     truth: np.ndarray  # uint8 ground-truth code: lobe (0-4) | brain << 3 | lobe white-matter core << 4
     centre: np.ndarray  # (3,) centroid (mm) of the intracranial cavity
-    brain_volume_ml: float  # sum of GM + WM probability
+    brain_volume_ml: float  # volume of GM + WM probability >= 0.5
     cephalic_index: float  # width / length x 100 of the intracranial surface
 
     @property
@@ -145,7 +145,7 @@ def build_template(voxel_mm: float) -> Template:
         sinus=sinus,
         truth=truth.astype(np.uint8),
         centre=np.array([c[hull].mean() for c in full]),
-        brain_volume_ml=float(tissue.sum() * voxel_mm**3 / 1000.0),
+        brain_volume_ml=float(brain.sum() * voxel_mm**3 / 1000.0),
         cephalic_index=float(100.0 * extent[0] / extent[1]),
     )
 

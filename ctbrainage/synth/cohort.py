@@ -1,0 +1,238 @@
+"""A synthetic cohort: subjects, parallel generation, files on disk, manifest and ground truth.
+
+Layout of a cohort folder::
+
+    cohort.csv                    manifest (DESIGN.md schema): subject_id, age_months, sex, site, image
+    images/<id>.nii.gz            int16 HU (or dicom/<id>/IM0001.dcm ... with --format dicom)
+    truth/<id>_lobes.nii.gz       lobe labels 1-4 in the native grid
+    truth/<id>_brain.nii.gz       brain mask
+    truth/<id>_wm.nii.gz          lobe white-matter cores (labels 1-4), for measuring attenuation
+    truth/<id>.json               every planted parameter of the subject
+    truth.csv                     one row per subject: planted and measured values
+    schedule.json                 the maturation schedule
+    expected_importance.csv       expected lobe importance per age group (from the schedule)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ctbrainage import io
+from ctbrainage.lobes import LOBES
+from ctbrainage.synth.head import ACQUISITIONS, SITES, SubjectSpec, _template, simulate_head
+from ctbrainage.synth.schedule import MaturationSchedule
+
+AGE_LIMITS = (0.0, 48.0)  # months: the paper's 0-47 months
+PAPER_AGE_GROUPS = (0.0, 12.0, 24.0, 36.0, 48.0)
+_GIVEN = ["Aiko", "Ben", "Chloe", "Daichi", "Emma", "Felix", "Hana", "Ivan", "Jun", "Kai"]
+_FAMILY = ["SATO", "MILLER", "TANAKA", "GARCIA", "SUZUKI", "NOVAK", "ITO", "SILVA"]
+
+
+class CohortError(ValueError):
+    """Arguments that cannot make a cohort."""
+
+
+def cohort_specs(
+    n: int,
+    seed: int,
+    age_range: tuple[float, float] = AGE_LIMITS,
+    tilt_fraction: float = 0.0,
+) -> list[SubjectSpec]:
+    """Subjects with ages spread evenly (stratified uniform) over ``age_range``, sexes balanced,
+    two sites, optional gantry tilt (10-20°) for a fraction of them; deterministic for ``seed``."""
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise CohortError(f"the number of subjects must be a positive integer, got {n!r}")
+    lo, hi = age_range
+    if not (AGE_LIMITS[0] <= lo < hi <= AGE_LIMITS[1]):
+        raise CohortError(
+            f"ages must lie within 0-47 months (range [{AGE_LIMITS[0]:g}, {AGE_LIMITS[1]:g})),"
+            f" got [{lo:g}, {hi:g})"
+        )
+    if not 0.0 <= tilt_fraction <= 1.0:
+        raise CohortError(f"tilt fraction must be within [0, 1], got {tilt_fraction}")
+    rng = np.random.default_rng(seed)
+    ages = lo + (hi - lo) * (rng.permutation(n) + rng.uniform(0.0, 1.0, n)) / n
+    ages = np.minimum(np.round(ages, 2), hi - 0.01)
+    sexes = rng.permutation(np.resize(["F", "M"], n))
+    sites = rng.permutation(np.resize(list(SITES), n))
+    tilted = rng.uniform(size=n) < tilt_fraction
+    tilts = np.where(tilted, rng.uniform(10.0, 20.0, n), 0.0)
+    seeds = np.random.SeedSequence(seed).generate_state(n)
+    width = max(4, len(str(n)))
+    return [
+        SubjectSpec(
+            subject_id=f"syn{i + 1:0{width}d}",
+            age_months=float(ages[i]),
+            sex=str(sexes[i]),
+            site=str(sites[i]),
+            seed=int(seeds[i]),
+            gantry_tilt_deg=round(float(tilts[i]), 2),
+        )
+        for i in range(n)
+    ]
+
+
+def measure_lobe_wm_hu(hu: np.ndarray, wm_core: np.ndarray) -> dict[str, float]:
+    """Mean HU of each lobe's white-matter core, measured in the image."""
+    return {name: float(hu[wm_core == idx].mean()) for idx, name in LOBES.items()}
+
+
+def generate_cohort(
+    out_dir: str | Path,
+    n: int,
+    seed: int,
+    schedule: str | Path | dict | MaturationSchedule = "physiological",
+    mode: str = "demo",
+    fmt: str = "nifti",
+    age_range: tuple[float, float] = AGE_LIMITS,
+    tilt_fraction: float = 0.0,
+    workers: int = 0,
+    age_group_edges=PAPER_AGE_GROUPS,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Generate (or complete) a cohort in ``out_dir``; returns the manifest.
+
+    Subjects whose files already exist with identical parameters are not generated again.
+    Failures are collected and raised together after every other subject is written.
+    """
+    if mode not in ACQUISITIONS:
+        raise CohortError(f"unknown mode {mode!r}; choose from {', '.join(ACQUISITIONS)}")
+    if fmt not in ("nifti", "dicom"):
+        raise CohortError(f"unknown format {fmt!r}; choose nifti or dicom")
+    schedule = MaturationSchedule.parse(schedule)
+    specs = cohort_specs(n, seed, age_range, tilt_fraction)
+    out = Path(out_dir)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    io.atomic_write_text(out / "schedule.json", json.dumps(schedule.to_dict(), indent=2))
+
+    todo = [s for s in specs if not _is_done(out, s, schedule, mode, fmt)]
+    if todo:
+        _template(ACQUISITIONS[mode].template_mm)  # load once before the workers fork
+    workers = min(len(todo), workers or os.cpu_count() or 1)
+    errors = {}
+    jobs = [(out, spec, schedule, mode, fmt) for spec in todo]
+    bar = tqdm(total=len(todo), desc=f"synthetic {mode} heads", unit="subject",
+               disable=not progress or not todo)
+    if workers <= 1:
+        for job in jobs:
+            errors.update(_run_job(job))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for future in as_completed([pool.submit(_run_job, job) for job in jobs]):
+                errors.update(future.result())
+                bar.update()
+    bar.close()
+    if errors:
+        detail = "; ".join(f"{sid}: {msg}" for sid, msg in sorted(errors.items()))
+        raise RuntimeError(f"{len(errors)} of {len(specs)} subjects failed: {detail}")
+
+    truths = [json.loads((out / "truth" / f"{s.subject_id}.json").read_text()) for s in specs]
+    manifest = pd.DataFrame(
+        {
+            "subject_id": [t["subject_id"] for t in truths],
+            "age_months": [t["age_months"] for t in truths],
+            "sex": [t["sex"] for t in truths],
+            "site": [t["site"] for t in truths],
+            "image": [t["image"] for t in truths],
+        }
+    )
+    io.atomic_write_text(out / "cohort.csv", manifest.to_csv(index=False))
+    io.atomic_write_text(out / "truth.csv", _truth_table(truths).to_csv(index=False))
+    shares = _wm_shares(out, specs)
+    importance = schedule.expected_importance(age_group_edges, shares)
+    io.atomic_write_text(out / "expected_importance.csv", importance.to_csv(index=False))
+    return manifest
+
+
+def _identity(spec: SubjectSpec) -> dict:
+    """Synthetic identifying DICOM fields (they must never reach any pipeline output)."""
+    rng = np.random.default_rng(spec.seed ^ 0x5EED)
+    day = np.datetime64("2019-01-01") + int(rng.integers(0, 6 * 365))
+    return {
+        "patient_name": f"{rng.choice(_FAMILY)}^{rng.choice(_GIVEN)}",
+        "patient_id": f"MRN{int(rng.integers(10**7, 10**8))}",
+        "study_date": str(day).replace("-", ""),
+    }
+
+
+def _record(spec: SubjectSpec, schedule: MaturationSchedule, mode: str, fmt: str) -> dict:
+    return {"spec": asdict(spec), "schedule": schedule.to_dict(), "mode": mode, "format": fmt}
+
+
+def _is_done(out: Path, spec, schedule, mode, fmt) -> bool:
+    path = out / "truth" / f"{spec.subject_id}.json"
+    if not path.exists():
+        return False
+    truth = json.loads(path.read_text())
+    image = out / truth.get("image", "")
+    return truth.get("record") == _record(spec, schedule, mode, fmt) and image.exists()
+
+
+def _run_job(job) -> dict[str, str]:
+    out, spec, schedule, mode, fmt = job
+    try:
+        _write_subject(out, spec, schedule, mode, fmt)
+    except Exception as err:  # one bad subject never stops the others
+        return {spec.subject_id: f"{type(err).__name__}: {err}"}
+    return {}
+
+
+def _write_subject(out: Path, spec, schedule, mode, fmt) -> None:
+    head = simulate_head(spec, schedule, mode)
+    sid = spec.subject_id
+    if fmt == "nifti":
+        image = Path("images") / f"{sid}.nii.gz"
+        io.write_nifti(out / image, head.hu, head.affine)
+    else:
+        image = Path("dicom") / sid
+        io.write_ct_dicom_series(out / image, head.hu, head.affine, age_months=spec.age_months,
+                                 sex=spec.sex, uid_seed=str(spec.seed), **_identity(spec))
+    for name, labels in (("lobes", head.lobes), ("brain", head.brain), ("wm", head.wm_core)):
+        io.write_nifti(out / "truth" / f"{sid}_{name}.nii.gz", labels, head.affine)
+    voxel_ml = float(abs(np.linalg.det(head.affine[:3, :3]))) / 1000.0
+    truth = {
+        **head.truth,
+        "image": image.as_posix(),
+        "brain_volume_ml": float(head.brain.sum()) * voxel_ml,
+        "lobe_volume_ml": {n: float((head.lobes == i).sum()) * voxel_ml for i, n in LOBES.items()},
+        "wm_core_volume_ml": {n: float((head.wm_core == i).sum()) * voxel_ml
+                              for i, n in LOBES.items()},
+        "wm_hu_measured": measure_lobe_wm_hu(head.hu, head.wm_core),
+        "record": _record(spec, schedule, mode, fmt),
+    }
+    io.atomic_write_text(out / "truth" / f"{sid}.json", json.dumps(truth, indent=1))
+
+
+def _truth_table(truths: list[dict]) -> pd.DataFrame:
+    rows = []
+    for t in truths:
+        row = {k: t[k] for k in ("subject_id", "age_months", "sex", "site", "gantry_tilt_deg",
+                                 "brain_volume_ml", "brain_volume_planted_ml",
+                                 "intracranial_volume_norm_ml", "cephalic_index",
+                                 "extra_axial_csf_mm", "fontanelle_radius_mm", "grey_matter_hu")}
+        row.update({f"bone_{k}_mm": v for k, v in t["bone_thickness_mm"].items()})
+        row.update({f"wm_hu_planted_{k}": v for k, v in t["wm_hu"].items()})
+        row.update({f"wm_hu_measured_{k}": v for k, v in t["wm_hu_measured"].items()})
+        row.update({f"lobe_volume_ml_{k}": v for k, v in t["lobe_volume_ml"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _wm_shares(out: Path, specs) -> dict[str, float]:
+    """Each lobe's mean share of lobar white-matter core volume across the cohort."""
+    totals = dict.fromkeys(LOBES.values(), 0.0)
+    for spec in specs:
+        volumes = json.loads((out / "truth" / f"{spec.subject_id}.json").read_text())
+        for name, ml in volumes["wm_core_volume_ml"].items():
+            totals[name] += ml
+    grand = sum(totals.values()) or 1.0
+    return {name: v / grand for name, v in totals.items()}

@@ -1,0 +1,359 @@
+"""One synthetic pediatric head CT in Hounsfield units, with its ground truth.
+
+The anatomy is the template (:mod:`ctbrainage.synth.anatomy`) scaled to the subject's brain
+volume and cephalic index, bent by a random smooth deformation, given age-dependent extra-axial
+CSF, skull, sutures, fontanelle and scalp, and filled with age-dependent attenuations. The head is
+then posed in a scanner (rotation, translation, optional gantry tilt) on a head holder and table,
+sampled on the acquisition grid, blurred by the scanner's point-spread function, given correlated
+noise and the site's calibration offset, and quantised to int16 HU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from ctbrainage.lobes import LOBES
+from ctbrainage.synth import norms
+from ctbrainage.synth.anatomy import (
+    BONE_NAMES,
+    CEREBELLUM,
+    DEEP_GREY,
+    FRONTAL_BONE,
+    INSULA,
+    Template,
+    decode_truth,
+    load_template,
+)
+from ctbrainage.synth.schedule import MaturationSchedule
+
+AIR_HU = -1000.0
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """An acquisition preset: matrix, pixel-size range, slice spacing, template resolution."""
+
+    matrix: int
+    pixel_mm: tuple[float, float]  # allowed pixel sizes; the FOV is fitted to the head
+    slice_mm: float
+    template_mm: float  # resolution of the anatomy the head is built from
+
+
+ACQUISITIONS = {
+    # the paper's protocol: 512 x 512, 0.3-0.6 mm pixels, 0.625 mm slices, 200-300 slices
+    "full-res": Acquisition(matrix=512, pixel_mm=(0.35, 0.5), slice_mm=0.625, template_mm=1.0),
+    # a lighter reconstruction for CPU demos: 192 x 192, ~1.1 mm pixels, 2 mm slices
+    "demo": Acquisition(matrix=192, pixel_mm=(0.95, 1.35), slice_mm=2.0, template_mm=1.5),
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    """A scanner: noise level, calibration offset (water drift) and in-plane blur."""
+
+    noise_scale: float
+    offset_hu: float
+    psf_fwhm_mm: float
+
+
+SITES = {"A": Site(noise_scale=1.0, offset_hu=0.0, psf_fwhm_mm=0.9),
+         "B": Site(noise_scale=1.3, offset_hu=3.0, psf_fwhm_mm=1.2)}
+# noise SD of brain at a thin-slice voxel (0.45 x 0.45 x 0.625 mm), soft kernel: 8-15 HU
+NOISE_REF_HU, NOISE_REF_VOXEL_MM3 = 10.0, 0.45 * 0.45 * 0.625
+
+
+@dataclass(frozen=True)
+class SubjectSpec:
+    subject_id: str
+    age_months: float
+    sex: str  # "F" or "M"
+    site: str  # a key of SITES
+    seed: int
+    gantry_tilt_deg: float = 0.0
+
+
+@dataclass
+class SyntheticHead:
+    """The image (int16 HU, [i, j, k] with RAS ``affine``) and its ground truth on the same grid."""
+
+    hu: np.ndarray
+    affine: np.ndarray
+    lobes: np.ndarray  # uint8 1-4 within the brain
+    brain: np.ndarray  # uint8 brain mask (grey + white matter, probability >= 0.5)
+    wm_core: np.ndarray  # uint8 1-4: lobe white matter away from partial volume
+    truth: dict  # planted parameters: anthropometry, attenuations, pose
+
+
+@functools.lru_cache(maxsize=2)
+def _template(voxel_mm: float) -> Template:
+    return load_template(voxel_mm)
+
+
+def simulate_head(
+    spec: SubjectSpec, schedule: MaturationSchedule, mode: str = "demo"
+) -> SyntheticHead:
+    """Simulate one head CT; deterministic for ``spec.seed``."""
+    acq = ACQUISITIONS[mode]
+    tpl = _template(acq.template_mm)
+    rng = np.random.default_rng(spec.seed)
+    body = _sample_body(spec, tpl, rng)
+    tissue = _sample_attenuation(spec, schedule, rng)
+    hu_t = _compose_template_hu(tpl, body, tissue, spec.age_months)
+    hu_t, truth_t = _deform(tpl, hu_t, rng)
+    pose = _sample_pose(rng)
+    affine, to_template, shape = _acquisition_grid(tpl, body, pose, acq, spec, rng)
+
+    site = SITES[spec.site]
+    hu = _sample(hu_t, to_template, shape, order=1, cval=AIR_HU)
+    code = _sample(truth_t, to_template, shape, order=0, cval=0)
+    _add_head_holder(hu, affine, body, pose)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    hu = _scanner(hu, spacing, site, rng)
+    lobes, brain, wm_core = decode_truth(code)
+    truth = {
+        **asdict(spec),
+        **{k: v for k, v in body.items() if k != "scale"},
+        "scale_xyz": [float(v) for v in body["scale"]],
+        "wm_hu": tissue["wm_hu"],
+        "grey_matter_hu": tissue["grey"],
+        "site_offset_hu": site.offset_hu,
+        "rotation_deg": [float(v) for v in pose["angles"]],
+        "translation_mm": [float(v) for v in pose["shift"]],
+        "mode": mode,
+    }
+    return SyntheticHead(hu, affine, lobes, brain, wm_core, truth)
+
+
+# ---- subject parameters -------------------------------------------------------------------------
+def _sample_body(spec: SubjectSpec, tpl: Template, rng) -> dict:
+    """Brain volume, head shape and the age-dependent coverings of the brain (mm)."""
+    age, sex = spec.age_months, spec.sex
+    icv = norms.intracranial_volume_ml(age, sex)
+    # individual size: WHO head-circumference SD, volume ~ circumference^3
+    size_z = float(rng.standard_normal())
+    brain_ml = norms.brain_fraction(age) * icv * math.exp(3 * norms.head_circumference_cv(age, sex)
+                                                           * size_z)
+    iso = (brain_ml / tpl.brain_volume_ml) ** (1 / 3)
+    cephalic = norms.cephalic_index(age, sex) + 3.5 * float(rng.standard_normal())
+    ratio = math.sqrt(cephalic / tpl.cephalic_index)
+    # extra-axial CSF: ~2-4 mm at birth, widest 4-6 mm at 4-7 months, 2-3 mm from 24 months
+    csf = float(np.interp(age, [0, 5.5, 24, 48], [3.0, 5.0, 2.5, 2.5])) * math.exp(
+        0.2 * rng.standard_normal())
+    thickness = {name: norms.bone_thickness_mm(age, sex, name) * math.exp(0.1 * rng.standard_normal())
+                 for name in BONE_NAMES.values()}
+    closure = float(np.clip(rng.normal(14.0, 4.0), 4.0, 26.0))  # anterior fontanelle, months
+    return {
+        "intracranial_volume_norm_ml": icv,
+        "brain_volume_planted_ml": brain_ml,
+        "cephalic_index": cephalic,
+        "scale": np.array([iso * ratio, iso / ratio, iso]),
+        "iso_scale": iso,
+        "extra_axial_csf_mm": csf,
+        "bone_thickness_mm": thickness,
+        "fontanelle_closure_months": closure,
+        "fontanelle_radius_mm": 12.0 * max(0.0, 1.0 - age / closure) ** 0.7,
+        "suture_width_mm": float(np.interp(age, [0, 24, 48], [2.0, 0.8, 0.5])),
+        "metopic_open": bool(age < np.clip(rng.normal(6.0, 2.0), 3.0, 9.0)),
+        "scalp_mm": float(np.interp(age, [0, 48], [3.0, 5.0])) * math.exp(
+            0.15 * rng.standard_normal()),
+    }
+
+
+def _sample_attenuation(spec: SubjectSpec, schedule: MaturationSchedule, rng) -> dict:
+    """Tissue attenuations (HU) for this subject: the schedule plus individual variation."""
+    age = spec.age_months
+    # maturation runs a little early or late in each child, for all lobes together
+    bio_age = max(0.0, age + 1.5 * float(rng.standard_normal()))
+    wm = {name: float(schedule.wm_hu(name, bio_age) + 0.7 * rng.standard_normal())
+          for name in LOBES.values()}
+    growth = 1.0 - math.exp(-age / 14.0)
+    return {
+        "wm_hu": wm,
+        "central_wm": float(schedule.central_wm_hu(bio_age) + 0.7 * rng.standard_normal()),
+        "grey": 30.0 + 6.5 * growth + 0.8 * float(rng.standard_normal()),  # 28-32 → 35-38 HU
+        "deep_grey": 32.0 + 6.0 * growth + 0.8 * float(rng.standard_normal()),
+        "cerebellum": 33.0 + 4.0 * growth + 0.8 * float(rng.standard_normal()),
+        "csf": 5.0 + 1.5 * float(rng.standard_normal()),  # 2-10 HU
+        "blood": 50.0 + 10.0 * math.exp(-age / 2.5) + 2.0 * float(rng.standard_normal()),
+        "bone": (800.0 + 500.0 * age / 48.0) * math.exp(0.08 * rng.standard_normal()),
+        "membrane": 40.0,  # sutures and fontanelle: fibrous tissue
+        "scalp": 35.0 + 5.0 * float(rng.standard_normal()),  # 20-50 HU
+    }
+
+
+def _sample_pose(rng) -> dict:
+    """Head pose in the scanner: rotations up to ±15°, translations up to ±10 mm."""
+    angles = rng.uniform(-15.0, 15.0, size=3)
+    return {"angles": angles, "shift": rng.uniform(-10.0, 10.0, size=3),
+            "rotation": Rotation.from_euler("xyz", angles, degrees=True).as_matrix()}
+
+
+# ---- anatomy on the template grid ---------------------------------------------------------------
+def _ramp(d: np.ndarray, h: float) -> np.ndarray:
+    """Partial-volume occupancy of the region beyond a boundary at signed distance ``d``."""
+    return np.clip(d / h + 0.5, 0.0, 1.0)
+
+
+def _compose_template_hu(tpl: Template, body: dict, tissue: dict, age: float) -> np.ndarray:
+    """Noise-free subject attenuation on the template grid (distances in subject mm)."""
+    s = body["iso_scale"]
+    h = tpl.voxel_mm * s
+    d = tpl.dist * s
+
+    wm_of_region = np.full(8, tissue["central_wm"], np.float32)
+    grey_of_region = np.full(8, tissue["grey"], np.float32)
+    for lobe_id, name in LOBES.items():
+        wm_of_region[lobe_id] = tissue["wm_hu"][name]
+    grey_of_region[DEEP_GREY] = tissue["deep_grey"]
+    grey_of_region[CEREBELLUM] = tissue["cerebellum"]
+    grey_of_region[INSULA] = tissue["grey"]
+    csf_in = np.clip(1.0 - tpl.p_gm - tpl.p_wm, 0.0, 1.0)
+    inside = tpl.p_gm * grey_of_region[tpl.region] + tpl.p_wm * wm_of_region[tpl.region]
+    inside += csf_in * tissue["csf"]
+
+    # coverings: extra-axial CSF (wider frontally), skull, scalp
+    csf_w = body["extra_axial_csf_mm"] * np.where(tpl.bone == FRONTAL_BONE, 1.3, 0.7)
+    bone_t = np.zeros(4, np.float32)
+    for bone_id, name in BONE_NAMES.items():
+        bone_t[bone_id] = body["bone_thickness_mm"][name]
+    b1 = csf_w
+    b2 = b1 + bone_t[tpl.bone]
+    b3 = b2 + body["scalp_mm"]
+    r0, r1, r2, r3 = _ramp(d, h), _ramp(d - b1, h), _ramp(d - b2, h), _ramp(d - b3, h)
+
+    bone_hu = np.where(_open_vault(tpl, body, age, s), tissue["membrane"], tissue["bone"])
+    blood = tissue["blood"]
+    hu = (1.0 - r0) * np.where(tpl.sinus, blood, inside)
+    hu += (r0 - r1) * np.where(tpl.sinus, blood, tissue["csf"])
+    hu += (r1 - r2) * bone_hu + (r2 - r3) * tissue["scalp"] + r3 * AIR_HU
+    return hu.astype(np.float32)
+
+
+def _open_vault(tpl: Template, body: dict, age: float, s: float) -> np.ndarray:
+    """Where the vault is not bone: sutures and the anterior fontanelle."""
+    half = body["suture_width_mm"] / 2
+    x = (tpl.affine[0, 0] * np.arange(tpl.dist.shape[0]) + tpl.affine[0, 3])[:, None, None]
+    midline = (np.abs(x) * s < half) & np.isfinite(tpl.suture)
+    if not body["metopic_open"]:
+        midline = midline & (tpl.bone != FRONTAL_BONE)
+    return midline | (tpl.suture * s < half) | (tpl.bregma * s < body["fontanelle_radius_mm"])
+
+
+def _deform(tpl: Template, hu: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A random smooth deformation (≈3 mm, correlated over ≈40 mm) of image and truth codes.
+
+    Displacements at control points every 40 mm are spread by separable Gaussian weights.
+    """
+    spacing_vox = 40.0 / tpl.voxel_mm
+    weights = []
+    for n in hu.shape:
+        centres = np.arange(-spacing_vox, n + 2 * spacing_vox, spacing_vox)
+        w = np.exp(-0.5 * ((np.arange(n)[:, None] - centres[None, :]) / (0.6 * spacing_vox)) ** 2)
+        weights.append((w / w.sum(axis=1, keepdims=True)).astype(np.float32))
+    amplitude = 3.0 / tpl.voxel_mm
+    grid = np.indices(hu.shape, dtype=np.float32)
+    for axis in range(3):
+        coarse = rng.normal(0.0, amplitude, size=[w.shape[1] for w in weights]).astype(np.float32)
+        grid[axis] += np.einsum("ia,jb,kc,abc->ijk", *weights, coarse, optimize=True)
+    warped = ndimage.map_coordinates(hu, grid, order=1, mode="nearest")
+    truth = ndimage.map_coordinates(tpl.truth, grid, order=0, mode="constant", cval=0)
+    return warped, truth
+
+
+# ---- the scanner --------------------------------------------------------------------------------
+def _acquisition_grid(tpl, body, pose, acq: Acquisition, spec: SubjectSpec, rng):
+    """The acquisition affine (RAS), the output-index → template-index matrix, and the shape."""
+    scale, rot, shift = body["scale"], pose["rotation"], pose["shift"]
+    # template mm → world mm: about the cavity centre, scaled, rotated, shifted
+    t2w = np.eye(4)
+    t2w[:3, :3] = rot @ np.diag(scale)
+    t2w[:3, 3] = shift - t2w[:3, :3] @ tpl.centre
+    head = _head_corners(tpl, body) @ t2w[:3, :3].T + t2w[:3, 3]
+    lo, hi = head.min(axis=0), head.max(axis=0)
+    fov = float(np.clip(1.15 * max(hi[0] - lo[0], hi[1] - lo[1]) + 20.0,
+                        acq.matrix * acq.pixel_mm[0], acq.matrix * acq.pixel_mm[1]))
+    pixel = round(fov / acq.matrix, 4)
+    n_slices = int(math.ceil((hi[2] - lo[2] + 20.0) / acq.slice_mm))
+    tilt = math.radians(spec.gantry_tilt_deg)
+    # DICOM-like storage: i right→left, j anterior→posterior (tilted with the gantry), k up
+    affine = np.eye(4)
+    affine[:3, 0] = [-pixel, 0.0, 0.0]
+    affine[:3, 1] = [0.0, -pixel * math.cos(tilt), -pixel * math.sin(tilt)]
+    affine[:3, 2] = [0.0, 0.0, acq.slice_mm]
+    centre = np.array([0.0, 0.0, (lo[2] + hi[2]) / 2])
+    affine[:3, 3] = centre - affine[:3, :3] @ np.array([acq.matrix, acq.matrix, n_slices]) / 2
+    to_template = np.linalg.inv(tpl.affine) @ np.linalg.inv(t2w) @ affine
+    return affine, to_template, (acq.matrix, acq.matrix, n_slices)
+
+
+def _head_corners(tpl: Template, body: dict) -> np.ndarray:
+    """Corners (template mm) of a box holding the whole head of this subject."""
+    outside = (body["extra_axial_csf_mm"] * 1.3 + max(body["bone_thickness_mm"].values())
+               + body["scalp_mm"] + 3.0) / body["iso_scale"]
+    idx = np.argwhere(tpl.dist <= outside)
+    lo, hi = idx.min(axis=0), idx.max(axis=0)
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
+                        for c in (lo[2], hi[2])], float)
+    return corners @ tpl.affine[:3, :3].T + tpl.affine[:3, 3]
+
+
+def _sample(volume, to_template, shape, order, cval):
+    """Resample a template-grid volume onto the acquisition grid (only the head's bounding box)."""
+    out = np.full(shape, cval, dtype=volume.dtype)
+    corners = np.array([[a, b, c, 1.0] for a in (0, volume.shape[0]) for b in (0, volume.shape[1])
+                        for c in (0, volume.shape[2])])
+    inside = corners @ np.linalg.inv(to_template).T
+    lo = np.clip(np.floor(inside[:, :3].min(axis=0)).astype(int), 0, shape)
+    hi = np.clip(np.ceil(inside[:, :3].max(axis=0)).astype(int) + 1, 0, shape)
+    if np.any(hi <= lo):
+        return out
+    offset = to_template[:3, :3] @ lo + to_template[:3, 3]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    out[box] = ndimage.affine_transform(volume, to_template[:3, :3], offset=offset,
+                                        output_shape=tuple(hi - lo), order=order,
+                                        mode="constant", cval=cval)
+    return out
+
+
+def _add_head_holder(hu: np.ndarray, affine: np.ndarray, body: dict, pose: dict) -> None:
+    """A foam-padded plastic head cradle under the occiput and the table below it (in place)."""
+    shape = hu.shape
+    i = np.arange(shape[0])[:, None]
+    j = np.arange(shape[1])[None, :]
+    # half width and length of the head (template cavity 140 x 175 mm) plus its coverings
+    half_width = 70.0 * body["scale"][0] + 20.0
+    half_length = 87.5 * body["scale"][1] + 20.0
+    cx, cy = pose["shift"][:2]
+    for k in range(shape[2]):
+        x = affine[0, 0] * i + affine[0, 1] * j + affine[0, 2] * k + affine[0, 3] - cx
+        y = affine[1, 0] * i + affine[1, 1] * j + affine[1, 2] * k + affine[1, 3] - cy
+        # cradle: an elliptic shell 4 mm thick around the back of the head, lined with foam
+        rho = np.hypot(x / half_width, y / half_length)
+        back = y < -20.0
+        cradle = (rho >= 1.0) & (rho < 1.0 + 4.0 / half_length) & back
+        foam = (rho >= 0.92) & (rho < 1.0) & back
+        table_top = -half_length - 12.0
+        table = (y < table_top) & (y > table_top - 8.0)
+        plane = hu[:, :, k]
+        air = plane <= AIR_HU + 1.0
+        plane[air & foam] = -900.0
+        plane[air & cradle] = 150.0
+        plane[air & table] = 300.0
+
+
+def _scanner(hu: np.ndarray, spacing: np.ndarray, site: Site, rng) -> np.ndarray:
+    """Point-spread blur, correlated noise and calibration offset; quantised to int16 HU."""
+    sigma = np.array([site.psf_fwhm_mm, site.psf_fwhm_mm, spacing[2]]) / 2.355 / spacing
+    blurred = ndimage.gaussian_filter(hu, sigma=sigma, truncate=3.0)
+    noise = rng.standard_normal(hu.shape, dtype=np.float32)
+    noise = ndimage.gaussian_filter(noise, sigma=(0.7, 0.7, 0.35), truncate=3.0)
+    voxel_mm3 = float(np.prod(spacing))
+    target_sd = NOISE_REF_HU * site.noise_scale * math.sqrt(NOISE_REF_VOXEL_MM3 / voxel_mm3)
+    blurred += noise * np.float32(target_sd / noise.std()) + np.float32(site.offset_hu)
+    return np.clip(np.rint(blurred), -1024, 3071).astype(np.int16)
