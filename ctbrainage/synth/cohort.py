@@ -218,7 +218,8 @@ def _truth_table(truths: list[dict]) -> pd.DataFrame:
         row = {k: t[k] for k in ("subject_id", "age_months", "sex", "site", "gantry_tilt_deg",
                                  "brain_volume_ml", "brain_volume_planted_ml",
                                  "intracranial_volume_norm_ml", "cephalic_index",
-                                 "extra_axial_csf_mm", "fontanelle_radius_mm", "grey_matter_hu")}
+                                 "extra_axial_csf_mm", "fontanelle_radius_mm", "grey_matter_hu",
+                                 "site_offset_hu")}
         row.update({f"bone_{k}_mm": v for k, v in t["bone_thickness_mm"].items()})
         row.update({f"wm_hu_planted_{k}": v for k, v in t["wm_hu"].items()})
         row.update({f"wm_hu_measured_{k}": v for k, v in t["wm_hu_measured"].items()})
