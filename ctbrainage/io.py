@@ -112,7 +112,7 @@ def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) 
     with atomic_path(name) as tmp, open(tmp, "wb") as f:
         if name.endswith(".gz"):
             # Empty name and mtime 0 make the gzip header independent of path and time.
-            with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=6) as gz:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=1) as gz:
                 gz.write(data)
         else:
             f.write(data)

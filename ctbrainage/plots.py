@@ -16,8 +16,12 @@ import pandas as pd  # noqa: E402
 from ctbrainage import io  # noqa: E402
 from ctbrainage.lobes import LOBES  # noqa: E402
 
-LOBE_COLOURS = {"frontal": "#1f77b4", "parietal": "#2ca02c", "temporal": "#d62728",
-                "occipital": "#9467bd"}
+LOBE_COLOURS = {
+    "frontal": "#1f77b4",
+    "parietal": "#2ca02c",
+    "temporal": "#d62728",
+    "occipital": "#9467bd",
+}
 BRAIN_WINDOW = (0.0, 80.0)  # HU: window 80, level 40
 
 
@@ -69,31 +73,52 @@ def synthetic_cohort_figure(cohort_dir: str | Path, out=None, ages=(1, 6, 12, 24
         centre = np.argwhere(np.asarray(brain.dataobj) > 0).mean(axis=0)
         for row, (plane, aspect) in enumerate(canonical_slices(image, centre)):
             ax = fig.add_subplot(grid[row, col])
-            ax.imshow(plane, cmap="gray", vmin=BRAIN_WINDOW[0], vmax=BRAIN_WINDOW[1],
-                      origin="lower", aspect=aspect, interpolation="antialiased")
+            ax.imshow(
+                plane,
+                cmap="gray",
+                vmin=BRAIN_WINDOW[0],
+                vmax=BRAIN_WINDOW[1],
+                origin="lower",
+                aspect=aspect,
+                interpolation="antialiased",
+            )
             ax.set_axis_off()
             if row == 0:
-                ax.set_title(f"{rec['age_months']:.0f} mo, {rec['sex']}, site {rec['site']}",
-                             fontsize=10)
+                ax.set_title(
+                    f"{rec['age_months']:.0f} mo, {rec['sex']}, site {rec['site']}", fontsize=10
+                )
     bottom = grid[3, :].subgridspec(1, 2, width_ratios=[1.4, 1])
     ax = fig.add_subplot(bottom[0])
     ages_line = np.linspace(0, 48, 200)
     for name in LOBES.values():
         colour = LOBE_COLOURS[name]
-        ax.plot(ages_line, schedule.wm_hu(name, ages_line), color=colour, lw=2,
-                label=f"{name} (planted)")
+        ax.plot(
+            ages_line,
+            schedule.wm_hu(name, ages_line),
+            color=colour,
+            lw=2,
+            label=f"{name} (planted)",
+        )
         measured = truth[f"wm_hu_measured_{name}"] - truth["site_offset_hu"]
         ax.scatter(truth["age_months"], measured, s=9, color=colour, alpha=0.6)
     ax.set_xlabel("age (months)")
     ax.set_ylabel("white-matter attenuation (HU)")
-    ax.set_title("Planted schedule (lines) and measured lobe white matter (dots, site offset removed)",
-                 fontsize=9)
+    ax.set_title(
+        "Planted schedule (lines) and measured lobe white matter (dots, site offset removed)",
+        fontsize=9,
+    )
     ax.legend(fontsize=8, ncol=2)
     ax = fig.add_subplot(bottom[1])
     for sex, marker in (("F", "o"), ("M", "s")):
         sub = truth[truth["sex"] == sex]
-        ax.scatter(sub["age_months"], sub["brain_volume_ml"], s=12, marker=marker, alpha=0.7,
-                   label=f"{sex}: measured")
+        ax.scatter(
+            sub["age_months"],
+            sub["brain_volume_ml"],
+            s=12,
+            marker=marker,
+            alpha=0.7,
+            label=f"{sex}: measured",
+        )
         norm = [norms.brain_fraction(a) * norms.intracranial_volume_ml(a, sex) for a in ages_line]
         ax.plot(ages_line, norm, lw=2, label=f"{sex}: norm (cuMIP ICV x brain fraction)")
     ax.set_xlabel("age (months)")

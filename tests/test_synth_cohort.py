@@ -20,8 +20,11 @@ def _truth(cohort_dir):
 
 
 def _load(cohort_dir, sid, kind=None):
-    path = cohort_dir / ("images" if kind is None else "truth") / (
-        f"{sid}.nii.gz" if kind is None else f"{sid}_{kind}.nii.gz")
+    path = (
+        cohort_dir
+        / ("images" if kind is None else "truth")
+        / (f"{sid}.nii.gz" if kind is None else f"{sid}_{kind}.nii.gz")
+    )
     image = nib.load(path)
     return np.asarray(image.dataobj), image
 
@@ -46,12 +49,15 @@ def test_brain_volume_follows_the_norm_curve(cohort_dir):
         brain, image = _load(cohort_dir, row.subject_id, "brain")
         measured_ml = brain.sum() * np.prod(image.header.get_zooms()) / 1000
         norm_ml = norms.brain_fraction(row.age_months) * norms.intracranial_volume_ml(
-            row.age_months, row.sex)
+            row.age_months, row.sex
+        )
         # individual variation ~ 3 x WHO head-circumference CV (~8.5 %): allow 3 SD
         assert abs(measured_ml / norm_ml - 1) < 0.27, row.subject_id
         assert abs(measured_ml / row.brain_volume_planted_ml - 1) < 0.03, row.subject_id
-    ratio = truth["brain_volume_ml"] / [norms.brain_fraction(a) * norms.intracranial_volume_ml(
-        a, s) for a, s in zip(truth["age_months"], truth["sex"], strict=True)]
+    ratio = truth["brain_volume_ml"] / [
+        norms.brain_fraction(a) * norms.intracranial_volume_ml(a, s)
+        for a, s in zip(truth["age_months"], truth["sex"], strict=True)
+    ]
     assert abs(np.median(ratio) - 1) < 0.06
     assert stats.spearmanr(truth["age_months"], truth["brain_volume_ml"]).statistic > 0.8
 
@@ -134,13 +140,17 @@ def test_hu_ranges_are_those_of_head_ct(cohort_dir):
 def test_same_seed_gives_identical_bytes(tmp_path):
     for run in ("a", "b"):
         generate_cohort(tmp_path / run, n=2, seed=3, workers=1, progress=False)
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
     assert len(files) >= 12
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     generate_cohort(tmp_path / "c", n=2, seed=4, workers=1, progress=False)
     first = sorted((tmp_path / "a" / "images").iterdir())[0].name
-    assert (tmp_path / "a/images" / first).read_bytes() != (tmp_path / "c/images" / first).read_bytes()
+    assert (tmp_path / "a/images" / first).read_bytes() != (
+        tmp_path / "c/images" / first
+    ).read_bytes()
 
 
 def test_rerun_skips_finished_subjects(tmp_path):

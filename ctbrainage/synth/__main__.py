@@ -26,17 +26,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="number of subjects (demo: 120; the paper had 201)")
     p.add_argument("--out", type=Path, help="output folder (default: <run dir>/synthetic)")
     p.add_argument("--seed", type=int, help="cohort seed (default: the profile's seed)")
-    p.add_argument("--schedule", help="physiological | reversed | order=a,b,c,d | null=lobe "
-                   "(combine with +) | path to a schedule .json")
+    p.add_argument(
+        "--schedule",
+        help="physiological | reversed | order=a,b,c,d | null=lobe "
+        "(combine with +) | path to a schedule .json",
+    )
     p.add_argument("--format", choices=["nifti", "dicom"], help="image format (default nifti)")
     res = p.add_mutually_exclusive_group()
-    res.add_argument("--full-res", dest="mode", action="store_const", const="full-res",
-                     help="512 x 512, 0.35-0.5 mm pixels, 0.625 mm slices (the paper's protocol)")
-    res.add_argument("--demo-res", dest="mode", action="store_const", const="demo",
-                     help="192 x 192, ~1.1 mm pixels, 2 mm slices (default)")
+    res.add_argument(
+        "--full-res",
+        dest="mode",
+        action="store_const",
+        const="full-res",
+        help="512 x 512, 0.35-0.5 mm pixels, 0.625 mm slices (the paper's protocol)",
+    )
+    res.add_argument(
+        "--demo-res",
+        dest="mode",
+        action="store_const",
+        const="demo",
+        help="192 x 192, ~1.1 mm pixels, 2 mm slices (default)",
+    )
     p.add_argument("--age-min", type=float, default=AGE_LIMITS[0], help="months (default 0)")
-    p.add_argument("--age-max", type=float, default=AGE_LIMITS[1],
-                   help="months, exclusive (default 48)")
+    p.add_argument(
+        "--age-max", type=float, default=AGE_LIMITS[1], help="months, exclusive (default 48)"
+    )
     p.add_argument("--tilt-fraction", type=float, help="share of gantry-tilted scans (10-20°)")
     p.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
     p.add_argument("--figure", type=Path, help="also draw the cohort overview figure here")
@@ -59,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             mode=args.mode or synth.mode,
             fmt=args.format or synth.format,
             age_range=(args.age_min, args.age_max),
-            tilt_fraction=(args.tilt_fraction if args.tilt_fraction is not None
-                           else synth.gantry_tilt_fraction),
+            tilt_fraction=(
+                args.tilt_fraction if args.tilt_fraction is not None else synth.gantry_tilt_fraction
+            ),
             workers=args.workers if args.workers is not None else synth.workers,
             age_group_edges=profile.age_group_edges,
             progress=not args.quiet,
@@ -68,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CohortError, ScheduleError, ProfileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{len(manifest)} subjects in {out} ({time.perf_counter() - start:.1f} s); "
-          f"manifest {Path(out) / 'cohort.csv'}")
+    print(
+        f"{len(manifest)} subjects in {out} ({time.perf_counter() - start:.1f} s); "
+        f"manifest {Path(out) / 'cohort.csv'}"
+    )
     if args.figure:
         from ctbrainage.plots import synthetic_cohort_figure
 

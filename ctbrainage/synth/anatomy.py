@@ -43,7 +43,9 @@ class Template:
     suture: np.ndarray  # float32 distance (mm) to the coronal/lambdoid sutures (inf off the vault)
     bregma: np.ndarray  # float32 distance (mm) to the anterior fontanelle's centre (bregma)
     sinus: np.ndarray  # bool venous sinuses (superior sagittal, transverse)
-    truth: np.ndarray  # uint8 ground-truth code: lobe (0-4) | brain << 3 | lobe white-matter core << 4
+    truth: (
+        np.ndarray
+    )  # uint8 ground-truth code: lobe (0-4) | brain << 3 | lobe white-matter core << 4
     centre: np.ndarray  # (3,) centroid (mm) of the intracranial cavity
     brain_volume_ml: float  # volume of GM + WM probability >= 0.5
     cephalic_index: float  # width / length x 100 of the intracranial surface
@@ -175,7 +177,9 @@ def _signed_distance(mask: np.ndarray, voxel_mm: float) -> np.ndarray:
 
 
 def _world_coordinates(shape, affine) -> list[np.ndarray]:
-    axes = [affine[a, a] * np.arange(n, dtype=np.float32) + affine[a, 3] for a, n in enumerate(shape)]
+    axes = [
+        affine[a, a] * np.arange(n, dtype=np.float32) + affine[a, 3] for a, n in enumerate(shape)
+    ]
     return np.meshgrid(*axes, indexing="ij", sparse=True)
 
 
@@ -210,8 +214,12 @@ def _suture_distances(bone, coords, dist, voxel_mm):
     # bregma: where the coronal suture meets the midline at the top of the vault
     shell = (np.abs(dist) < 2 * voxel_mm) & vault & (midline < 2 * voxel_mm)
     coronal = shell & (to_boundary < 2 * voxel_mm) & np.broadcast_to(y > -40, bone.shape)
-    centre = np.array([c[np.broadcast_to(coronal, bone.shape)].mean() if coronal.any() else 0.0
-                       for c in np.broadcast_arrays(*coords)])
+    centre = np.array(
+        [
+            c[np.broadcast_to(coronal, bone.shape)].mean() if coronal.any() else 0.0
+            for c in np.broadcast_arrays(*coords)
+        ]
+    )
     bregma = np.sqrt(sum((c - v) ** 2 for c, v in zip(coords, centre, strict=True)))
     return suture, np.broadcast_to(bregma, bone.shape).astype(np.float32)
 

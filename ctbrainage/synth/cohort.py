@@ -2,7 +2,7 @@
 
 Layout of a cohort folder::
 
-    cohort.csv                    manifest (DESIGN.md schema): subject_id, age_months, sex, site, image
+    cohort.csv                    manifest (DESIGN.md): subject_id, age_months, sex, site, image
     images/<id>.nii.gz            int16 HU (or dicom/<id>/IM0001.dcm ... with --format dicom)
     truth/<id>_lobes.nii.gz       lobe labels 1-4 in the native grid
     truth/<id>_brain.nii.gz       brain mask
@@ -60,7 +60,6 @@ def cohort_specs(
         raise CohortError(f"tilt fraction must be within [0, 1], got {tilt_fraction}")
     rng = np.random.default_rng(seed)
     ages = lo + (hi - lo) * (rng.permutation(n) + rng.uniform(0.0, 1.0, n)) / n
-    ages = np.minimum(np.round(ages, 2), hi - 0.01)
     sexes = rng.permutation(np.resize(["F", "M"], n))
     sites = rng.permutation(np.resize(list(SITES), n))
     tilted = rng.uniform(size=n) < tilt_fraction
@@ -119,8 +118,12 @@ def generate_cohort(
     workers = min(len(todo), workers or os.cpu_count() or 1)
     errors = {}
     jobs = [(out, spec, schedule, mode, fmt) for spec in todo]
-    bar = tqdm(total=len(todo), desc=f"synthetic {mode} heads", unit="subject",
-               disable=not progress or not todo)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"synthetic {mode} heads",
+        unit="subject",
+        disable=not progress or not todo,
+    )
     if workers <= 1:
         for job in jobs:
             errors.update(_run_job(job))
@@ -194,8 +197,15 @@ def _write_subject(out: Path, spec, schedule, mode, fmt) -> None:
         io.write_nifti(out / image, head.hu, head.affine)
     else:
         image = Path("dicom") / sid
-        io.write_ct_dicom_series(out / image, head.hu, head.affine, age_months=spec.age_months,
-                                 sex=spec.sex, uid_seed=str(spec.seed), **_identity(spec))
+        io.write_ct_dicom_series(
+            out / image,
+            head.hu,
+            head.affine,
+            age_months=spec.age_months,
+            sex=spec.sex,
+            uid_seed=str(spec.seed),
+            **_identity(spec),
+        )
     for name, labels in (("lobes", head.lobes), ("brain", head.brain), ("wm", head.wm_core)):
         io.write_nifti(out / "truth" / f"{sid}_{name}.nii.gz", labels, head.affine)
     voxel_ml = float(abs(np.linalg.det(head.affine[:3, :3]))) / 1000.0
@@ -204,8 +214,9 @@ def _write_subject(out: Path, spec, schedule, mode, fmt) -> None:
         "image": image.as_posix(),
         "brain_volume_ml": float(head.brain.sum()) * voxel_ml,
         "lobe_volume_ml": {n: float((head.lobes == i).sum()) * voxel_ml for i, n in LOBES.items()},
-        "wm_core_volume_ml": {n: float((head.wm_core == i).sum()) * voxel_ml
-                              for i, n in LOBES.items()},
+        "wm_core_volume_ml": {
+            n: float((head.wm_core == i).sum()) * voxel_ml for i, n in LOBES.items()
+        },
         "wm_hu_measured": measure_lobe_wm_hu(head.hu, head.wm_core),
         "record": _record(spec, schedule, mode, fmt),
     }
@@ -215,11 +226,24 @@ def _write_subject(out: Path, spec, schedule, mode, fmt) -> None:
 def _truth_table(truths: list[dict]) -> pd.DataFrame:
     rows = []
     for t in truths:
-        row = {k: t[k] for k in ("subject_id", "age_months", "sex", "site", "gantry_tilt_deg",
-                                 "brain_volume_ml", "brain_volume_planted_ml",
-                                 "intracranial_volume_norm_ml", "cephalic_index",
-                                 "extra_axial_csf_mm", "fontanelle_radius_mm", "grey_matter_hu",
-                                 "site_offset_hu")}
+        row = {
+            k: t[k]
+            for k in (
+                "subject_id",
+                "age_months",
+                "sex",
+                "site",
+                "gantry_tilt_deg",
+                "brain_volume_ml",
+                "brain_volume_planted_ml",
+                "intracranial_volume_norm_ml",
+                "cephalic_index",
+                "extra_axial_csf_mm",
+                "fontanelle_radius_mm",
+                "grey_matter_hu",
+                "site_offset_hu",
+            )
+        }
         row.update({f"bone_{k}_mm": v for k, v in t["bone_thickness_mm"].items()})
         row.update({f"wm_hu_planted_{k}": v for k, v in t["wm_hu"].items()})
         row.update({f"wm_hu_measured_{k}": v for k, v in t["wm_hu_measured"].items()})

@@ -62,8 +62,10 @@ class Site:
     psf_fwhm_mm: float
 
 
-SITES = {"A": Site(noise_scale=1.0, offset_hu=0.0, psf_fwhm_mm=0.9),
-         "B": Site(noise_scale=1.3, offset_hu=3.0, psf_fwhm_mm=1.2)}
+SITES = {
+    "A": Site(noise_scale=1.0, offset_hu=0.0, psf_fwhm_mm=0.9),
+    "B": Site(noise_scale=1.3, offset_hu=3.0, psf_fwhm_mm=1.2),
+}
 # noise SD of brain at a thin-slice voxel (0.45 x 0.45 x 0.625 mm), soft kernel: 8-15 HU
 NOISE_REF_HU, NOISE_REF_VOXEL_MM3 = 10.0, 0.45 * 0.45 * 0.625
 
@@ -137,16 +139,22 @@ def _sample_body(spec: SubjectSpec, tpl: Template, rng) -> dict:
     icv = norms.intracranial_volume_ml(age, sex)
     # individual size: WHO head-circumference SD, volume ~ circumference^3
     size_z = float(rng.standard_normal())
-    brain_ml = norms.brain_fraction(age) * icv * math.exp(3 * norms.head_circumference_cv(age, sex)
-                                                           * size_z)
+    brain_ml = (
+        norms.brain_fraction(age)
+        * icv
+        * math.exp(3 * norms.head_circumference_cv(age, sex) * size_z)
+    )
     iso = (brain_ml / tpl.brain_volume_ml) ** (1 / 3)
     cephalic = norms.cephalic_index(age, sex) + 3.5 * float(rng.standard_normal())
     ratio = math.sqrt(cephalic / tpl.cephalic_index)
     # extra-axial CSF: ~2-4 mm at birth, widest 4-6 mm at 4-7 months, 2-3 mm from 24 months
     csf = float(np.interp(age, [0, 5.5, 24, 48], [3.0, 5.0, 2.5, 2.5])) * math.exp(
-        0.2 * rng.standard_normal())
-    thickness = {name: norms.bone_thickness_mm(age, sex, name) * math.exp(0.1 * rng.standard_normal())
-                 for name in BONE_NAMES.values()}
+        0.2 * rng.standard_normal()
+    )
+    thickness = {
+        name: norms.bone_thickness_mm(age, sex, name) * math.exp(0.1 * rng.standard_normal())
+        for name in BONE_NAMES.values()
+    }
     closure = float(np.clip(rng.normal(14.0, 4.0), 4.0, 26.0))  # anterior fontanelle, months
     return {
         "intracranial_volume_norm_ml": icv,
@@ -160,8 +168,8 @@ def _sample_body(spec: SubjectSpec, tpl: Template, rng) -> dict:
         "fontanelle_radius_mm": 12.0 * max(0.0, 1.0 - age / closure) ** 0.7,
         "suture_width_mm": float(np.interp(age, [0, 24, 48], [2.0, 0.8, 0.5])),
         "metopic_open": bool(age < np.clip(rng.normal(6.0, 2.0), 3.0, 9.0)),
-        "scalp_mm": float(np.interp(age, [0, 48], [3.0, 5.0])) * math.exp(
-            0.15 * rng.standard_normal()),
+        "scalp_mm": float(np.interp(age, [0, 48], [3.0, 5.0]))
+        * math.exp(0.15 * rng.standard_normal()),
     }
 
 
@@ -170,8 +178,10 @@ def _sample_attenuation(spec: SubjectSpec, schedule: MaturationSchedule, rng) ->
     age = spec.age_months
     # maturation runs a little early or late in each child, for all lobes together
     bio_age = max(0.0, age + 1.5 * float(rng.standard_normal()))
-    wm = {name: float(schedule.wm_hu(name, bio_age) + 0.7 * rng.standard_normal())
-          for name in LOBES.values()}
+    wm = {
+        name: float(schedule.wm_hu(name, bio_age) + 0.7 * rng.standard_normal())
+        for name in LOBES.values()
+    }
     growth = 1.0 - math.exp(-age / 14.0)
     return {
         "wm_hu": wm,
@@ -190,8 +200,11 @@ def _sample_attenuation(spec: SubjectSpec, schedule: MaturationSchedule, rng) ->
 def _sample_pose(rng) -> dict:
     """Head pose in the scanner: rotations up to ±15°, translations up to ±10 mm."""
     angles = rng.uniform(-15.0, 15.0, size=3)
-    return {"angles": angles, "shift": rng.uniform(-10.0, 10.0, size=3),
-            "rotation": Rotation.from_euler("xyz", angles, degrees=True).as_matrix()}
+    return {
+        "angles": angles,
+        "shift": rng.uniform(-10.0, 10.0, size=3),
+        "rotation": Rotation.from_euler("xyz", angles, degrees=True).as_matrix(),
+    }
 
 
 # ---- anatomy on the template grid ---------------------------------------------------------------
@@ -276,8 +289,13 @@ def _acquisition_grid(tpl, body, pose, acq: Acquisition, spec: SubjectSpec, rng)
     t2w[:3, 3] = shift - t2w[:3, :3] @ tpl.centre
     head = _head_corners(tpl, body) @ t2w[:3, :3].T + t2w[:3, 3]
     lo, hi = head.min(axis=0), head.max(axis=0)
-    fov = float(np.clip(1.15 * max(hi[0] - lo[0], hi[1] - lo[1]) + 20.0,
-                        acq.matrix * acq.pixel_mm[0], acq.matrix * acq.pixel_mm[1]))
+    fov = float(
+        np.clip(
+            1.15 * max(hi[0] - lo[0], hi[1] - lo[1]) + 20.0,
+            acq.matrix * acq.pixel_mm[0],
+            acq.matrix * acq.pixel_mm[1],
+        )
+    )
     pixel = round(fov / acq.matrix, 4)
     n_slices = int(math.ceil((hi[2] - lo[2] + 20.0) / acq.slice_mm))
     tilt = math.radians(spec.gantry_tilt_deg)
@@ -294,20 +312,31 @@ def _acquisition_grid(tpl, body, pose, acq: Acquisition, spec: SubjectSpec, rng)
 
 def _head_corners(tpl: Template, body: dict) -> np.ndarray:
     """Corners (template mm) of a box holding the whole head of this subject."""
-    outside = (body["extra_axial_csf_mm"] * 1.3 + max(body["bone_thickness_mm"].values())
-               + body["scalp_mm"] + 3.0) / body["iso_scale"]
+    outside = (
+        body["extra_axial_csf_mm"] * 1.3
+        + max(body["bone_thickness_mm"].values())
+        + body["scalp_mm"]
+        + 3.0
+    ) / body["iso_scale"]
     idx = np.argwhere(tpl.dist <= outside)
     lo, hi = idx.min(axis=0), idx.max(axis=0)
-    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
-                        for c in (lo[2], hi[2])], float)
+    corners = np.array(
+        [[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float
+    )
     return corners @ tpl.affine[:3, :3].T + tpl.affine[:3, 3]
 
 
 def _sample(volume, to_template, shape, order, cval):
     """Resample a template-grid volume onto the acquisition grid (only the head's bounding box)."""
     out = np.full(shape, cval, dtype=volume.dtype)
-    corners = np.array([[a, b, c, 1.0] for a in (0, volume.shape[0]) for b in (0, volume.shape[1])
-                        for c in (0, volume.shape[2])])
+    corners = np.array(
+        [
+            [a, b, c, 1.0]
+            for a in (0, volume.shape[0])
+            for b in (0, volume.shape[1])
+            for c in (0, volume.shape[2])
+        ]
+    )
     inside = corners @ np.linalg.inv(to_template).T
     lo = np.clip(np.floor(inside[:, :3].min(axis=0)).astype(int), 0, shape)
     hi = np.clip(np.ceil(inside[:, :3].max(axis=0)).astype(int) + 1, 0, shape)
@@ -315,45 +344,64 @@ def _sample(volume, to_template, shape, order, cval):
         return out
     offset = to_template[:3, :3] @ lo + to_template[:3, 3]
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    out[box] = ndimage.affine_transform(volume, to_template[:3, :3], offset=offset,
-                                        output_shape=tuple(hi - lo), order=order,
-                                        mode="constant", cval=cval)
+    out[box] = ndimage.affine_transform(
+        volume,
+        to_template[:3, :3],
+        offset=offset,
+        output_shape=tuple(hi - lo),
+        order=order,
+        mode="constant",
+        cval=cval,
+    )
     return out
 
 
 def _add_head_holder(hu: np.ndarray, affine: np.ndarray, body: dict, pose: dict) -> None:
-    """A foam-padded plastic head cradle under the occiput and the table below it (in place)."""
-    shape = hu.shape
-    i = np.arange(shape[0])[:, None]
-    j = np.arange(shape[1])[None, :]
+    """A foam-padded plastic head cradle under the occiput and the table below it (in place).
+
+    Both are prisms along the table axis; x and y of a voxel never depend on its slice index
+    (a gantry tilt only moves the slice planes along z), so the masks are drawn once in 2-D.
+    """
+    i = np.arange(hu.shape[0])[:, None]
+    j = np.arange(hu.shape[1])[None, :]
+    cx, cy = pose["shift"][:2]
+    x = affine[0, 0] * i + affine[0, 1] * j + affine[0, 3] - cx
+    y = affine[1, 0] * i + affine[1, 1] * j + affine[1, 3] - cy
     # half width and length of the head (template cavity 140 x 175 mm) plus its coverings
     half_width = 70.0 * body["scale"][0] + 20.0
     half_length = 87.5 * body["scale"][1] + 20.0
-    cx, cy = pose["shift"][:2]
-    for k in range(shape[2]):
-        x = affine[0, 0] * i + affine[0, 1] * j + affine[0, 2] * k + affine[0, 3] - cx
-        y = affine[1, 0] * i + affine[1, 1] * j + affine[1, 2] * k + affine[1, 3] - cy
-        # cradle: an elliptic shell 4 mm thick around the back of the head, lined with foam
-        rho = np.hypot(x / half_width, y / half_length)
-        back = y < -20.0
-        cradle = (rho >= 1.0) & (rho < 1.0 + 4.0 / half_length) & back
-        foam = (rho >= 0.92) & (rho < 1.0) & back
-        table_top = -half_length - 12.0
-        table = (y < table_top) & (y > table_top - 8.0)
-        plane = hu[:, :, k]
-        air = plane <= AIR_HU + 1.0
-        plane[air & foam] = -900.0
-        plane[air & cradle] = 150.0
-        plane[air & table] = 300.0
+    rho = np.hypot(x / half_width, y / half_length)
+    back = y < -20.0
+    table_top = -half_length - 12.0
+    objects = (
+        ((rho >= 0.92) & (rho < 1.0) & back, -900.0),  # foam lining
+        ((rho >= 1.0) & (rho < 1.0 + 4.0 / half_length) & back, 150.0),  # plastic cradle
+        ((y < table_top) & (y > table_top - 8.0), 300.0),  # table
+    )
+    for mask, value in objects:
+        columns = hu[mask]  # (pixels, slices): only air is replaced, never the head
+        columns[columns <= AIR_HU + 1.0] = value
+        hu[mask] = columns
 
 
 def _scanner(hu: np.ndarray, spacing: np.ndarray, site: Site, rng) -> np.ndarray:
-    """Point-spread blur, correlated noise and calibration offset; quantised to int16 HU."""
+    """Quantum noise, then the reconstruction kernel's point-spread blur (which correlates the
+    noise, as in real CT), then the site's calibration offset; quantised to int16 HU."""
     sigma = np.array([site.psf_fwhm_mm, site.psf_fwhm_mm, spacing[2]]) / 2.355 / spacing
-    blurred = ndimage.gaussian_filter(hu, sigma=sigma, truncate=3.0)
-    noise = rng.standard_normal(hu.shape, dtype=np.float32)
-    noise = ndimage.gaussian_filter(noise, sigma=(0.7, 0.7, 0.35), truncate=3.0)
     voxel_mm3 = float(np.prod(spacing))
     target_sd = NOISE_REF_HU * site.noise_scale * math.sqrt(NOISE_REF_VOXEL_MM3 / voxel_mm3)
-    blurred += noise * np.float32(target_sd / noise.std()) + np.float32(site.offset_hu)
-    return np.clip(np.rint(blurred), -1024, 3071).astype(np.int16)
+    white_sd = target_sd / _noise_gain(sigma)
+    hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(white_sd)
+    ndimage.gaussian_filter(hu, sigma=sigma, truncate=3.0, output=hu)
+    hu += np.float32(site.offset_hu)
+    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+
+
+def _noise_gain(sigma) -> float:
+    """SD of unit white noise after the Gaussian filter: sqrt of the summed squared weights."""
+    gain = 1.0
+    for s in sigma:
+        impulse = np.zeros(2 * int(3.0 * s + 0.5) + 1)
+        impulse[len(impulse) // 2] = 1.0
+        gain *= float(np.sum(ndimage.gaussian_filter1d(impulse, s, truncate=3.0) ** 2))
+    return math.sqrt(gain)

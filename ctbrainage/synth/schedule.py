@@ -113,8 +113,9 @@ class MaturationSchedule:
             ages = np.linspace(lo, hi, 200)
             for name in LOBE_NAMES:
                 slope = span * float(np.mean(self.lobes[name].slope(ages)))
-                rows.append({"group": f"{lo:g}-{hi:g}", "lobe": name,
-                             "importance": slope * shares[name]})
+                rows.append(
+                    {"group": f"{lo:g}-{hi:g}", "lobe": name, "importance": slope * shares[name]}
+                )
         table = pd.DataFrame(rows)
         total = table.groupby("group", sort=False)["importance"].transform("sum")
         table["share"] = np.where(total > 0, table["importance"] / total.where(total > 0, 1), 0.0)
@@ -160,7 +161,8 @@ class MaturationSchedule:
         if key == "order":
             if sorted(names) != sorted(LOBE_NAMES):
                 raise ScheduleError(f"order= must list each of {', '.join(LOBE_NAMES)} once")
-            return replace(self, lobes=dict(zip(names, _RANKED, strict=True)))
+            ranked = zip(names, _RANKED, strict=True)  # a lobe made null stays null
+            return replace(self, lobes={n: replace(c, null=self.lobes[n].null) for n, c in ranked})
         if key == "null":
             lobes = dict(self.lobes)
             for name in names:
@@ -182,7 +184,7 @@ class MaturationSchedule:
                 _check_lobe(name)
             central = LobeCurve(**data["central"]) if "central" in data else cls().central
             extra = {k: float(data[k]) for k in ("unmyelinated_hu", "mature_hu") if k in data}
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ScheduleError(f"invalid schedule definition: {err}") from None
         return cls(lobes=lobes, central=central, **extra)
 

@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine (Python 3.11, PyPI reachable):
+#   make demo   - set up .venv on first use, then run the demo on the embedded synthetic cohort
+#   make test   - set up .venv on first use, then run the test suite
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, alone: 2.13.0 resolves to the local CPU build (no CUDA download)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ctbrainage.synth --profile demo --figure figures/synthetic_cohort.png
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ctbrainage tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_synth.py
+
+clean-demo:
+	rm -rf runs/demo

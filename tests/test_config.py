@@ -1,0 +1,99 @@
+"""Profiles: the shipped YAML files, overrides, validation errors and derived paths."""
+
+import pytest
+
+from ctbrainage.config import REPO_ROOT, ProfileError, available_profiles, load_profile
+
+
+def test_shipped_profiles_load_with_their_settings():
+    assert available_profiles() == ["demo", "paper", "tiny"]
+    paper = load_profile("paper")
+    assert paper.name == "paper" and paper.seed == 42
+    assert (paper.model.arch, paper.model.width, paper.model.first_stride) == ("resnet34", 64, 2)
+    assert (paper.train.epochs, paper.train.batch_size, paper.train.folds) == (75, 4, 5)
+    assert paper.train.lr == pytest.approx(1e-4) and isinstance(paper.train.lr, float)
+    assert (paper.synth.n, paper.synth.mode) == (201, "full-res")
+    assert (paper.preprocess.spacing_mm, paper.preprocess.size) == (1.5, 128)
+    demo = load_profile()  # the default profile
+    assert demo.name == "demo"
+    assert (demo.synth.n, demo.model.arch, demo.train.epochs, demo.preprocess.size) == (
+        120,
+        "resnet10",
+        12,
+        64,
+    )
+    tiny = load_profile("tiny")
+    assert (tiny.synth.n, tiny.train.folds, tiny.train.epochs, tiny.preprocess.size) == (
+        12,
+        2,
+        1,
+        32,
+    )
+    assert tiny.age_group_edges == (0.0, 12.0, 24.0, 36.0, 48.0)
+
+
+def test_dotted_nested_and_keyword_overrides_apply():
+    p = load_profile("demo", {"train.epochs": 2, "model": {"width": 4}}, synth={"n": 6}, seed=1)
+    assert (p.train.epochs, p.model.width, p.synth.n, p.seed) == (2, 4, 6, 1)
+    # a nested override merges with the file's section instead of replacing it
+    assert (p.model.arch, p.train.batch_size, p.synth.mode) == ("resnet10", 8, "demo")
+    # an int where a float is expected is accepted as a float; lists become tuples
+    q = load_profile("tiny", {"train.lr": 1, "age_range_months": [0, 24]})
+    assert q.train.lr == 1.0 and isinstance(q.train.lr, float)
+    assert q.age_range_months == (0.0, 24.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"train.epoch": 3}, "did you mean 'train.epochs'"),
+        ({"synth": {"workerz": 1}}, "did you mean 'synth.workers'"),
+        ({"train.epochs": "3"}, "train.epochs: expected an integer, got '3'"),
+        ({"train.epochs": True}, "train.epochs: expected an integer, got True"),
+        ({"train.augment": 1}, "train.augment: expected true/false"),
+        ({"stats.alpha": "0.05"}, "stats.alpha: expected a number"),
+        ({"synth.mode": "full_res"}, "did you mean 'full-res'"),
+        ({"model.arch": "resnet43"}, "did you mean 'resnet34'"),
+        ({"age_range_months": [0, 12, 24]}, "expected 2 values, got 3"),
+        ({"seed.x": 1}, "'seed' is not a section"),
+        ({"train": 3}, "train: expected a mapping"),
+    ],
+)
+def test_bad_overrides_are_refused_naming_the_key(overrides, expected):
+    with pytest.raises(ProfileError) as err:
+        load_profile("demo", overrides)
+    assert expected in str(err.value)
+
+
+def test_unknown_profile_suggests_the_nearest():
+    with pytest.raises(ProfileError, match=r"unknown profile 'dem' \(did you mean 'demo'\?\)"):
+        load_profile("dem")
+
+
+def test_run_and_manifest_paths(tmp_path):
+    demo = load_profile("demo")
+    assert demo.run_path == REPO_ROOT / "runs" / "demo"
+    assert demo.manifest_path == REPO_ROOT / "runs" / "demo" / "synthetic" / "cohort.csv"
+    assert load_profile("demo", run_dir="elsewhere").run_path == REPO_ROOT / "elsewhere"
+    custom = load_profile("demo", run_dir=str(tmp_path), data=str(tmp_path / "mine.csv"))
+    assert custom.run_path == tmp_path
+    assert custom.synthetic_dir == tmp_path / "synthetic"
+    assert custom.manifest_path == tmp_path / "mine.csv"
+
+
+def test_profile_from_an_explicit_yaml_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("seed: 7\nmodel:\n  arch: resnet18\ntrain:\n  epochs: 3\n")
+    p = load_profile(path, {"train.folds": 3})
+    assert (p.name, p.seed, p.model.arch, p.train.epochs, p.train.folds) == (
+        "mine",
+        7,
+        "resnet18",
+        3,
+        3,
+    )
+    assert p.model.width == 64 and p.run_path == REPO_ROOT / "runs" / "mine"  # defaults
+    bad = tmp_path / "bad.yml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ProfileError, match="mapping at the top level"):
+        load_profile(str(bad))

@@ -1,0 +1,147 @@
+"""The planted maturation schedule: curves, expected importance, specifications and errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ctbrainage.synth.schedule import (
+    LOBE_NAMES,
+    PHYSIOLOGICAL,
+    LobeCurve,
+    MaturationSchedule,
+    ScheduleError,
+)
+
+EDGES = (0.0, 12.0, 24.0, 36.0, 48.0)
+T50_T90 = {
+    "occipital": (5.0, 13.0),
+    "parietal": (7.0, 16.0),
+    "frontal": (10.0, 20.0),
+    "temporal": (11.0, 25.0),
+}
+
+
+def _leaders(schedule):
+    """The lobe with the largest share in each age group."""
+    table = schedule.expected_importance(EDGES)
+    return (
+        table.loc[table.groupby("group", sort=False)["share"].idxmax()]
+        .set_index("group")["lobe"]
+        .to_dict()
+    )
+
+
+def test_physiological_curves_hit_their_documented_milestones():
+    s = MaturationSchedule()
+    mids = {name: curve.midpoint_months for name, curve in s.lobes.items()}
+    assert sorted(mids, key=mids.get) == ["occipital", "parietal", "frontal", "temporal"]
+    for name, (t50, t90) in T50_T90.items():
+        curve = s.lobes[name]
+        assert not curve.null
+        assert curve.fraction(t50) == pytest.approx(0.5)
+        assert curve.fraction(t90) == pytest.approx(0.9)
+        assert np.all(np.diff(curve.fraction(np.arange(48))) > 0)
+
+
+def test_white_matter_attenuation_rises_from_unmyelinated_to_mature():
+    s = MaturationSchedule()
+    for name in LOBE_NAMES:
+        assert s.wm_hu(name, -200.0) == pytest.approx(s.unmyelinated_hu, abs=1e-3)
+        assert 15.0 <= s.wm_hu(name, 0.0) <= 22.0  # documented HU range at birth
+        assert s.wm_hu(name, 48.0) == pytest.approx(s.mature_hu, abs=0.1)
+    ages = np.array([0.0, 12.0, 47.0])
+    assert s.wm_hu("frontal", ages).shape == (3,)
+    null = MaturationSchedule.parse("null=frontal")
+    assert np.ptp(null.wm_hu("frontal", np.linspace(0, 48, 50))) == 0.0
+    assert np.all(null.lobes["frontal"].slope(ages) == 0.0)
+    assert null.lobes["parietal"] == s.lobes["parietal"]
+
+
+def test_expected_importance_follows_the_maturation_order():
+    table = MaturationSchedule().expected_importance(EDGES)
+    assert list(table.columns) == ["group", "lobe", "importance", "share"]
+    assert list(table["group"].unique()) == ["0-12", "12-24", "24-36", "36-48"]
+    assert np.allclose(table.groupby("group")["share"].sum(), 1.0)
+    assert (table["importance"] > 0).all()
+    leaders = _leaders(MaturationSchedule())
+    assert (leaders["0-12"], leaders["36-48"]) == ("occipital", "temporal")
+    # lobar volume shares weight the importance
+    weighted = MaturationSchedule().expected_importance(
+        EDGES, {"frontal": 0.7, "parietal": 0.1, "temporal": 0.1, "occipital": 0.1}
+    )
+    assert weighted.set_index(["group", "lobe"]).loc[("0-12", "frontal"), "share"] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("spec", "first", "last"),
+    [
+        ("order=temporal,frontal,parietal,occipital", "temporal", "occipital"),
+        ("order=frontal,occipital,temporal,parietal", "frontal", "parietal"),
+        ("reversed", "temporal", "occipital"),
+    ],
+)
+def test_reordered_schedules_move_the_importance(spec, first, last):
+    leaders = _leaders(MaturationSchedule.parse(spec))
+    assert (leaders["0-12"], leaders["36-48"]) == (first, last)
+
+
+def test_null_lobe_has_no_importance_and_combines_with_an_order():
+    s = MaturationSchedule.parse("order=temporal,frontal,parietal,occipital+null=frontal")
+    assert s.lobes["frontal"].null and not s.lobes["temporal"].null
+    assert s.lobes["temporal"].midpoint_months == 5.0  # the first-maturing physiological curve
+    table = s.expected_importance(EDGES)
+    frontal = table[table["lobe"] == "frontal"]
+    assert len(frontal) == 4
+    assert (frontal["importance"] == 0).all() and (frontal["share"] == 0).all()
+    assert np.allclose(table.groupby("group")["share"].sum(), 1.0)
+
+
+def test_dict_and_json_file_round_trip(tmp_path):
+    s = MaturationSchedule.parse("reversed+null=parietal")
+    assert MaturationSchedule.from_dict(s.to_dict()) == s
+    assert MaturationSchedule.parse(s.to_dict()) == s
+    path = tmp_path / "schedule.json"
+    path.write_text(json.dumps(s.to_dict()))
+    loaded = MaturationSchedule.parse(str(path))
+    assert loaded == s and loaded != MaturationSchedule()
+    assert MaturationSchedule.parse(loaded) is loaded
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("null=front", "unknown lobe 'front'"),
+        ("order=frontal,parietal,temporal,cerebellum", "unknown lobe 'cerebellum'"),
+        ("order=frontal,parietal,temporal", "order= must list each"),
+        ("order=frontal,frontal,temporal,occipital", "order= must list each"),
+        ("sideways", "unknown schedule specification 'sideways'"),
+        ("missing/nowhere.json", "schedule file not found"),
+        ({"central": {}}, "invalid schedule definition"),
+    ],
+)
+def test_bad_specifications_name_the_problem(spec, message):
+    with pytest.raises(ScheduleError, match=message):
+        MaturationSchedule.parse(spec)
+
+
+def test_invalid_lobe_sets_and_widths_are_refused():
+    curves = dict(MaturationSchedule().lobes)
+    with pytest.raises(ScheduleError, match="lobe 'temporal': width_months must be > 0"):
+        MaturationSchedule(lobes={**curves, "temporal": LobeCurve(11.0, 0.0)})
+    bad = MaturationSchedule().to_dict()
+    bad["lobes"]["occipital"]["width_months"] = -1.0
+    with pytest.raises(ScheduleError, match="width_months must be > 0"):
+        MaturationSchedule.from_dict(bad)
+    with pytest.raises(ScheduleError, match="missing: occipital"):
+        MaturationSchedule(lobes={k: v for k, v in curves.items() if k != "occipital"})
+    bad = MaturationSchedule().to_dict()
+    bad["lobes"]["insula"] = bad["lobes"]["frontal"]
+    with pytest.raises(ScheduleError, match="unknown lobe 'insula'"):
+        MaturationSchedule.from_dict(bad)
+
+
+def test_null_survives_a_later_order():
+    s = MaturationSchedule.parse("null=temporal+order=temporal,frontal,parietal,occipital")
+    assert s.lobes["temporal"].null
+    assert s.lobes["frontal"].midpoint_months == PHYSIOLOGICAL["parietal"].midpoint_months
