@@ -23,10 +23,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import nibabel as nib, numpy as np
 from ctbrainage import io
 from ctbrainage.synth.cohort import cohort_specs
-from ctbrainage.synth.head import _template, ACQUISITIONS, simulate_head
+from ctbrainage.synth.head import cached_template, ACQUISITIONS, simulate_head
 from ctbrainage.synth.schedule import MaturationSchedule
 mode, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-_template(ACQUISITIONS[mode].template_mm)
+cached_template(ACQUISITIONS[mode].template_mm)
 schedule = MaturationSchedule()
 make, load = [], []
 for spec in cohort_specs(n, seed=1):

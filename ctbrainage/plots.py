@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ctbrainage import io  # noqa: E402
-from ctbrainage.lobes import LOBES  # noqa: E402
+from ctbrainage import io
+from ctbrainage.lobes import LOBES
 
 LOBE_COLOURS = {
     "frontal": "#1f77b4",

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ctbrainage import io
 from ctbrainage.lobes import LOBES
-from ctbrainage.synth.head import ACQUISITIONS, SITES, SubjectSpec, _template, simulate_head
+from ctbrainage.synth.head import ACQUISITIONS, SITES, SubjectSpec, cached_template, simulate_head
 from ctbrainage.synth.schedule import MaturationSchedule
 
 AGE_LIMITS = (0.0, 48.0)  # months: the paper's 0-47 months
@@ -114,7 +114,7 @@ def generate_cohort(
 
     todo = [s for s in specs if not _is_done(out, s, schedule, mode, fmt)]
     if todo:
-        _template(ACQUISITIONS[mode].template_mm)  # load once before the workers fork
+        cached_template(ACQUISITIONS[mode].template_mm)  # load once before the workers fork
     workers = min(len(todo), workers or os.cpu_count() or 1)
     errors = {}
     jobs = [(out, spec, schedule, mode, fmt) for spec in todo]

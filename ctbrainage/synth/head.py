@@ -93,7 +93,7 @@ class SyntheticHead:
 
 
 @functools.lru_cache(maxsize=2)
-def _template(voxel_mm: float) -> Template:
+def cached_template(voxel_mm: float) -> Template:
     return load_template(voxel_mm)
 
 
@@ -102,7 +102,7 @@ def simulate_head(
 ) -> SyntheticHead:
     """Simulate one head CT; deterministic for ``spec.seed``."""
     acq = ACQUISITIONS[mode]
-    tpl = _template(acq.template_mm)
+    tpl = cached_template(acq.template_mm)
     rng = np.random.default_rng(spec.seed)
     body = _sample_body(spec, tpl, rng)
     tissue = _sample_attenuation(spec, schedule, rng)
