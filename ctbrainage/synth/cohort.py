@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 
 from ctbrainage import io
 from ctbrainage.lobes import LOBES
-from ctbrainage.synth.head import ACQUISITIONS, SITES, SubjectSpec, cached_template, simulate_head
+from ctbrainage.synth.head import (
+    ACQUISITIONS,
+    GENERATOR_VERSION,
+    SITES,
+    SubjectSpec,
+    cached_template,
+    simulate_head,
+)
 from ctbrainage.synth.schedule import MaturationSchedule
 
 AGE_LIMITS = (0.0, 48.0)  # months: the paper's 0-47 months
@@ -168,7 +175,13 @@ def _identity(spec: SubjectSpec) -> dict:
 
 
 def _record(spec: SubjectSpec, schedule: MaturationSchedule, mode: str, fmt: str) -> dict:
-    return {"spec": asdict(spec), "schedule": schedule.to_dict(), "mode": mode, "format": fmt}
+    return {
+        "spec": asdict(spec),
+        "schedule": schedule.to_dict(),
+        "mode": mode,
+        "format": fmt,
+        "generator_version": GENERATOR_VERSION,
+    }
 
 
 def _is_done(out: Path, spec, schedule, mode, fmt) -> bool:

@@ -33,6 +33,8 @@ from ctbrainage.synth.anatomy import (
 from ctbrainage.synth.schedule import MaturationSchedule
 
 AIR_HU = -1000.0
+# bump whenever a change alters the generated images: cohorts on disk then regenerate
+GENERATOR_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def simulate_head(
     hu_t = _compose_template_hu(tpl, body, tissue, spec.age_months)
     hu_t, truth_t = _deform(tpl, hu_t, rng)
     pose = _sample_pose(rng)
-    affine, to_template, shape = _acquisition_grid(tpl, body, pose, acq, spec, rng)
+    affine, to_template, shape = _acquisition_grid(tpl, body, pose, acq, spec)
 
     site = SITES[spec.site]
     hu = _sample(hu_t, to_template, shape, order=1, cval=AIR_HU)
@@ -280,14 +282,14 @@ def _deform(tpl: Template, hu: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]
 
 
 # ---- the scanner --------------------------------------------------------------------------------
-def _acquisition_grid(tpl, body, pose, acq: Acquisition, spec: SubjectSpec, rng):
+def _acquisition_grid(tpl, body, pose, acq: Acquisition, spec: SubjectSpec):
     """The acquisition affine (RAS), the output-index → template-index matrix, and the shape."""
     scale, rot, shift = body["scale"], pose["rotation"], pose["shift"]
     # template mm → world mm: about the cavity centre, scaled, rotated, shifted
     t2w = np.eye(4)
     t2w[:3, :3] = rot @ np.diag(scale)
     t2w[:3, 3] = shift - t2w[:3, :3] @ tpl.centre
-    head = _head_corners(tpl, body) @ t2w[:3, :3].T + t2w[:3, 3]
+    head = _head_points(tpl, body) @ t2w[:3, :3].T + t2w[:3, 3]
     lo, hi = head.min(axis=0), head.max(axis=0)
     fov = float(
         np.clip(
@@ -297,33 +299,32 @@ def _acquisition_grid(tpl, body, pose, acq: Acquisition, spec: SubjectSpec, rng)
         )
     )
     pixel = round(fov / acq.matrix, 4)
-    n_slices = int(math.ceil((hi[2] - lo[2] + 20.0) / acq.slice_mm))
     tilt = math.radians(spec.gantry_tilt_deg)
     # DICOM-like storage: i right→left, j anterior→posterior (tilted with the gantry), k up
     affine = np.eye(4)
     affine[:3, 0] = [-pixel, 0.0, 0.0]
     affine[:3, 1] = [0.0, -pixel * math.cos(tilt), -pixel * math.sin(tilt)]
     affine[:3, 2] = [0.0, 0.0, acq.slice_mm]
-    centre = np.array([0.0, 0.0, (lo[2] + hi[2]) / 2])
-    affine[:3, 3] = centre - affine[:3, :3] @ np.array([acq.matrix, acq.matrix, n_slices]) / 2
+    # in-plane centre on the table axis; slices cover the head with 5 mm to spare at both ends
+    affine[:3, 3] = -affine[:3, :2] @ np.array([acq.matrix, acq.matrix]) / 2
+    k = np.linalg.solve(affine[:3, :3], (head - affine[:3, 3]).T)[2]
+    margin = 5.0 / acq.slice_mm
+    first = math.floor(k.min() - margin)
+    n_slices = math.ceil(k.max() + margin) - first
+    affine[:3, 3] += affine[:3, 2] * first
     to_template = np.linalg.inv(tpl.affine) @ np.linalg.inv(t2w) @ affine
     return affine, to_template, (acq.matrix, acq.matrix, n_slices)
 
 
-def _head_corners(tpl: Template, body: dict) -> np.ndarray:
-    """Corners (template mm) of a box holding the whole head of this subject."""
+def _head_points(tpl: Template, body: dict) -> np.ndarray:
+    """Points (template mm) on the outer surface of this subject's head (scalp)."""
     outside = (
         body["extra_axial_csf_mm"] * 1.3
         + max(body["bone_thickness_mm"].values())
         + body["scalp_mm"]
-        + 3.0
     ) / body["iso_scale"]
-    idx = np.argwhere(tpl.dist <= outside)
-    lo, hi = idx.min(axis=0), idx.max(axis=0)
-    corners = np.array(
-        [[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float
-    )
-    return corners @ tpl.affine[:3, :3].T + tpl.affine[:3, 3]
+    shell = np.argwhere((tpl.dist <= outside) & (tpl.dist > outside - 2 * tpl.voxel_mm))
+    return shell @ tpl.affine[:3, :3].T + tpl.affine[:3, 3]
 
 
 def _sample(volume, to_template, shape, order, cval):
