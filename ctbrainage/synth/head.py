@@ -34,7 +34,7 @@ from ctbrainage.synth.schedule import MaturationSchedule
 
 AIR_HU = -1000.0
 # bump whenever a change alters the generated images: cohorts on disk then regenerate
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -273,9 +273,18 @@ def _deform(tpl: Template, hu: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]
         weights.append((w / w.sum(axis=1, keepdims=True)).astype(np.float32))
     amplitude = 3.0 / tpl.voxel_mm
     grid = np.indices(hu.shape, dtype=np.float32)
+    # the affine part of the field (a rotation, shear or scaling of the whole head) is removed:
+    # pose and size are planted separately, and their truth must stay exact
+    sample = grid[:, ::8, ::8, ::8].reshape(3, -1).T
+    design = np.c_[sample, np.ones(len(sample))]
     for axis in range(3):
         coarse = rng.normal(0.0, amplitude, size=[w.shape[1] for w in weights]).astype(np.float32)
-        grid[axis] += np.einsum("ia,jb,kc,abc->ijk", *weights, coarse, optimize=True)
+        field = np.einsum("ia,jb,kc,abc->ijk", *weights, coarse, optimize=True)
+        coef = np.linalg.lstsq(design, field[::8, ::8, ::8].ravel(), rcond=None)[0].astype(
+            np.float32
+        )
+        field -= sum(coef[a] * grid[a] for a in range(3)) + coef[3]
+        grid[axis] += field
     warped = ndimage.map_coordinates(hu, grid, order=1, mode="nearest")
     truth = ndimage.map_coordinates(tpl.truth, grid, order=0, mode="constant", cval=0)
     return warped, truth

@@ -1,0 +1,271 @@
+"""The paper's preprocessing (section 3.2), one tested function per stage.
+
+skull strip → PCA orientation → P-tile intensity normalisation → isotropic resample and crop.
+
+Images are SimpleITK images in HU (LPS physical space, as SimpleITK uses). Skull stripping and
+orientation run on a working grid (isotropic ``WORK_MM``), where morphology is cheap at any input
+resolution; the model input is then sampled from the native HU image in one interpolation, on an
+output grid whose axes are the brain's anatomical axes. That grid is stored in the NIfTI header of
+every output, so anything in native space (e.g. TotalSegmentator labels) maps into it by plain
+resampling: the native → preprocessed transform is saved with the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+WORK_MM = 1.0  # isotropic working resolution for skull stripping and orientation
+CSF_HU = 5.0  # nominal CSF attenuation (2-10 HU at 120 kVp)
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+class PreprocessError(ValueError):
+    """A scan in which the preprocessing cannot find what it needs (e.g. no head)."""
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """The brain's anatomical frame: centroid (LPS mm) and axes as columns, in LPS:
+    right, anterior, superior (a proper rotation of RAS-like axes, never a mirror)."""
+
+    centre: np.ndarray
+    axes: np.ndarray  # 3x3 columns: unit vectors of anatomical right, anterior, superior (LPS)
+
+    def angles_deg(self) -> tuple[float, float, float]:
+        """Rotation of the brain relative to the scanner axes: roll, pitch, yaw (degrees)."""
+        ras = LPS_FROM_RAS @ self.axes  # the same vectors in RAS
+        from scipy.spatial.transform import Rotation
+
+        return tuple(float(a) for a in Rotation.from_matrix(ras).as_euler("xyz", degrees=True))
+
+
+# ---- working grid -------------------------------------------------------------------------------
+def to_working_grid(image: sitk.Image, spacing_mm: float = WORK_MM) -> sitk.Image:
+    """Float32 HU on an isotropic grid with the image's own axes, anti-aliased."""
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    sigma = [math.sqrt(max(spacing_mm**2 - s**2, 0.0)) / 2.355 for s in image.GetSpacing()]
+    if max(sigma) > 0:
+        image = sitk.SmoothingRecursiveGaussian(image, sigma=[max(s, 1e-3) for s in sigma])
+    size = [
+        int(math.ceil(n * s / spacing_mm))
+        for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)
+    ]
+    return sitk.Resample(
+        image,
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        image.GetOrigin(),
+        [spacing_mm] * 3,
+        image.GetDirection(),
+        -1024.0,
+        sitk.sitkFloat32,
+    )
+
+
+# ---- 1. skull stripping -------------------------------------------------------------------------
+def _ball(radius_vox: int) -> np.ndarray:
+    grid = np.mgrid[tuple(slice(-radius_vox, radius_vox + 1) for _ in range(3))]
+    return (grid**2).sum(axis=0) <= radius_vox**2
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == 1 + int(np.argmax(sizes))
+
+
+def skull_strip(work: sitk.Image, min_brain_ml: float = 100.0) -> sitk.Image:
+    """Brain mask (uint8) on the working grid, from HU alone.
+
+    1. Intracranial soft tissue: -20..100 HU, not bone. An erosion by a 3 mm ball cuts the
+       scalp (thinner than 6 mm) and any bridge through sutures, fontanelles or a head holder;
+       the largest component is the intracranial space, grown back within the soft tissue.
+    2. Parenchyma: within it, voxels above half-way between CSF (nominal 5 HU) and cortical grey
+       matter (the 90th percentile of intracranial soft tissue), i.e. a voxel that is half brain
+       is brain; opened, largest component, holes filled (ventricles and deep white matter, which
+       at 15-22 HU in young infants may fall below the threshold, are enclosed by cortex).
+    """
+    hu = sitk.GetArrayViewFromImage(work)  # [k, j, i]
+    voxel_ml = float(np.prod(work.GetSpacing())) / 1000.0
+    radius = max(1, int(round(3.0 / work.GetSpacing()[0])))
+    soft = (hu > -20.0) & (hu < 100.0)
+    core = _largest_component(ndimage.binary_erosion(soft, _ball(radius)))
+    intracranial = ndimage.binary_dilation(core, _ball(radius)) & soft
+    intracranial = ndimage.binary_fill_holes(intracranial)
+    if intracranial.sum() * voxel_ml < min_brain_ml:
+        raise PreprocessError(
+            f"no head found: the largest soft-tissue region inside bone is "
+            f"{intracranial.sum() * voxel_ml:.0f} mL (expected a brain of >= {min_brain_ml:.0f} mL)"
+        )
+    values = hu[intracranial]
+    grey = np.percentile(values[(values > -10.0) & (values < 45.0)], 90)
+    threshold = float(np.clip((CSF_HU + grey) / 2, 10.0, 25.0))
+    brain = intracranial & (hu > threshold)
+    brain = _largest_component(ndimage.binary_opening(brain, _ball(1)))
+    brain = ndimage.binary_fill_holes(brain)
+    if brain.sum() * voxel_ml < min_brain_ml:
+        raise PreprocessError(
+            f"no brain found: {brain.sum() * voxel_ml:.0f} mL above {threshold:.0f} HU"
+        )
+    mask = sitk.GetImageFromArray(brain.astype(np.uint8))
+    mask.CopyInformation(work)
+    return mask
+
+
+# ---- 2. orientation -----------------------------------------------------------------------------
+def mask_points(mask: sitk.Image, max_points: int = 60000, seed: int = 0) -> np.ndarray:
+    """Physical (LPS mm) coordinates of mask voxels, subsampled deterministically."""
+    idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1].astype(float)  # i, j, k
+    if len(idx) > max_points:
+        idx = idx[np.random.default_rng(seed).choice(len(idx), max_points, replace=False)]
+    direction = np.array(mask.GetDirection()).reshape(3, 3)
+    return idx * np.array(mask.GetSpacing()) @ direction.T + np.array(mask.GetOrigin())
+
+
+def orient(mask: sitk.Image) -> Orientation:
+    """The brain's anatomical axes from its mask: PCA, mirror symmetry and anatomy.
+
+    - anterior-posterior: the principal axis of largest variance (the brain is longest AP);
+    - left-right: the normal of the plane of best mirror symmetry containing that axis (searched,
+      because the left-right and superior-inferior variances of an infant brain are close);
+    - the AP axis is then refined within the mid-sagittal plane (PCA there);
+    - signs from anatomy: the inferior end of the brain is the one whose lowest tenth lies far
+      from the centre along AP (cerebellum and brainstem), and that offset points posterior.
+      Right = anterior × superior, so the result is always a proper rotation.
+    """
+    points = mask_points(mask)
+    centre = points.mean(axis=0)
+    rel = points - centre
+    cov = np.cov(rel.T)
+    _, vectors = np.linalg.eigh(cov)
+    ap = vectors[:, 2]
+    lr = _symmetry_normal(mask, centre, ap, vectors[:, 0])
+    plane = np.eye(3) - np.outer(lr, lr)
+    _, in_plane = np.linalg.eigh(plane @ cov @ plane)
+    ap = in_plane[:, 2]
+    si = np.cross(lr, ap)
+    u, v = rel @ si, rel @ ap
+    top, bottom = u >= np.quantile(u, 0.9), u <= np.quantile(u, 0.1)
+    if abs(v[bottom].mean()) >= abs(v[top].mean()):
+        superior, inferior_offset = si, v[bottom].mean()
+    else:
+        superior, inferior_offset = -si, v[top].mean()
+    anterior = -np.sign(inferior_offset) * ap
+    right = np.cross(anterior, superior)
+    return Orientation(centre=centre, axes=np.column_stack([right, anterior, superior]))
+
+
+def _symmetry_normal(mask: sitk.Image, centre, axis, start) -> np.ndarray:
+    """Unit normal ⊥ ``axis`` of the plane through ``centre`` of best mirror symmetry."""
+    array = sitk.GetArrayViewFromImage(mask)
+    points = mask_points(mask, max_points=20000, seed=1) - centre
+    direction = np.array(mask.GetDirection()).reshape(3, 3)
+    to_index = np.linalg.inv(direction * np.array(mask.GetSpacing()))
+    origin = np.array(mask.GetOrigin())
+    e1 = start - axis * (start @ axis)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(axis, e1)
+
+    def score(theta):
+        n = math.cos(theta) * e1 + math.sin(theta) * e2
+        mirrored = points - 2 * np.outer(points @ n, n) + centre
+        ijk = np.rint((mirrored - origin) @ to_index.T).astype(int)
+        inside = np.all((ijk >= 0) & (ijk < array.shape[::-1]), axis=1)
+        hits = np.zeros(len(ijk), bool)
+        hits[inside] = array[ijk[inside, 2], ijk[inside, 1], ijk[inside, 0]] > 0
+        return hits.mean()
+
+    thetas = np.radians(np.arange(0.0, 180.0, 3.0))
+    best = thetas[int(np.argmax([score(t) for t in thetas]))]
+    fine = best + np.radians(np.arange(-3.0, 3.01, 0.25))
+    best = fine[int(np.argmax([score(t) for t in fine]))]
+    return math.cos(best) * e1 + math.sin(best) * e2
+
+
+# ---- 3. P-tile normalisation --------------------------------------------------------------------
+def ptile_normalise(hu: np.ndarray, brain: np.ndarray, low: float, high: float):
+    """Rescale HU linearly so that the ``low``/``high`` percentiles inside the brain map to 0/1;
+    clipped to [0, 1], 0 outside the brain. Returns the image and the two HU values."""
+    inside = hu[brain > 0]
+    if inside.size == 0:
+        raise PreprocessError("empty brain mask: nothing to normalise")
+    lo, hi = np.percentile(inside, [low, high])
+    if hi <= lo:
+        raise PreprocessError(f"flat brain intensities ({lo:.1f} HU): cannot normalise")
+    out = np.clip((hu - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    out[brain == 0] = 0.0
+    return out, float(lo), float(hi)
+
+
+# ---- 4. output grid -----------------------------------------------------------------------------
+def output_grid(orientation: Orientation, spacing_mm: float, size: int) -> sitk.Image:
+    """An empty reference image: ``size``³ voxels of ``spacing_mm``, centred on the brain, its
+    axes the anatomical axes (array i → right, j → anterior, k → superior, as in RAS)."""
+    # LPS direction columns for array axes pointing to patient right, anterior, superior
+    direction = orientation.axes
+    half = (size - 1) / 2 * spacing_mm
+    origin = orientation.centre - direction @ np.full(3, half)
+    grid = sitk.Image([size] * 3, sitk.sitkUInt8)
+    grid.SetSpacing([spacing_mm] * 3)
+    grid.SetDirection(direction.ravel().tolist())
+    grid.SetOrigin(origin.tolist())
+    return grid
+
+
+def resample_to(image: sitk.Image, grid: sitk.Image, interpolator, default: float) -> np.ndarray:
+    """``image`` sampled on ``grid`` (anti-aliased when the grid is coarser); array [i, j, k]."""
+    target = grid.GetSpacing()[0]
+    if image.GetPixelID() != sitk.sitkUInt8:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+        sigma = [math.sqrt(max(target**2 - s**2, 0.0)) / 2.355 for s in image.GetSpacing()]
+        if max(sigma) > 0.05:
+            image = sitk.SmoothingRecursiveGaussian(image, sigma=[max(s, 1e-3) for s in sigma])
+    out = sitk.Resample(image, grid, sitk.Transform(), interpolator, default)
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+
+def grid_affine(grid: sitk.Image) -> np.ndarray:
+    """RAS affine of a SimpleITK grid (for NIfTI output)."""
+    direction = np.array(grid.GetDirection()).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = LPS_FROM_RAS @ direction * np.array(grid.GetSpacing())
+    affine[:3, 3] = LPS_FROM_RAS @ np.array(grid.GetOrigin())
+    return affine
+
+
+# ---- composition --------------------------------------------------------------------------------
+@dataclass
+class Preprocessed:
+    """The model input and its mask on the output grid, with what the stages found."""
+
+    image: np.ndarray  # float32 [i, j, k] in [0, 1], 0 outside the brain
+    brain: np.ndarray  # uint8 [i, j, k]
+    affine: np.ndarray  # RAS affine of the output grid (native physical space → these voxels)
+    work_mask: sitk.Image  # brain mask on the working grid (native axes)
+    orientation: Orientation
+    ptile_hu: tuple[float, float]
+    brain_volume_ml: float
+
+
+def preprocess_scan(
+    image: sitk.Image, spacing_mm: float, size: int, ptile: tuple[float, float]
+) -> Preprocessed:
+    """All stages for one HU image."""
+    work = to_working_grid(image)
+    mask = skull_strip(work)
+    orientation = orient(mask)
+    grid = output_grid(orientation, spacing_mm, size)
+    hu = resample_to(image, grid, sitk.sitkLinear, -1024.0)
+    brain_prob = resample_to(sitk.Cast(mask, sitk.sitkFloat32), grid, sitk.sitkLinear, 0.0)
+    brain = (brain_prob >= 0.5).astype(np.uint8)
+    normalised, lo, hi = ptile_normalise(hu, brain, *ptile)
+    volume = float(sitk.GetArrayViewFromImage(mask).sum()) * WORK_MM**3 / 1000.0
+    return Preprocessed(normalised, brain, grid_affine(grid), mask, orientation, (lo, hi), volume)
