@@ -123,3 +123,44 @@ def synthetic_cohort_figure(cohort_dir: str | Path, out=None, ages=(1, 6, 12, 24
     ax.legend(fontsize=8)
     fig.suptitle("Synthetic pediatric head-CT cohort (brain window W80/L40)", fontsize=12)
     return save(fig, out)
+
+
+def _planes_with_outline(axes_row, image: nib.Nifti1Image, mask: nib.Nifti1Image, window, label):
+    centre = np.argwhere(np.asarray(nib.as_closest_canonical(mask).dataobj) > 0).mean(axis=0)
+    views = zip(canonical_slices(image, centre), canonical_slices(mask, centre), strict=True)
+    for ax, ((plane, aspect), (outline, _)) in zip(axes_row, views, strict=True):
+        ax.imshow(plane, cmap="gray", vmin=window[0], vmax=window[1], origin="lower", aspect=aspect)
+        ax.contour(outline, levels=[0.5], colors="#ff5a36", linewidths=0.7)
+        ax.set_axis_off()
+    axes_row[0].set_title(label, fontsize=9, loc="left")
+
+
+def preprocess_qc_figure(native, result, title: str = "", out=None):
+    """Before (native HU, brain window, brain outline) and after (model input) in three planes."""
+    import SimpleITK as sitk
+
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6.2), layout="constrained")
+    hu = sitk.Resample(native, result.work_mask, sitk.Transform(), sitk.sitkLinear, -1024.0)
+    hu_array, affine = io.sitk_to_ras(hu)
+    mask_array, _ = io.sitk_to_ras(result.work_mask)
+    _planes_with_outline(
+        axes[0],
+        nib.Nifti1Image(hu_array.astype(np.float32), affine),
+        nib.Nifti1Image(mask_array, affine),
+        BRAIN_WINDOW,
+        "native (W80/L40) with the brain mask",
+    )
+    grid = np.diag([*np.linalg.norm(result.affine[:3, :3], axis=0), 1.0])  # anatomical axes
+    _planes_with_outline(
+        axes[1],
+        nib.Nifti1Image(result.image, grid),
+        nib.Nifti1Image(result.brain, grid),
+        (0.0, 1.0),
+        "model input (P-tile normalised, anatomical axes)",
+    )
+    fig.suptitle(
+        f"{title}  brain {result.brain_volume_ml:.0f} mL  "
+        f"P-tile {result.ptile_hu[0]:.0f}-{result.ptile_hu[1]:.0f} HU",
+        fontsize=10,
+    )
+    return save(fig, out, dpi=80)

@@ -258,14 +258,23 @@ class Preprocessed:
 def preprocess_scan(
     image: sitk.Image, spacing_mm: float, size: int, ptile: tuple[float, float]
 ) -> Preprocessed:
-    """All stages for one HU image."""
+    """All stages for one HU image. The model input is sampled from the working grid (1 mm),
+    so output spacings finer than ``WORK_MM`` (e.g. the paper's literal 0.488 mm) are
+    interpolated, not more detailed."""
     work = to_working_grid(image)
     mask = skull_strip(work)
     orientation = orient(mask)
+    # normalise on the working grid, where the mask is exact, so that no skull or scalp can
+    # bleed into brain voxels when the image is then sampled on the (coarser) output grid
+    normalised, lo, hi = ptile_normalise(
+        sitk.GetArrayViewFromImage(work), sitk.GetArrayViewFromImage(mask), *ptile
+    )
+    normalised_image = sitk.GetImageFromArray(normalised)
+    normalised_image.CopyInformation(work)
     grid = output_grid(orientation, spacing_mm, size)
-    hu = resample_to(image, grid, sitk.sitkLinear, -1024.0)
     brain_prob = resample_to(sitk.Cast(mask, sitk.sitkFloat32), grid, sitk.sitkLinear, 0.0)
     brain = (brain_prob >= 0.5).astype(np.uint8)
-    normalised, lo, hi = ptile_normalise(hu, brain, *ptile)
+    model_input = resample_to(normalised_image, grid, sitk.sitkLinear, 0.0)
+    model_input[brain == 0] = 0.0
     volume = float(sitk.GetArrayViewFromImage(mask).sum()) * WORK_MM**3 / 1000.0
-    return Preprocessed(normalised, brain, grid_affine(grid), mask, orientation, (lo, hi), volume)
+    return Preprocessed(model_input, brain, grid_affine(grid), mask, orientation, (lo, hi), volume)

@@ -1,0 +1,203 @@
+"""The cohort manifest: schema, validation (with a reason for every exclusion), age groups."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from itertools import pairwise
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ctbrainage import io
+
+REQUIRED_COLUMNS = ("subject_id", "age_months", "sex", "site", "image")
+PAPER_AGE_EDGES = (0, 12, 24, 36, 48)
+_SUBJECT_ID = re.compile(r"[A-Za-z0-9_-]+")
+_SEX_CODES = {"": "", "f": "F", "female": "F", "m": "M", "male": "M"}
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be validated at all (unreadable, empty or missing columns)."""
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {path}") from None
+    except pd.errors.EmptyDataError:
+        raise ManifestError(f"manifest is empty: {path}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ManifestError(f"cannot parse manifest {path}: {err}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ManifestError(
+            f"manifest {path} lacks required columns: {', '.join(missing)}"
+            f" (found: {', '.join(table.columns)})"
+        )
+    if table.empty:
+        raise ManifestError(f"manifest has no rows: {path}")
+    for col in REQUIRED_COLUMNS:
+        table[col] = table[col].str.strip()
+    return table
+
+
+def _check_image(given: str, base: Path):
+    """(absolute path, DICOM (age, sex) or None, reason or None)."""
+    if not given:
+        return None, None, "image missing"
+    path = Path(given) if Path(given).is_absolute() else base / given
+    if not path.exists():
+        return path, None, f"image not found: {given}"
+    if path.is_dir():
+        try:
+            return path, io.read_dicom_age_sex(path), None
+        except io.ImageError as err:
+            return path, None, f"image unreadable: {err}"
+    if path.name.endswith((".nii", ".nii.gz")):
+        try:
+            nib.load(path)
+        except Exception as err:
+            return path, None, f"image unreadable: {err}"
+        return path, None, None
+    return path, None, f"image is neither a NIfTI file (.nii, .nii.gz) nor a DICOM folder: {given}"
+
+
+def _check_age(text: str, age_range: tuple[float, float], what: str = "age_months"):
+    """(age, reason or None)."""
+    try:
+        age = float(text)
+    except ValueError:
+        age = math.nan
+    if not math.isfinite(age):
+        return None, f"{what} {text!r} is not a number"
+    if age < 0:
+        return None, f"{what} {text} is negative"
+    lo, hi = age_range
+    if not lo <= age < hi:
+        return None, f"{what} {text} is outside the allowed range [{lo:g}, {hi:g}) months"
+    return age, None
+
+
+def validate_manifest(
+    manifest_path: str | os.PathLike, age_range: tuple[float, float] = (0.0, 48.0)
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Check every row of a manifest; returns (valid rows, exclusions with a ``reason``).
+
+    Only an unreadable or empty manifest, or one missing required columns, raises ManifestError;
+    any other problem excludes just its row. Ages must lie in ``[lo, hi)`` months. An empty age
+    or sex is taken from the DICOM PatientAge / PatientSex when the image is a DICOM folder
+    (columns ``age_source`` and ``sex_source`` say where each came from). Valid rows get the
+    absolute ``image_path``; extra columns are kept as given (text). Rows are numbered as in a
+    spreadsheet (the header is row 1).
+    """
+    path = Path(manifest_path)
+    table = _read_table(path)
+    base = path.absolute().parent
+    rows_of: dict[str, list[int]] = {}
+    for number, sid in enumerate(table["subject_id"], start=2):
+        rows_of.setdefault(sid, []).append(number)
+
+    valid, excluded = [], []
+    for row in table.to_dict("records"):
+        sid, reasons = row["subject_id"], []
+        if not sid:
+            reasons.append("subject_id missing")
+        elif not _SUBJECT_ID.fullmatch(sid):
+            reasons.append(f"invalid subject_id {sid!r} (use letters, digits, _ and -)")
+        if sid and len(rows_of[sid]) > 1:
+            reasons.append(f"duplicate subject_id (rows {', '.join(map(str, rows_of[sid]))})")
+
+        image_path, dicom, problem = _check_image(row["image"], base)
+        reasons += [problem] if problem else []
+        dicom_age, dicom_sex = dicom or (None, "")
+
+        age, age_source = None, "manifest"
+        if row["age_months"]:
+            age, problem = _check_age(row["age_months"], age_range)
+        elif dicom_age is not None:
+            age_source = "dicom"
+            age, problem = _check_age(f"{dicom_age:.4g}", age_range, "DICOM PatientAge")
+        else:
+            problem = "age missing" + (" (no PatientAge in the DICOM)" if dicom else "")
+        reasons += [problem] if problem else []
+
+        sex = _SEX_CODES.get(row["sex"].lower())
+        sex_source = "manifest" if row["sex"] else ""
+        if sex is None:
+            reasons.append(f"unknown sex code {row['sex']!r} (use F, M or empty)")
+        elif not sex and dicom_sex:
+            sex, sex_source = dicom_sex, "dicom"
+
+        if reasons:
+            others = {k: v for k, v in row.items() if k != "subject_id"}
+            excluded.append({"subject_id": sid, "reason": "; ".join(reasons), **others})
+        else:
+            valid.append(
+                {
+                    **row,
+                    "age_months": age,
+                    "sex": sex,
+                    "age_source": age_source,
+                    "sex_source": sex_source,
+                    "image_path": str(image_path),
+                }
+            )
+    added = ("age_source", "sex_source", "image_path")
+    valid_cols = [c for c in table.columns if c not in added] + list(added)
+    excluded_cols = ["subject_id", "reason"]
+    excluded_cols += [c for c in table.columns if c not in excluded_cols]
+    return pd.DataFrame(valid, columns=valid_cols), pd.DataFrame(excluded, columns=excluded_cols)
+
+
+def write_validated(
+    valid: pd.DataFrame, exclusions: pd.DataFrame, run_dir: str | os.PathLike
+) -> tuple[Path, Path]:
+    """Write ``cohort.csv`` and ``exclusions.csv`` (always, header only when none) atomically."""
+    run = Path(run_dir)
+    if exclusions.empty and exclusions.columns.empty:
+        exclusions = pd.DataFrame(columns=["subject_id", "reason"])
+    paths = run / "cohort.csv", run / "exclusions.csv"
+    io.atomic_write_text(paths[0], valid.to_csv(index=False))
+    io.atomic_write_text(paths[1], exclusions.to_csv(index=False))
+    return paths
+
+
+def _window_label(lo: float, hi: float) -> str:
+    """Label "12-23" for integer edges (lower edge to upper - 1 months), else "[6.5, 12)"."""
+    if float(lo).is_integer() and float(hi).is_integer():
+        return f"{int(lo)}-{int(hi) - 1}"
+    return f"[{lo:g}, {hi:g})"
+
+
+def age_group(ages, edges=PAPER_AGE_EDGES) -> pd.Series:
+    """Age-group label of each age (months) for bins ``[edges[i], edges[i+1])``; NaN outside."""
+    edges = [float(e) for e in edges]
+    if len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"age group edges must increase, got {edges}")
+    ages = ages if isinstance(ages, pd.Series) else pd.Series(ages)
+    labels = [_window_label(lo, hi) for lo, hi in pairwise(edges)]
+    return pd.cut(ages.astype(float), edges, right=False, labels=labels)
+
+
+def sliding_windows(ages, width: float, step: float, lo: float, hi: float) -> pd.DataFrame:
+    """Memberships in windows ``[lo + n*step, lo + n*step + width)`` that fit in ``[lo, hi]``.
+
+    One row per (window, member): columns ``window`` (label), ``start``, ``end`` and ``index``
+    (the age's index label). Windows may overlap.
+    """
+    if width <= 0 or step <= 0 or hi - lo < width:
+        raise ValueError(f"need width > 0, step > 0 and width <= hi - lo; got {width}, {step}")
+    ages = (ages if isinstance(ages, pd.Series) else pd.Series(ages)).astype(float)
+    rows = []
+    for n in range(int(math.floor((hi - lo - width) / step + 1e-9)) + 1):
+        start = lo + n * step
+        members = ages.index[(ages >= start) & (ages < start + width)]
+        label = _window_label(start, start + width)
+        rows += [(label, start, start + width, idx) for idx in members]
+    return pd.DataFrame(rows, columns=["window", "start", "end", "index"])

@@ -1,0 +1,133 @@
+"""The pipeline's steps over a run directory (what the notebooks call).
+
+Step 01: ``prepare_cohort`` (the user's manifest, or the embedded synthetic cohort, validated into
+``cohort.csv`` + ``exclusions.csv``) and ``preprocess_cohort`` (``preprocessed/``, ``qc/``,
+``preprocess.csv``). Every file is written atomically; finished subjects are skipped on a rerun;
+a subject that fails is excluded with its reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ctbrainage import cohort as cohort_mod
+from ctbrainage import io
+from ctbrainage.config import Profile
+from ctbrainage.preprocess import preprocess_scan
+from ctbrainage.runner import is_current, map_subjects, read_result, write_record
+
+
+def prepare_cohort(profile: Profile, progress: bool = True) -> pd.DataFrame:
+    """Validate the run's manifest (generating the synthetic cohort first when ``data`` is
+    empty) into ``cohort.csv`` and ``exclusions.csv`` of the run directory; returns the valid
+    rows with their age group."""
+    if not profile.data:
+        from ctbrainage.synth import generate_cohort
+
+        synth = profile.synth
+        generate_cohort(
+            profile.synthetic_dir,
+            n=synth.n,
+            seed=profile.seed,
+            schedule=synth.schedule,
+            mode=synth.mode,
+            fmt=synth.format,
+            tilt_fraction=synth.gantry_tilt_fraction,
+            workers=synth.workers,
+            age_group_edges=profile.age_group_edges,
+            progress=progress,
+        )
+    valid, excluded = cohort_mod.validate_manifest(profile.manifest_path, profile.age_range_months)
+    valid["age_group"] = cohort_mod.age_group(valid["age_months"], profile.age_group_edges)
+    cohort_mod.write_validated(valid, excluded, profile.run_path)
+    return valid
+
+
+def preprocess_cohort(profile: Profile, cohort: pd.DataFrame, progress: bool = True):
+    """Preprocess every subject of ``cohort``; returns (per-subject table, exclusions added).
+
+    The table (also ``preprocess.csv``) has brain volume, orientation angles, P-tile HU values,
+    gantry tilt and seconds per subject; failures are appended to ``exclusions.csv``.
+    """
+    run = profile.run_path
+    params = {
+        "spacing_mm": profile.preprocess.spacing_mm,
+        "size": profile.preprocess.size,
+        "ptile": [profile.preprocess.ptile_low, profile.preprocess.ptile_high],
+    }
+    items = [
+        {"subject_id": r.subject_id, "image_path": r.image_path, "run": str(run), "params": params}
+        for r in cohort.itertuples()
+    ]
+    results, errors = map_subjects(
+        _preprocess_subject, items, profile.synth.workers, desc="preprocess", progress=progress
+    )
+    table = pd.DataFrame(results)
+    if not table.empty:
+        table = cohort[["subject_id", "age_months"]].merge(table, on="subject_id")
+    io.atomic_write_text(run / "preprocess.csv", table.to_csv(index=False))
+    failed = pd.DataFrame(
+        {"subject_id": list(errors), "reason": [f"preprocessing: {m}" for m in errors.values()]}
+    )
+    if not failed.empty:
+        _append_exclusions(run, failed)
+    return table, failed
+
+
+def preprocessed_paths(run: Path, subject_id: str) -> dict[str, Path]:
+    folder = run / "preprocessed"
+    return {
+        "image": folder / f"{subject_id}.nii.gz",
+        "brain": folder / f"{subject_id}_brain.nii.gz",
+        "qc": run / "qc" / f"{subject_id}.png",
+        "record": folder / f"{subject_id}.json",
+    }
+
+
+def _preprocess_subject(item: dict) -> dict:
+    import matplotlib.pyplot as plt
+
+    from ctbrainage.plots import preprocess_qc_figure
+
+    run, sid, params = Path(item["run"]), item["subject_id"], item["params"]
+    paths = preprocessed_paths(run, sid)
+    outputs = [paths["image"], paths["brain"], paths["qc"]]
+    if is_current(paths["record"], params, outputs):
+        return read_result(paths["record"])
+    start = time.perf_counter()
+    try:
+        scan = io.read_ct(item["image_path"])
+        result = preprocess_scan(
+            scan.image, params["spacing_mm"], params["size"], tuple(params["ptile"])
+        )
+    except ValueError as err:
+        raise ValueError(f"{sid}: {err}") from None
+    io.write_nifti(paths["image"], result.image, result.affine)
+    io.write_nifti(paths["brain"], result.brain, result.affine)
+    plt.close(preprocess_qc_figure(scan.image, result, title=sid, out=paths["qc"]))
+    roll, pitch, yaw = result.orientation.angles_deg()
+    record = {
+        "subject_id": sid,
+        "brain_volume_ml": round(result.brain_volume_ml, 2),
+        "roll_deg": round(roll, 2),
+        "pitch_deg": round(pitch, 2),
+        "yaw_deg": round(yaw, 2),
+        "ptile_low_hu": round(result.ptile_hu[0], 2),
+        "ptile_high_hu": round(result.ptile_hu[1], 2),
+        "gantry_tilt_deg": round(scan.gantry_tilt_deg, 2),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_record(paths["record"], params, record)
+    return record
+
+
+def _append_exclusions(run: Path, rows: pd.DataFrame) -> None:
+    path = run / "exclusions.csv"
+    old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else None
+    if old is not None:
+        old = old[~old["subject_id"].isin(rows["subject_id"])]
+    merged = pd.concat([old, rows], ignore_index=True) if old is not None else rows
+    io.atomic_write_text(path, merged.to_csv(index=False))

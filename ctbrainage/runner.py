@@ -1,0 +1,79 @@
+"""Run one step over many subjects: in parallel, with a progress bar, skipping finished work,
+and turning one subject's failure into an exclusion reason instead of a stopped run."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ctbrainage import io
+
+
+def is_current(record_path: Path, params: dict, outputs: Iterable[Path]) -> bool:
+    """True when ``record_path`` holds these ``params`` and every output exists."""
+    if not record_path.exists() or not all(Path(p).exists() for p in outputs):
+        return False
+    try:
+        return json.loads(record_path.read_text()).get("params") == params
+    except (OSError, ValueError):
+        return False
+
+
+def write_record(record_path: Path, params: dict, result: dict) -> None:
+    """The per-subject sidecar that marks a step done (written last, atomically)."""
+    io.atomic_write_text(record_path, json.dumps({"params": params, "result": result}, indent=1))
+
+
+def read_result(record_path: Path) -> dict:
+    return json.loads(Path(record_path).read_text())["result"]
+
+
+def map_subjects(
+    job: Callable[[dict], dict],
+    items: list[dict],
+    workers: int = 0,
+    desc: str = "subjects",
+    progress: bool = True,
+) -> tuple[list[dict], dict[str, str]]:
+    """Apply ``job`` to every item (each a dict with ``subject_id``); returns (results, errors)
+    where errors maps subject_id → reason. ``workers`` 0 = all cores; 1 = in this process."""
+    workers = min(len(items), workers or os.cpu_count() or 1)
+    results, errors = [], {}
+    bar = tqdm(total=len(items), desc=desc, unit="subject", disable=not progress or not items)
+
+    def collect(item, outcome):
+        if isinstance(outcome, BaseException):
+            errors[item["subject_id"]] = _reason(outcome)
+        else:
+            results.append(outcome)
+        bar.update()
+
+    if workers <= 1:
+        for item in items:
+            collect(item, _guarded(job, item))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_guarded, job, item): item for item in items}
+            for future in as_completed(futures):
+                collect(futures[future], future.result())
+    bar.close()
+    order = {item["subject_id"]: i for i, item in enumerate(items)}
+    results.sort(key=lambda r: order[r["subject_id"]])
+    return results, errors
+
+
+def _guarded(job, item):
+    try:
+        return job(item)
+    except Exception as err:  # one bad subject never stops the others
+        return err
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}"
