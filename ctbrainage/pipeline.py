@@ -72,8 +72,7 @@ def preprocess_cohort(profile: Profile, cohort: pd.DataFrame, progress: bool = T
     failed = pd.DataFrame(
         {"subject_id": list(errors), "reason": [f"preprocessing: {m}" for m in errors.values()]}
     )
-    if not failed.empty:
-        _append_exclusions(run, failed)
+    _update_exclusions(run, [item["subject_id"] for item in items], failed)
     return table, failed
 
 
@@ -82,6 +81,7 @@ def preprocessed_paths(run: Path, subject_id: str) -> dict[str, Path]:
     return {
         "image": folder / f"{subject_id}.nii.gz",
         "brain": folder / f"{subject_id}_brain.nii.gz",
+        "brain_native": folder / f"{subject_id}_brain_native.nii.gz",
         "qc": run / "qc" / f"{subject_id}.png",
         "record": folder / f"{subject_id}.json",
     }
@@ -94,7 +94,7 @@ def _preprocess_subject(item: dict) -> dict:
 
     run, sid, params = Path(item["run"]), item["subject_id"], item["params"]
     paths = preprocessed_paths(run, sid)
-    outputs = [paths["image"], paths["brain"], paths["qc"]]
+    outputs = [paths["image"], paths["brain"], paths["brain_native"], paths["qc"]]
     if is_current(paths["record"], params, outputs):
         return read_result(paths["record"])
     start = time.perf_counter()
@@ -107,6 +107,7 @@ def _preprocess_subject(item: dict) -> dict:
         raise ValueError(f"{sid}: {err}") from None
     io.write_nifti(paths["image"], result.image, result.affine)
     io.write_nifti(paths["brain"], result.brain, result.affine)
+    io.write_nifti(paths["brain_native"], *io.sitk_to_ras(result.work_mask))
     plt.close(preprocess_qc_figure(scan.image, result, title=sid, out=paths["qc"]))
     roll, pitch, yaw = result.orientation.angles_deg()
     record = {
@@ -124,10 +125,9 @@ def _preprocess_subject(item: dict) -> dict:
     return record
 
 
-def _append_exclusions(run: Path, rows: pd.DataFrame) -> None:
+def _update_exclusions(run: Path, processed: list[str], failed: pd.DataFrame) -> None:
+    """Replace the rows of every subject this step processed by its new failures (if any)."""
     path = run / "exclusions.csv"
-    old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else None
-    if old is not None:
-        old = old[~old["subject_id"].isin(rows["subject_id"])]
-    merged = pd.concat([old, rows], ignore_index=True) if old is not None else rows
-    io.atomic_write_text(path, merged.to_csv(index=False))
+    old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else failed[:0]
+    kept = old[~old["subject_id"].isin(processed)]
+    io.atomic_write_text(path, pd.concat([kept, failed], ignore_index=True).to_csv(index=False))

@@ -74,6 +74,15 @@ def _ball(radius_vox: int) -> np.ndarray:
     return (grid**2).sum(axis=0) <= radius_vox**2
 
 
+def _enclosed_by_bone(hu: np.ndarray, region: np.ndarray, shell_mm: float = 10.0) -> bool:
+    """Whether bone (> 150 HU) surrounds ``region``: it must make up at least 5 % of the
+    shell within ``shell_mm`` outside it (a skull does, even with open fontanelles and sutures;
+    a block of soft tissue without bone does not). Checked at half resolution."""
+    outside = ndimage.distance_transform_edt(~region[::2, ::2, ::2]) * 2 * WORK_MM
+    shell = (outside > 0) & (outside <= shell_mm)
+    return bool(shell.any() and (hu[::2, ::2, ::2][shell] > 150.0).mean() >= 0.05)
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(mask)
     if count == 0:
@@ -100,10 +109,11 @@ def skull_strip(work: sitk.Image, min_brain_ml: float = 100.0) -> sitk.Image:
     core = _largest_component(ndimage.binary_erosion(soft, _ball(radius)))
     intracranial = ndimage.binary_dilation(core, _ball(radius)) & soft
     intracranial = ndimage.binary_fill_holes(intracranial)
-    if intracranial.sum() * voxel_ml < min_brain_ml:
+    region_ml = intracranial.sum() * voxel_ml
+    if region_ml < min_brain_ml or not _enclosed_by_bone(hu, intracranial):
         raise PreprocessError(
-            f"no head found: the largest soft-tissue region inside bone is "
-            f"{intracranial.sum() * voxel_ml:.0f} mL (expected a brain of >= {min_brain_ml:.0f} mL)"
+            f"no head found: the largest soft-tissue region ({region_ml:.0f} mL)"
+            f" is not a skull-enclosed brain of >= {min_brain_ml:.0f} mL"
         )
     values = hu[intracranial]
     grey = np.percentile(values[(values > -10.0) & (values < 45.0)], 90)
