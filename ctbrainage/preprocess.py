@@ -45,24 +45,35 @@ class Orientation:
 
 
 # ---- working grid -------------------------------------------------------------------------------
+def anti_alias(image: sitk.Image, target_mm: float) -> sitk.Image:
+    """Low-pass ``image`` for sampling at ``target_mm``: block averages by whole factors
+    (cheap), then a Gaussian for what remains (FWHM² = target² − spacing²)."""
+    factors = [max(1, int(target_mm // s)) for s in image.GetSpacing()]
+    if max(factors) > 1:
+        image = sitk.BinShrink(image, factors)
+    spacing = image.GetSpacing()
+    sigma = [math.sqrt(max(target_mm**2 - s**2, 0.0)) / 2.355 for s in spacing]
+    if max(sg / s for sg, s in zip(sigma, spacing, strict=True)) > 0.25:
+        image = sitk.SmoothingRecursiveGaussian(image, sigma=[max(sg, 1e-3) for sg in sigma])
+    return image
+
+
 def to_working_grid(image: sitk.Image, spacing_mm: float = WORK_MM) -> sitk.Image:
     """Float32 HU on an isotropic grid with the image's own axes, anti-aliased."""
-    image = sitk.Cast(image, sitk.sitkFloat32)
-    sigma = [math.sqrt(max(spacing_mm**2 - s**2, 0.0)) / 2.355 for s in image.GetSpacing()]
-    if max(sigma) > 0:
-        image = sitk.SmoothingRecursiveGaussian(image, sigma=[max(s, 1e-3) for s in sigma])
     size = [
         int(math.ceil(n * s / spacing_mm))
         for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)
     ]
+    origin, direction = image.GetOrigin(), image.GetDirection()
+    smooth = anti_alias(sitk.Cast(image, sitk.sitkFloat32), spacing_mm)
     return sitk.Resample(
-        image,
+        smooth,
         size,
         sitk.Transform(),
         sitk.sitkLinear,
-        image.GetOrigin(),
+        origin,
         [spacing_mm] * 3,
-        image.GetDirection(),
+        direction,
         -1024.0,
         sitk.sitkFloat32,
     )
@@ -230,16 +241,22 @@ def output_grid(orientation: Orientation, spacing_mm: float, size: int) -> sitk.
     return grid
 
 
-def resample_to(image: sitk.Image, grid: sitk.Image, interpolator, default: float) -> np.ndarray:
-    """``image`` sampled on ``grid`` (anti-aliased when the grid is coarser); array [i, j, k]."""
-    target = grid.GetSpacing()[0]
-    if image.GetPixelID() != sitk.sitkUInt8:
-        image = sitk.Cast(image, sitk.sitkFloat32)
-        sigma = [math.sqrt(max(target**2 - s**2, 0.0)) / 2.355 for s in image.GetSpacing()]
-        if max(sigma) > 0.05:
-            image = sitk.SmoothingRecursiveGaussian(image, sigma=[max(s, 1e-3) for s in sigma])
-    out = sitk.Resample(image, grid, sitk.Transform(), interpolator, default)
+def resample_to(image: sitk.Image, grid: sitk.Image, default: float, smooth: bool = True):
+    """``image`` sampled linearly on ``grid`` (anti-aliased when ``smooth``); array [i, j, k]."""
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    if smooth:
+        image = anti_alias(image, grid.GetSpacing()[0])
+    out = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, default)
     return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+
+def crop_to_mask(image: sitk.Image, mask: sitk.Image, margin_mm: float = 5.0) -> sitk.Image:
+    """The part of ``image`` (same grid as ``mask``) around the mask, with a margin."""
+    idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1]
+    pad = int(math.ceil(margin_mm / min(mask.GetSpacing())))
+    lo = np.maximum(idx.min(axis=0) - pad, 0)
+    hi = np.minimum(idx.max(axis=0) + pad + 1, mask.GetSize())
+    return sitk.RegionOfInterest(image, (hi - lo).tolist(), lo.tolist())
 
 
 def grid_affine(grid: sitk.Image) -> np.ndarray:
@@ -274,17 +291,28 @@ def preprocess_scan(
     work = to_working_grid(image)
     mask = skull_strip(work)
     orientation = orient(mask)
-    # normalise on the working grid, where the mask is exact, so that no skull or scalp can
-    # bleed into brain voxels when the image is then sampled on the (coarser) output grid
+    model_input, brain, ptile_hu = sample_model_input(
+        work, mask, orientation, spacing_mm, size, ptile
+    )
+    volume = float(sitk.GetArrayViewFromImage(mask).sum()) * WORK_MM**3 / 1000.0
+    grid = output_grid(orientation, spacing_mm, size)
+    return Preprocessed(model_input, brain, grid_affine(grid), mask, orientation, ptile_hu, volume)
+
+
+def sample_model_input(work, mask, orientation, spacing_mm, size, ptile):
+    """P-tile normalisation, isotropic resampling and crop onto the brain's output grid.
+
+    Normalised on the working grid, where the mask is exact, so that no skull or scalp can
+    bleed into brain voxels when the image is then sampled on the (coarser) output grid.
+    Returns (model input, brain mask, (low, high) HU)."""
+    work, mask = crop_to_mask(work, mask), crop_to_mask(mask, mask)
     normalised, lo, hi = ptile_normalise(
         sitk.GetArrayViewFromImage(work), sitk.GetArrayViewFromImage(mask), *ptile
     )
     normalised_image = sitk.GetImageFromArray(normalised)
     normalised_image.CopyInformation(work)
     grid = output_grid(orientation, spacing_mm, size)
-    brain_prob = resample_to(sitk.Cast(mask, sitk.sitkFloat32), grid, sitk.sitkLinear, 0.0)
-    brain = (brain_prob >= 0.5).astype(np.uint8)
-    model_input = resample_to(normalised_image, grid, sitk.sitkLinear, 0.0)
-    model_input[brain == 0] = 0.0
-    volume = float(sitk.GetArrayViewFromImage(mask).sum()) * WORK_MM**3 / 1000.0
-    return Preprocessed(model_input, brain, grid_affine(grid), mask, orientation, (lo, hi), volume)
+    brain = resample_to(mask, grid, 0.0, smooth=False) >= 0.5
+    model_input = resample_to(normalised_image, grid, 0.0)
+    model_input[~brain] = 0.0
+    return model_input, brain.astype(np.uint8), (lo, hi)
