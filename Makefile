@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11, PyPI reachable):
 #   make demo   - set up .venv on first use, then run the demo on the embedded synthetic cohort
+#                 (generate it, then notebooks/01_preprocess through papermill)
 #   make test   - set up .venv on first use, then run the test suite
 PYTHON ?= python3.11
 VENV := .venv
@@ -18,6 +19,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m ctbrainage.synth --profile demo --figure figures/synthetic_cohort.png
+	$(VENV)/bin/papermill --progress-bar notebooks/01_preprocess.ipynb \
+		runs/demo/notebooks/01_preprocess.ipynb -p profile demo
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -16,7 +16,7 @@ import pandas as pd
 from ctbrainage import cohort as cohort_mod
 from ctbrainage import io
 from ctbrainage.config import Profile
-from ctbrainage.preprocess import preprocess_scan
+from ctbrainage.preprocess import PREPROCESS_VERSION, preprocess_scan
 from ctbrainage.runner import is_current, map_subjects, read_result, write_record
 
 
@@ -57,6 +57,7 @@ def preprocess_cohort(profile: Profile, cohort: pd.DataFrame, progress: bool = T
         "spacing_mm": profile.preprocess.spacing_mm,
         "size": profile.preprocess.size,
         "ptile": [profile.preprocess.ptile_low, profile.preprocess.ptile_high],
+        "version": PREPROCESS_VERSION,
     }
     items = [
         {"subject_id": r.subject_id, "image_path": r.image_path, "run": str(run), "params": params}

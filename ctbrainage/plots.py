@@ -164,3 +164,44 @@ def preprocess_qc_figure(native, result, title: str = "", out=None):
         fontsize=10,
     )
     return save(fig, out, dpi=80)
+
+
+def qc_montage(run_dir: str | Path, subject_ids, ncols: int = 3, out=None):
+    """Tile the per-subject QC images (``qc/<id>.png``) of a run."""
+    run = Path(run_dir)
+    ids = list(subject_ids)
+    nrows = max(1, -(-len(ids) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.7 * nrows), layout="constrained")
+    for ax in np.atleast_1d(axes).ravel():
+        ax.set_axis_off()
+    for ax, sid in zip(np.atleast_1d(axes).ravel(), ids, strict=False):
+        ax.imshow(plt.imread(run / "qc" / f"{sid}.png"))
+    return save(fig, out)
+
+
+def brain_volume_vs_age(table: pd.DataFrame, out=None):
+    """Brain volume found by skull stripping against age, with the normative median curve
+    (cuMIP intracranial volume × brain fraction) for reference."""
+    from ctbrainage.synth import norms
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+    sexes = table["sex"] if "sex" in table else pd.Series("", index=table.index)
+    for sex, marker in (("F", "o"), ("M", "s"), ("", "^")):
+        part = table[sexes.fillna("") == sex]
+        if len(part):
+            ax.scatter(
+                part["age_months"],
+                part["brain_volume_ml"],
+                s=14,
+                marker=marker,
+                alpha=0.7,
+                label=f"{sex or 'sex unknown'}: skull-stripped",
+            )
+    ages = np.linspace(0, 48, 100)
+    for sex in ("F", "M"):
+        norm = [norms.brain_fraction(a) * norms.intracranial_volume_ml(a, sex) for a in ages]
+        ax.plot(ages, norm, lw=1.5, label=f"{sex}: norm (cuMIP ICV × brain fraction)")
+    ax.set_xlabel("age (months)")
+    ax.set_ylabel("brain volume (mL)")
+    ax.legend(fontsize=8)
+    return save(fig, out)

@@ -19,8 +19,11 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+# bump whenever a change alters the outputs: finished subjects of older versions are redone
+PREPROCESS_VERSION = 1
 WORK_MM = 1.0  # isotropic working resolution for skull stripping and orientation
 CSF_HU = 5.0  # nominal CSF attenuation (2-10 HU at 120 kVp)
+RIM_MARGIN_HU = 2.0  # the brain's outermost voxel layer must exceed the threshold by this much
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -86,12 +89,12 @@ def _ball(radius_vox: int) -> np.ndarray:
 
 
 def _enclosed_by_bone(hu: np.ndarray, region: np.ndarray, shell_mm: float = 10.0) -> bool:
-    """Whether bone (> 150 HU) surrounds ``region``: it must make up at least 5 % of the
-    shell within ``shell_mm`` outside it (a skull does, even with open fontanelles and sutures;
-    a block of soft tissue without bone does not). Checked at half resolution."""
+    """Whether bone (> 150 HU) surrounds ``region``: it must make up at least 12 % of the
+    shell within ``shell_mm`` outside it (a skull: 25-36 % even with open fontanelles; one
+    plate of bone under a block of soft tissue: ~5 %). Checked at half resolution."""
     outside = ndimage.distance_transform_edt(~region[::2, ::2, ::2]) * 2 * WORK_MM
     shell = (outside > 0) & (outside <= shell_mm)
-    return bool(shell.any() and (hu[::2, ::2, ::2][shell] > 150.0).mean() >= 0.05)
+    return bool(shell.any() and (hu[::2, ::2, ::2][shell] > 150.0).mean() >= 0.12)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -111,7 +114,8 @@ def skull_strip(work: sitk.Image, min_brain_ml: float = 100.0) -> sitk.Image:
     2. Parenchyma: within it, voxels above half-way between CSF (nominal 5 HU) and cortical grey
        matter (the 90th percentile of intracranial soft tissue), i.e. a voxel that is half brain
        is brain; opened, largest component, holes filled (ventricles and deep white matter, which
-       at 15-22 HU in young infants may fall below the threshold, are enclosed by cortex).
+       at 15-22 HU in young infants may fall below the threshold, are enclosed by cortex); the
+       outermost voxel layer, partial volume with CSF, must exceed the threshold by 2 HU.
     """
     hu = sitk.GetArrayViewFromImage(work)  # [k, j, i]
     voxel_ml = float(np.prod(work.GetSpacing())) / 1000.0
@@ -132,6 +136,9 @@ def skull_strip(work: sitk.Image, min_brain_ml: float = 100.0) -> sitk.Image:
     brain = intracranial & (hu > threshold)
     brain = _largest_component(ndimage.binary_opening(brain, _ball(1)))
     brain = ndimage.binary_fill_holes(brain)
+    # the outermost layer is partial volume with CSF: keep its voxels only if clearly tissue
+    rim = brain & ~ndimage.binary_erosion(brain)
+    brain &= ~(rim & (hu < threshold + RIM_MARGIN_HU))
     if brain.sum() * voxel_ml < min_brain_ml:
         raise PreprocessError(
             f"no brain found: {brain.sum() * voxel_ml:.0f} mL above {threshold:.0f} HU"
@@ -155,8 +162,8 @@ def orient(mask: sitk.Image) -> Orientation:
     """The brain's anatomical axes from its mask: PCA, mirror symmetry and anatomy.
 
     - anterior-posterior: the principal axis of largest variance (the brain is longest AP);
-    - left-right: the normal of the plane of best mirror symmetry containing that axis (searched,
-      because the left-right and superior-inferior variances of an infant brain are close);
+    - left-right: the normal of the plane of best mirror symmetry (searched, because the
+      left-right and superior-inferior variances of an infant brain are close);
     - the AP axis is then refined within the mid-sagittal plane (PCA there);
     - signs from anatomy: the inferior end of the brain is the one whose lowest tenth lies far
       from the centre along AP (cerebellum and brainstem), and that offset points posterior.
@@ -185,18 +192,16 @@ def orient(mask: sitk.Image) -> Orientation:
 
 
 def _symmetry_normal(mask: sitk.Image, centre, axis, start) -> np.ndarray:
-    """Unit normal ⊥ ``axis`` of the plane through ``centre`` of best mirror symmetry."""
+    """Unit normal of the plane through ``centre`` of best mirror symmetry of the mask: searched
+    around ``axis`` (the AP axis) first, then tilted towards it (so that the yaw comes from the
+    symmetry, not from the PCA axis), and around it again, finer each time."""
     array = sitk.GetArrayViewFromImage(mask)
     points = mask_points(mask, max_points=20000, seed=1) - centre
     direction = np.array(mask.GetDirection()).reshape(3, 3)
     to_index = np.linalg.inv(direction * np.array(mask.GetSpacing()))
     origin = np.array(mask.GetOrigin())
-    e1 = start - axis * (start @ axis)
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(axis, e1)
 
-    def score(theta):
-        n = math.cos(theta) * e1 + math.sin(theta) * e2
+    def score(n):
         mirrored = points - 2 * np.outer(points @ n, n) + centre
         ijk = np.rint((mirrored - origin) @ to_index.T).astype(int)
         inside = np.all((ijk >= 0) & (ijk < array.shape[::-1]), axis=1)
@@ -204,11 +209,25 @@ def _symmetry_normal(mask: sitk.Image, centre, axis, start) -> np.ndarray:
         hits[inside] = array[ijk[inside, 2], ijk[inside, 1], ijk[inside, 0]] > 0
         return hits.mean()
 
-    thetas = np.radians(np.arange(0.0, 180.0, 3.0))
-    best = thetas[int(np.argmax([score(t) for t in thetas]))]
-    fine = best + np.radians(np.arange(-3.0, 3.01, 0.25))
-    best = fine[int(np.argmax([score(t) for t in fine]))]
-    return math.cos(best) * e1 + math.sin(best) * e2
+    def best(rotate, degrees):
+        candidates = [rotate(math.radians(d)) for d in degrees]
+        return candidates[int(np.argmax([score(n) for n in candidates]))]
+
+    e1 = start - axis * (start @ axis)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(axis, e1)
+    n = best(lambda t: math.cos(t) * e1 + math.sin(t) * e2, np.arange(0.0, 180.0, 3.0))
+    for tilt_range, spin_range in ((8.0, 3.0), (1.5, 1.0)):
+        spin_axis = np.cross(n, axis) / np.linalg.norm(np.cross(n, axis))
+        n = best(
+            lambda t, n=n: math.cos(t) * n + math.sin(t) * axis,
+            np.arange(-tilt_range, tilt_range + 1e-9, 0.5 if tilt_range > 2 else 0.25),
+        )
+        n = best(
+            lambda t, n=n, s=spin_axis: math.cos(t) * n + math.sin(t) * s,
+            np.arange(-spin_range, spin_range + 1e-9, 0.25),
+        )
+    return n / np.linalg.norm(n)
 
 
 # ---- 3. P-tile normalisation --------------------------------------------------------------------

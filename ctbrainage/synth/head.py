@@ -22,6 +22,7 @@ from ctbrainage.lobes import LOBES
 from ctbrainage.synth import norms
 from ctbrainage.synth.anatomy import (
     BONE_NAMES,
+    BRAIN_BIT,
     CEREBELLUM,
     DEEP_GREY,
     FRONTAL_BONE,
@@ -34,7 +35,7 @@ from ctbrainage.synth.schedule import MaturationSchedule
 
 AIR_HU = -1000.0
 # bump whenever a change alters the generated images: cohorts on disk then regenerate
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -273,16 +274,16 @@ def _deform(tpl: Template, hu: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]
         weights.append((w / w.sum(axis=1, keepdims=True)).astype(np.float32))
     amplitude = 3.0 / tpl.voxel_mm
     grid = np.indices(hu.shape, dtype=np.float32)
-    # the affine part of the field (a rotation, shear or scaling of the whole head) is removed:
-    # pose and size are planted separately, and their truth must stay exact
-    sample = grid[:, ::8, ::8, ::8].reshape(3, -1).T
+    # the affine part of the field over the brain (a rotation, shear or scaling of the whole
+    # brain) is removed: pose and size are planted separately, and their truth must stay exact
+    brain = (tpl.truth[::4, ::4, ::4] & BRAIN_BIT) > 0
+    sample = grid[:, ::4, ::4, ::4][:, brain].T
     design = np.c_[sample, np.ones(len(sample))]
     for axis in range(3):
         coarse = rng.normal(0.0, amplitude, size=[w.shape[1] for w in weights]).astype(np.float32)
         field = np.einsum("ia,jb,kc,abc->ijk", *weights, coarse, optimize=True)
-        coef = np.linalg.lstsq(design, field[::8, ::8, ::8].ravel(), rcond=None)[0].astype(
-            np.float32
-        )
+        coef = np.linalg.lstsq(design, field[::4, ::4, ::4][brain], rcond=None)[0]
+        coef = coef.astype(np.float32)
         field -= sum(coef[a] * grid[a] for a in range(3)) + coef[3]
         grid[axis] += field
     warped = ndimage.map_coordinates(hu, grid, order=1, mode="nearest")

@@ -1,0 +1,102 @@
+"""Preprocessing stages, and their accuracy against the synthetic cohort's ground truth."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from ctbrainage import io
+from ctbrainage import preprocess as pp
+from ctbrainage.synth.scoring import dice, orientation_spread_deg, true_axes_in_grid
+
+
+@pytest.fixture(scope="module")
+def processed(cohort_dir):
+    """Six subjects across the age range, preprocessed as in the demo profile."""
+    truth = pd.read_csv(cohort_dir / "truth.csv").sort_values("age_months")
+    picks = truth.iloc[np.linspace(0, len(truth) - 1, 6).astype(int)]
+    out = []
+    for row in picks.itertuples():
+        scan = io.read_ct(cohort_dir / "images" / f"{row.subject_id}.nii.gz")
+        result = pp.preprocess_scan(scan.image, spacing_mm=3.0, size=64, ptile=(0.5, 99.5))
+        record = json.loads((cohort_dir / "truth" / f"{row.subject_id}.json").read_text())
+        out.append((row.subject_id, result, record))
+    return out
+
+
+def test_skull_strip_matches_the_true_brain(processed, cohort_dir):
+    for sid, result, record in processed:
+        truth = sitk.ReadImage(str(cohort_dir / "truth" / f"{sid}_brain.nii.gz"))
+        ours = sitk.Resample(
+            sitk.Cast(result.work_mask, sitk.sitkFloat32),
+            truth,
+            sitk.Transform(),
+            sitk.sitkLinear,
+            0.0,
+        )
+        score = dice(sitk.GetArrayViewFromImage(ours) >= 0.5, sitk.GetArrayViewFromImage(truth))
+        assert score >= 0.95, (sid, record["age_months"], score)
+        assert result.brain_volume_ml == pytest.approx(record["brain_volume_ml"], rel=0.12)
+
+
+def test_every_subject_ends_in_the_same_orientation(processed):
+    rotations = []
+    for _, result, record in processed:
+        assert np.linalg.det(result.orientation.axes) == pytest.approx(1.0)  # never a mirror
+        rotations.append(true_axes_in_grid(result.affine, record))
+    assert orientation_spread_deg(rotations).max() < 5.0
+
+
+def test_model_input_contract(processed):
+    for _, result, _ in processed:
+        assert result.image.shape == result.brain.shape == (64, 64, 64)
+        assert result.image.dtype == np.float32
+        assert result.image.min() >= 0.0 and result.image.max() <= 1.0
+        assert not result.image[result.brain == 0].any()
+        # the brain is whole and centred: no brain voxel on the cube's faces
+        faces = [
+            result.brain[0],
+            result.brain[-1],
+            result.brain[:, 0],
+            result.brain[:, -1],
+            result.brain[:, :, 0],
+            result.brain[:, :, -1],
+        ]
+        assert not any(face.any() for face in faces)
+        centre = np.argwhere(result.brain).mean(axis=0)
+        assert np.all(np.abs(centre - 31.5) < 3)
+        # the array's axes are anatomical: right, anterior, superior
+        assert np.allclose(np.linalg.norm(result.affine[:3, :3], axis=0), 3.0)
+
+
+def test_ptile_normalise_maps_percentiles_to_unit_range():
+    rng = np.random.default_rng(0)
+    hu = rng.normal(30, 5, (20, 20, 20)).astype(np.float32)
+    brain = np.zeros(hu.shape, np.uint8)
+    brain[5:15, 5:15, 5:15] = 1
+    out, lo, hi = pp.ptile_normalise(hu, brain, 1.0, 99.0)
+    inside = hu[brain > 0]
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(inside, [1, 99])))
+    assert np.mean(out[brain > 0] == 0) == pytest.approx(0.01, abs=0.005)
+    assert np.mean(out[brain > 0] == 1) == pytest.approx(0.01, abs=0.005)
+    assert not out[brain == 0].any()
+    with pytest.raises(pp.PreprocessError, match="flat"):
+        pp.ptile_normalise(np.full(hu.shape, 20.0), brain, 1, 99)
+
+
+def test_a_block_of_soft_tissue_without_skull_is_no_head():
+    cube = np.full((110, 110, 110), -1000.0, np.float32)
+    cube[25:85, 25:85, 25:85] = 35 + 5 * np.random.default_rng(1).standard_normal((60,) * 3)
+    cube[25:85, 25:85, 20:23] = 900.0  # a bone plate under it is not a skull
+    with pytest.raises(pp.PreprocessError, match="no head"):
+        pp.skull_strip(sitk.GetImageFromArray(cube))
+
+
+def test_output_grid_is_centred_on_the_brain():
+    orientation = pp.Orientation(centre=np.array([10.0, -5.0, 20.0]), axes=np.eye(3))
+    grid = pp.output_grid(orientation, spacing_mm=2.0, size=32)
+    assert grid.GetSize() == (32, 32, 32) and grid.GetSpacing() == (2.0, 2.0, 2.0)
+    middle = grid.TransformContinuousIndexToPhysicalPoint([15.5, 15.5, 15.5])
+    assert middle == pytest.approx((10.0, -5.0, 20.0))
