@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m ctbrainage.synth --profile demo --figure figures/synthetic_cohort.png
+	mkdir -p runs/demo/notebooks
 	$(VENV)/bin/papermill --progress-bar notebooks/01_preprocess.ipynb \
 		runs/demo/notebooks/01_preprocess.ipynb -p profile demo
 

@@ -20,9 +20,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 # bump whenever a change alters the outputs: finished subjects of older versions are redone
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 WORK_MM = 1.0  # isotropic working resolution for skull stripping and orientation
 CSF_HU = 5.0  # nominal CSF attenuation (2-10 HU at 120 kVp)
+BLOOD_HU = 50.0  # above this, intracranial soft tissue is venous blood or bone, not brain
 RIM_MARGIN_HU = 2.0  # the brain's outermost voxel layer must exceed the threshold by this much
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -111,8 +112,9 @@ def skull_strip(work: sitk.Image, min_brain_ml: float = 100.0) -> sitk.Image:
     1. Intracranial soft tissue: -20..100 HU, not bone. An erosion by a 3 mm ball cuts the
        scalp (thinner than 6 mm) and any bridge through sutures, fontanelles or a head holder;
        the largest component is the intracranial space, grown back within the soft tissue.
-    2. Parenchyma: within it, voxels above half-way between CSF (nominal 5 HU) and cortical grey
-       matter (the 90th percentile of intracranial soft tissue), i.e. a voxel that is half brain
+    2. Parenchyma: within it, voxels below 50 HU (venous sinuses, bone) and above half-way
+       between CSF (nominal 5 HU) and cortical grey matter (the 90th percentile of intracranial
+       soft tissue), i.e. a voxel that is half brain
        is brain; opened, largest component, holes filled (ventricles and deep white matter, which
        at 15-22 HU in young infants may fall below the threshold, are enclosed by cortex); the
        outermost voxel layer, partial volume with CSF, must exceed the threshold by 2 HU.
@@ -133,7 +135,7 @@ def skull_strip(work: sitk.Image, min_brain_ml: float = 100.0) -> sitk.Image:
     values = hu[intracranial]
     grey = np.percentile(values[(values > -10.0) & (values < 45.0)], 90)
     threshold = float(np.clip((CSF_HU + grey) / 2, 10.0, 25.0))
-    brain = intracranial & (hu > threshold)
+    brain = intracranial & (hu > threshold) & (hu < BLOOD_HU)
     brain = _largest_component(ndimage.binary_opening(brain, _ball(1)))
     brain = ndimage.binary_fill_holes(brain)
     # the outermost layer is partial volume with CSF: keep its voxels only if clearly tissue
