@@ -337,3 +337,12 @@ def sample_model_input(work, mask, orientation, spacing_mm, size, ptile):
     model_input = resample_to(normalised_image, grid, 0.0)
     model_input[~brain] = 0.0
     return model_input, brain.astype(np.uint8), (lo, hi)
+
+
+def map_to_grid(native: sitk.Image, reference: sitk.Image, labels: bool = True) -> np.ndarray:
+    """An image in native physical space (e.g. lobe labels of the CT, TotalSegmentator output)
+    on a preprocessed grid ``reference`` (read from ``preprocessed/<id>.nii.gz``): the grid's
+    header is the saved native → preprocessed transform. Nearest neighbour for ``labels``."""
+    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    out = sitk.Resample(native, reference, sitk.Transform(), interpolator, 0)
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)

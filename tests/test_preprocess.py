@@ -100,3 +100,18 @@ def test_output_grid_is_centred_on_the_brain():
     assert grid.GetSize() == (32, 32, 32) and grid.GetSpacing() == (2.0, 2.0, 2.0)
     middle = grid.TransformContinuousIndexToPhysicalPoint([15.5, 15.5, 15.5])
     assert middle == pytest.approx((10.0, -5.0, 20.0))
+
+
+def test_native_labels_map_into_the_preprocessed_grid(processed, cohort_dir, tmp_path):
+    """The saved grid is the native → preprocessed transform: the true lobes, made in native
+    space, land inside the preprocessed brain mask."""
+    for sid, result, _ in processed[:3]:
+        io.write_nifti(tmp_path / f"{sid}.nii.gz", result.image, result.affine)
+        reference = sitk.ReadImage(str(tmp_path / f"{sid}.nii.gz"))
+        lobes = sitk.ReadImage(str(cohort_dir / "truth" / f"{sid}_lobes.nii.gz"))
+        mapped = pp.map_to_grid(lobes, reference)
+        assert mapped.shape == result.brain.shape
+        assert set(np.unique(mapped)) == {0, 1, 2, 3, 4}
+        inside = (result.brain[mapped > 0] > 0).mean()
+        shifted = np.roll(mapped, 3, axis=1)  # 9 mm off along the anterior axis
+        assert inside > 0.94 and (result.brain[shifted > 0] > 0).mean() < inside - 0.03
