@@ -47,7 +47,6 @@ def canonical_slices(image: nib.Nifti1Image, centre_ijk=None):
 def synthetic_cohort_figure(cohort_dir: str | Path, out=None, ages=(1, 6, 12, 24, 36, 47)):
     """Subjects across the age range (three planes, brain window), planted vs measured lobe
     white-matter attenuation, and brain volume vs the normative curve."""
-    from ctbrainage.synth import norms
     from ctbrainage.synth.schedule import MaturationSchedule
 
     cohort = Path(cohort_dir)
@@ -105,22 +104,7 @@ def synthetic_cohort_figure(cohort_dir: str | Path, out=None, ages=(1, 6, 12, 24
         fontsize=9,
     )
     ax.legend(fontsize=8, ncol=2)
-    ax = fig.add_subplot(bottom[1])
-    for sex, marker in (("F", "o"), ("M", "s")):
-        sub = truth[truth["sex"] == sex]
-        ax.scatter(
-            sub["age_months"],
-            sub["brain_volume_ml"],
-            s=12,
-            marker=marker,
-            alpha=0.7,
-            label=f"{sex}: measured",
-        )
-        norm = [norms.brain_fraction(a) * norms.intracranial_volume_ml(a, sex) for a in ages_line]
-        ax.plot(ages_line, norm, lw=2, label=f"{sex}: norm (cuMIP ICV x brain fraction)")
-    ax.set_xlabel("age (months)")
-    ax.set_ylabel("brain volume (mL)")
-    ax.legend(fontsize=8)
+    brain_volume_vs_age(truth, ax=fig.add_subplot(bottom[1]), label="measured")
     fig.suptitle("Synthetic pediatric head-CT cohort (brain window W80/L40)", fontsize=12)
     return save(fig, out)
 
@@ -179,15 +163,16 @@ def qc_montage(run_dir: str | Path, subject_ids, ncols: int = 3, out=None):
     return save(fig, out)
 
 
-def brain_volume_vs_age(table: pd.DataFrame, out=None):
-    """Brain volume found by skull stripping against age, with the normative median curve
-    (cuMIP intracranial volume × brain fraction) for reference."""
+def brain_volume_vs_age(table: pd.DataFrame, out=None, ax=None, label="skull-stripped"):
+    """Brain volume against age (columns ``age_months``, ``brain_volume_ml``, optional ``sex``),
+    with the normative median curve (cuMIP intracranial volume × brain fraction)."""
     from ctbrainage.synth import norms
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
-    sexes = table["sex"] if "sex" in table else pd.Series("", index=table.index)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+    sexes = table["sex"].fillna("") if "sex" in table else pd.Series("", index=table.index)
     for sex, marker in (("F", "o"), ("M", "s"), ("", "^")):
-        part = table[sexes.fillna("") == sex]
+        part = table[sexes == sex]
         if len(part):
             ax.scatter(
                 part["age_months"],
@@ -195,7 +180,7 @@ def brain_volume_vs_age(table: pd.DataFrame, out=None):
                 s=14,
                 marker=marker,
                 alpha=0.7,
-                label=f"{sex or 'sex unknown'}: skull-stripped",
+                label=f"{sex or 'sex unknown'}: {label}",
             )
     ages = np.linspace(0, 48, 100)
     for sex in ("F", "M"):
@@ -204,4 +189,4 @@ def brain_volume_vs_age(table: pd.DataFrame, out=None):
     ax.set_xlabel("age (months)")
     ax.set_ylabel("brain volume (mL)")
     ax.legend(fontsize=8)
-    return save(fig, out)
+    return ax.figure if out is None else save(ax.figure, out)
