@@ -101,16 +101,17 @@ def cached_template(voxel_mm: float) -> Template:
 
 
 def simulate_head(
-    spec: SubjectSpec, schedule: MaturationSchedule, mode: str = "demo"
+    spec: SubjectSpec, schedule: MaturationSchedule, mode: str = "demo", deform: bool = True
 ) -> SyntheticHead:
-    """Simulate one head CT; deterministic for ``spec.seed``."""
+    """Simulate one head CT; deterministic for ``spec.seed``. ``deform=False`` keeps the
+    template's own shape (used to build the registration atlas)."""
     acq = ACQUISITIONS[mode]
     tpl = cached_template(acq.template_mm)
     rng = np.random.default_rng(spec.seed)
     body = _sample_body(spec, tpl, rng)
     tissue = _sample_attenuation(spec, schedule, rng)
     hu_t = _compose_template_hu(tpl, body, tissue, spec.age_months)
-    hu_t, truth_t = _deform(tpl, hu_t, rng)
+    hu_t, truth_t = _deform(tpl, hu_t, rng) if deform else (hu_t, tpl.truth)
     pose = _sample_pose(rng)
     affine, to_template, shape = _acquisition_grid(tpl, body, pose, acq, spec)
 
