@@ -34,3 +34,13 @@ bench: $(STAMP)
 
 clean-demo:
 	rm -rf runs/demo
+
+# TotalSegmentator in its own venv (the [totalseg] extra), to check our messages against it
+.PHONY: test-totalseg
+TS_VENV := .venv-totalseg
+test-totalseg:
+	test -x $(TS_VENV)/bin/python || $(PYTHON) -m venv $(TS_VENV)
+	$(TS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TS_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(TS_VENV)/bin/python -m pip install --quiet -e ".[dev,totalseg]"
+	$(TS_VENV)/bin/python -m pytest tests/totalseg_real tests/test_totalseg.py -q

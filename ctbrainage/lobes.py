@@ -82,24 +82,24 @@ ATLAS_AGE_MONTHS = 24.0  # the atlas head: a mid-range child, template shape, no
 ATLAS_SEED = 20250101
 
 
-def build_atlas(spacing_mm: float, size: int, mode: str = "demo"):
+def build_atlas(spacing_mm: float, size: int):
     """The registration atlas on a preprocessed grid: (image, brain, lobes) arrays.
 
     A synthetic head made from the same package anatomy (MNI152 2009 + AAL lobes) without
     random deformation, run through the paper's preprocessing, with its lobe labels carried
     into the preprocessed grid. Deterministic; cached per grid.
     """
-    return _atlas(float(spacing_mm), int(size), mode)
+    return _atlas(float(spacing_mm), int(size))
 
 
 @functools.lru_cache(maxsize=4)
-def _atlas(spacing_mm: float, size: int, mode: str):
+def _atlas(spacing_mm: float, size: int):
     from ctbrainage.io import ras_to_sitk
     from ctbrainage.preprocess import map_to_grid, preprocess_scan
     from ctbrainage.synth import MaturationSchedule, SubjectSpec, simulate_head
 
     spec = SubjectSpec("atlas", ATLAS_AGE_MONTHS, "F", "A", seed=ATLAS_SEED)
-    head = simulate_head(spec, MaturationSchedule(), mode, deform=False)
+    head = simulate_head(spec, MaturationSchedule(), "demo", deform=False)
     result = preprocess_scan(ras_to_sitk(head.hu, head.affine), spacing_mm, size, (0.5, 99.5))
     reference = ras_to_sitk(result.image, result.affine)
     lobes = map_to_grid(ras_to_sitk(head.lobes, head.affine), reference)
@@ -107,14 +107,14 @@ def _atlas(spacing_mm: float, size: int, mode: str):
     return result.image, result.brain, lobes
 
 
-def atlas_lobes(image: np.ndarray, brain: np.ndarray, affine: np.ndarray, mode: str = "demo"):
+def atlas_lobes(image: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Lobe labels for one preprocessed subject (arrays [i, j, k] on the grid of ``affine``):
     the atlas registered affinely, then deformably (symmetric demons), to the subject; labels
     warped with nearest neighbour and restricted to the subject's brain mask."""
     import SimpleITK as sitk
 
     spacing = float(np.linalg.norm(affine[:3, 0]))
-    atlas_image, atlas_brain, atlas_labels = build_atlas(spacing, image.shape[0], mode)
+    atlas_image, atlas_brain, atlas_labels = build_atlas(spacing, image.shape[0])
 
     def img(array):
         out = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0), np.float32))
@@ -150,3 +150,34 @@ def _register_affine(fixed, moving):
     reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
     reg.SetInitialTransform(initial, inPlace=False)
     return reg.Execute(fixed, moving)
+
+
+METHODS = ("atlas", "totalsegmentator", "auto")
+
+
+def segment_lobes(
+    image, brain, affine, method: str, native_path=None, licence_number: str = "", work_dir=None
+) -> tuple[np.ndarray, str]:
+    """Lobe labels on a preprocessed grid, and the method that made them.
+
+    ``atlas``: :func:`atlas_lobes`. ``totalsegmentator``: its ``brain_structures`` task on the
+    native CT (``native_path``), labels moved into the grid; raises
+    ``TotalSegmentatorUnavailable`` saying what is missing. ``auto``: TotalSegmentator when it
+    can run, else the atlas; the returned method says which, and why.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown lobe method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "atlas":
+        return atlas_lobes(image, brain, affine), "atlas"
+    from ctbrainage.io import ras_to_sitk
+    from ctbrainage.totalseg import TotalSegmentatorUnavailable, totalseg_lobes_in_grid
+
+    try:
+        reference = ras_to_sitk(image, affine)
+        labels = totalseg_lobes_in_grid(native_path, reference, licence_number, work_dir)
+        return np.where(brain > 0, labels, 0).astype(np.uint8), "totalsegmentator"
+    except TotalSegmentatorUnavailable as err:
+        if method == "totalsegmentator":
+            raise
+        reason = str(err).splitlines()[0]
+        return atlas_lobes(image, brain, affine), f"atlas (TotalSegmentator unavailable: {reason})"

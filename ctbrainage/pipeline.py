@@ -2,8 +2,9 @@
 
 Step 01: ``prepare_cohort`` (the user's manifest, or the embedded synthetic cohort, validated into
 ``cohort.csv`` + ``exclusions.csv``) and ``preprocess_cohort`` (``preprocessed/``, ``qc/``,
-``preprocess.csv``). Every file is written atomically; finished subjects are skipped on a rerun;
-a subject that fails is excluded with its reason and the others go on.
+``preprocess.csv``). Step 02: ``lobes_cohort`` (``lobes/``, ``lobes.csv``). Every file is
+written atomically; finished subjects are skipped on a rerun; a subject that fails is excluded
+with its reason and the others go on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from ctbrainage import io
 from ctbrainage.config import Profile
 from ctbrainage.preprocess import PREPROCESS_VERSION, preprocess_scan
 from ctbrainage.runner import is_current, map_subjects, read_result, write_record
+
+LOBES_VERSION = 1  # bump when a change alters the lobe labels
 
 
 def prepare_cohort(profile: Profile, progress: bool = True) -> pd.DataFrame:
@@ -126,9 +129,86 @@ def _preprocess_subject(item: dict) -> dict:
     return record
 
 
-def _update_exclusions(run: Path, processed: list[str], failed: pd.DataFrame) -> None:
-    """Replace the rows of every subject this step processed by its new failures (if any)."""
+def _update_exclusions(
+    run: Path, processed: list[str], failed: pd.DataFrame, step: str = "preprocessing"
+) -> None:
+    """Replace this step's rows of every subject it processed by its new failures (if any)."""
     path = run / "exclusions.csv"
     old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else failed[:0]
-    kept = old[~old["subject_id"].isin(processed)]
+    mine = old["subject_id"].isin(processed) & old["reason"].str.startswith(f"{step}:")
+    kept = old[~mine]
     io.atomic_write_text(path, pd.concat([kept, failed], ignore_index=True).to_csv(index=False))
+
+
+# ---- step 02: lobe labels -----------------------------------------------------------------------
+def lobes_cohort(profile: Profile, cohort: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    """Lobe labels (1 frontal, 2 parietal, 3 temporal, 4 occipital) for every preprocessed
+    subject in ``lobes/<id>.nii.gz``; returns a table (also ``lobes.csv``) with the method that
+    made each subject's labels and the lobe volumes. Failures go to ``exclusions.csv``."""
+    from ctbrainage.totalseg import licence
+
+    run = profile.run_path
+    done = pd.read_csv(run / "preprocess.csv")["subject_id"]
+    params = {
+        "method": profile.lobes.method,
+        "version": LOBES_VERSION,
+    }
+    items = [
+        {
+            "subject_id": r.subject_id,
+            "image_path": r.image_path,
+            "run": str(run),
+            "params": params,
+            "licence": licence(profile.lobes.totalseg_license),
+        }
+        for r in cohort[cohort["subject_id"].isin(done)].itertuples()
+    ]
+    results, errors = map_subjects(
+        _lobes_subject, items, profile.synth.workers, desc="lobes", progress=progress
+    )
+    table = pd.DataFrame(results)
+    io.atomic_write_text(run / "lobes.csv", table.to_csv(index=False))
+    failed = pd.DataFrame(
+        {"subject_id": list(errors), "reason": [f"lobes: {m}" for m in errors.values()]}
+    )
+    _update_exclusions(run, [item["subject_id"] for item in items], failed, step="lobes")
+    return table, failed
+
+
+def _lobes_subject(item: dict) -> dict:
+    import nibabel as nib
+    import numpy as np
+
+    from ctbrainage.lobes import LOBES, segment_lobes
+
+    run, sid, params = Path(item["run"]), item["subject_id"], item["params"]
+    pre = preprocessed_paths(run, sid)
+    out = run / "lobes" / f"{sid}.nii.gz"
+    record_path = run / "lobes" / f"{sid}.json"
+    if is_current(record_path, params, [out]):
+        return read_result(record_path)
+    start = time.perf_counter()
+    image = nib.load(pre["image"])
+    brain = np.asarray(nib.load(pre["brain"]).dataobj)
+    labels, method = segment_lobes(
+        np.asarray(image.dataobj),
+        brain,
+        image.affine,
+        params["method"],
+        native_path=item["image_path"],
+        licence_number=item["licence"],
+        work_dir=run / "lobes" / "totalsegmentator",
+    )
+    io.write_nifti(out, labels, image.affine)
+    voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
+    record = {
+        "subject_id": sid,
+        "method": method,
+        **{
+            f"{name}_ml": round(float((labels == i).sum()) * voxel_ml, 2)
+            for i, name in LOBES.items()
+        },
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_record(record_path, params, record)
+    return record

@@ -190,3 +190,63 @@ def brain_volume_vs_age(table: pd.DataFrame, out=None, ax=None, label="skull-str
     ax.set_ylabel("brain volume (mL)")
     ax.legend(fontsize=8)
     return ax.figure if out is None else save(ax.figure, out)
+
+
+def _lobe_colormap():
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap([(0, 0, 0, 0)] + [LOBE_COLOURS[name] for name in LOBES.values()])
+
+
+def lobe_overlay_montage(run_dir: str | Path, subject_ids, ages=None, out=None, alpha=0.45):
+    """Lobe labels over the model input, three planes per subject (rows)."""
+    from matplotlib.patches import Patch
+
+    run = Path(run_dir)
+    ids = list(subject_ids)
+    fig, axes = plt.subplots(
+        len(ids), 3, figsize=(7.5, 2.6 * len(ids)), layout="constrained", squeeze=False
+    )
+    for row, sid in zip(axes, ids, strict=True):
+        image = nib.load(run / "preprocessed" / f"{sid}.nii.gz")
+        grid = np.diag([*np.linalg.norm(image.affine[:3, :3], axis=0), 1.0])  # anatomical axes
+        lobes = np.asarray(nib.load(run / "lobes" / f"{sid}.nii.gz").dataobj)
+        centre = np.argwhere(lobes > 0).mean(axis=0)
+        planes = canonical_slices(nib.Nifti1Image(np.asarray(image.dataobj), grid), centre)
+        labels = canonical_slices(nib.Nifti1Image(lobes, grid), centre)
+        for ax, (plane, aspect), (label, _) in zip(row, planes, labels, strict=True):
+            ax.imshow(plane, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect)
+            ax.imshow(
+                label,
+                cmap=_lobe_colormap(),
+                vmin=0,
+                vmax=4,
+                alpha=alpha,
+                origin="lower",
+                aspect=aspect,
+                interpolation="nearest",
+            )
+            ax.set_axis_off()
+        age = "" if ages is None else f", {ages[sid]:.0f} months"
+        row[0].set_title(f"{sid}{age}", fontsize=9, loc="left")
+    handles = [Patch(color=LOBE_COLOURS[n], label=n) for n in LOBES.values()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8)
+    return save(fig, out)
+
+
+def lobe_volumes_vs_age(table: pd.DataFrame, out=None):
+    """Lobe volumes (columns ``<lobe>_ml``) against ``age_months``."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+    for name in LOBES.values():
+        ax.scatter(
+            table["age_months"],
+            table[f"{name}_ml"],
+            s=12,
+            alpha=0.7,
+            color=LOBE_COLOURS[name],
+            label=name,
+        )
+    ax.set_xlabel("age (months)")
+    ax.set_ylabel("lobe volume (mL)")
+    ax.legend(fontsize=8)
+    return save(fig, out)

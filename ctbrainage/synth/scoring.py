@@ -70,3 +70,30 @@ def score_preprocessing(run_dir: str | Path, cohort_dir: str | Path) -> pd.DataF
     scores = pd.DataFrame(rows)
     scores["orientation_error_deg"] = orientation_spread_deg(rotations)
     return scores
+
+
+def score_lobes(run_dir: str | Path, cohort_dir: str | Path) -> pd.DataFrame:
+    """Dice of every subject's lobe labels against the true lobes (carried from the native grid
+    into the preprocessed grid): one row per subject and lobe."""
+    from ctbrainage.lobes import LOBES
+    from ctbrainage.preprocess import map_to_grid
+
+    run, cohort = Path(run_dir), Path(cohort_dir)
+    rows = []
+    for rec in pd.read_csv(run / "lobes.csv").itertuples():
+        reference = sitk.ReadImage(str(run / "preprocessed" / f"{rec.subject_id}.nii.gz"))
+        truth = map_to_grid(
+            sitk.ReadImage(str(cohort / "truth" / f"{rec.subject_id}_lobes.nii.gz")), reference
+        )
+        ours = np.asarray(nib.load(run / "lobes" / f"{rec.subject_id}.nii.gz").dataobj)
+        age = json.loads((cohort / "truth" / f"{rec.subject_id}.json").read_text())["age_months"]
+        for idx, name in LOBES.items():
+            rows.append(
+                {
+                    "subject_id": rec.subject_id,
+                    "age_months": age,
+                    "lobe": name,
+                    "dice": dice(ours == idx, truth == idx),
+                }
+            )
+    return pd.DataFrame(rows)
