@@ -20,7 +20,7 @@ from ctbrainage.config import Profile
 from ctbrainage.preprocess import PREPROCESS_VERSION, preprocess_scan
 from ctbrainage.runner import is_current, map_subjects, read_result, write_record
 
-LOBES_VERSION = 1  # bump when a change alters the lobe labels
+LOBES_VERSION = 2  # bump when a change alters the lobe labels
 
 
 def prepare_cohort(profile: Profile, progress: bool = True) -> pd.DataFrame:

@@ -57,7 +57,7 @@ def map_subjects(
         for item in items:
             collect(item, _guarded(job, item))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread_each) as pool:
             futures = {pool.submit(_guarded, job, item): item for item in items}
             for future in as_completed(futures):
                 collect(futures[future], future.result())
@@ -65,6 +65,13 @@ def map_subjects(
     order = {item["subject_id"]: i for i, item in enumerate(items)}
     results.sort(key=lambda r: order[r["subject_id"]])
     return results, errors
+
+
+def _one_thread_each() -> None:
+    """Worker processes already use every core between them: no nested threading."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def _guarded(job, item):

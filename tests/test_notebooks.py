@@ -9,22 +9,32 @@ import papermill as pm
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_01_preprocess_runs_and_writes_the_run_directory(tmp_path):
-    run = tmp_path / "run"
-    out = tmp_path / "01.ipynb"
+def _run(name: str, run: Path, out: Path) -> str:
+    """Execute one notebook on the run directory ``run``; returns its printed text."""
     pm.execute_notebook(
-        ROOT / "notebooks" / "01_preprocess.ipynb",
+        ROOT / "notebooks" / name,
         out,
         parameters={"profile": "tiny", "run_dir": str(run), "workers": 2},
         progress_bar=False,
         cwd=str(ROOT / "notebooks"),
     )
     executed = nbformat.read(out, as_version=4)
-    text = "".join(str(o.get("text", "")) for c in executed.cells for o in c.get("outputs", []))
-    assert "minimum Dice" in text
+    return "".join(str(o.get("text", "")) for c in executed.cells for o in c.get("outputs", []))
+
+
+def test_01_and_02_run_and_write_the_run_directory(tmp_path):
+    run = tmp_path / "run"
+    assert "minimum Dice" in _run("01_preprocess.ipynb", run, tmp_path / "01.ipynb")
     cohort = pd.read_csv(run / "cohort.csv")
     table = pd.read_csv(run / "preprocess.csv")
     assert len(cohort) == 12 and set(table["subject_id"]) == set(cohort["subject_id"])
     for sid in cohort["subject_id"]:
         assert (run / "preprocessed" / f"{sid}.nii.gz").exists()
         assert (run / "qc" / f"{sid}.png").exists()
+
+    assert "mean Dice per lobe" in _run("02_lobes.ipynb", run, tmp_path / "02.ipynb")
+    lobes = pd.read_csv(run / "lobes.csv")
+    assert set(lobes["subject_id"]) == set(cohort["subject_id"])
+    assert lobes["method"].str.startswith("atlas").all()
+    for sid in cohort["subject_id"]:
+        assert (run / "lobes" / f"{sid}.nii.gz").exists()

@@ -1,0 +1,62 @@
+"""The atlas lobe method against the synthetic truth, and the method choice."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from ctbrainage import io
+from ctbrainage.lobes import LOBES, atlas_lobes, segment_lobes
+from ctbrainage.preprocess import map_to_grid, preprocess_scan
+from ctbrainage.synth.scoring import dice
+from ctbrainage.totalseg import TotalSegmentatorUnavailable
+
+
+@pytest.fixture(scope="module")
+def subjects(cohort_dir):
+    """The youngest, a middle and the oldest subject, preprocessed to 64³ at 3 mm, with their
+    true lobes carried into that grid."""
+    truth = pd.read_csv(cohort_dir / "truth.csv").sort_values("age_months")
+    out = []
+    for sid in truth["subject_id"].iloc[[0, len(truth) // 2, -1]]:
+        scan = io.read_ct(cohort_dir / "images" / f"{sid}.nii.gz")
+        result = preprocess_scan(scan.image, 3.0, 64, (0.5, 99.5))
+        reference = io.ras_to_sitk(result.image, result.affine)
+        lobes = sitk.ReadImage(str(cohort_dir / "truth" / f"{sid}_lobes.nii.gz"))
+        out.append((sid, result, map_to_grid(lobes, reference)))
+    return out
+
+
+def test_atlas_lobes_match_the_true_lobes(subjects):
+    scores = []
+    for sid, result, truth in subjects:
+        labels = atlas_lobes(result.image, result.brain, result.affine)
+        assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 3, 4}
+        assert not labels[result.brain == 0].any()  # restricted to the brain
+        for idx, name in LOBES.items():
+            score = dice(labels == idx, truth == idx)
+            assert score >= 0.75, (sid, name, score)
+            scores.append(score)
+    assert np.mean(scores) >= 0.85
+
+
+def test_atlas_lobes_are_deterministic(subjects):
+    _, result, _ = subjects[1]
+    first = atlas_lobes(result.image, result.brain, result.affine)
+    assert np.array_equal(first, atlas_lobes(result.image, result.brain, result.affine))
+
+
+def test_method_choice_and_fallback(subjects, tmp_path):
+    _, result, _ = subjects[0]
+    args = (result.image, result.brain, result.affine)
+    labels, method = segment_lobes(
+        *args, "auto", native_path=tmp_path / "none.nii.gz", work_dir=tmp_path
+    )
+    assert method.startswith("atlas (TotalSegmentator unavailable:")
+    assert np.array_equal(labels, atlas_lobes(*args))
+    with pytest.raises(TotalSegmentatorUnavailable):
+        segment_lobes(
+            *args, "totalsegmentator", native_path=tmp_path / "none.nii.gz", work_dir=tmp_path
+        )
+    with pytest.raises(ValueError, match="unknown lobe method"):
+        segment_lobes(*args, "freesurfer")
