@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11, PyPI reachable):
 #   make demo   - set up .venv on first use, then run the demo on the embedded synthetic cohort
-#                 (generate it, then notebooks/01_preprocess through papermill)
+#                 (generate it, then notebooks 01 and 02 through papermill)
 #   make test   - set up .venv on first use, then run the test suite
 PYTHON ?= python3.11
 VENV := .venv
@@ -22,6 +22,8 @@ demo: $(STAMP)
 	mkdir -p runs/demo/notebooks
 	$(VENV)/bin/papermill --progress-bar notebooks/01_preprocess.ipynb \
 		runs/demo/notebooks/01_preprocess.ipynb -p profile demo
+	$(VENV)/bin/papermill --progress-bar notebooks/02_lobes.ipynb \
+		runs/demo/notebooks/02_lobes.ipynb -p profile demo
 
 test: $(STAMP)
 	$(PY) -m pytest
