@@ -201,3 +201,21 @@ def sliding_windows(ages, width: float, step: float, lo: float, hi: float) -> pd
         label = _window_label(start, start + width)
         rows += [(label, start, start + width, idx) for idx in members]
     return pd.DataFrame(rows, columns=["window", "start", "end", "index"])
+
+
+def stratified_folds(ages, k: int, seed: int) -> np.ndarray:
+    """Age-stratified K-fold assignment (fold index per subject, in input order).
+
+    Subjects sorted by age are cut into consecutive blocks of ``k``; each block's members go to
+    the ``k`` folds in a random (seeded) order, so every fold spans the whole age range evenly.
+    """
+    ages = np.asarray(ages, dtype=float)
+    if k < 2 or k > len(ages):
+        raise ValueError(f"need 2 <= folds <= subjects, got {k} folds for {len(ages)} subjects")
+    rng = np.random.default_rng(seed)
+    order = np.argsort(ages, kind="stable")
+    folds = np.empty(len(ages), dtype=int)
+    for start in range(0, len(ages), k):
+        block = order[start : start + k]
+        folds[block] = rng.permutation(k)[: len(block)]
+    return folds
