@@ -44,7 +44,9 @@ work = pp.to_working_grid(scan.image)
 mask, orientation = result.work_mask, result.orientation
 
 t = time.perf_counter()  # ours: the stages that follow orient() in preprocess_scan
-ours_img, ours_brain, _ = pp.sample_model_input(work, mask, orientation, SPACING, SIZE, PTILE)
+ours_img, ours_brain, _ = pp.sample_model_input(
+    work, mask, pp.output_grid(orientation, SPACING, SIZE), PTILE
+)
 ours_s = time.perf_counter() - t
 
 # peer: TorchIO resamples along the image's own axes (no PCA rotation onto the brain's axes)

@@ -53,7 +53,8 @@ def preprocess_cohort(profile: Profile, cohort: pd.DataFrame, progress: bool = T
     """Preprocess every subject of ``cohort``; returns (per-subject table, exclusions added).
 
     The table (also ``preprocess.csv``) has brain volume, orientation angles, P-tile HU values,
-    gantry tilt and seconds per subject; failures are appended to ``exclusions.csv``.
+    gantry tilt and seconds per subject; failures replace this step's earlier rows of those
+    subjects in ``exclusions.csv``.
     """
     run = profile.run_path
     params = {
@@ -141,25 +142,24 @@ def _update_exclusions(
 
 
 # ---- step 02: lobe labels -----------------------------------------------------------------------
-def lobes_cohort(profile: Profile, cohort: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+def lobes_cohort(profile: Profile, cohort: pd.DataFrame, progress: bool = True):
     """Lobe labels (1 frontal, 2 parietal, 3 temporal, 4 occipital) for every preprocessed
     subject in ``lobes/<id>.nii.gz``; returns a table (also ``lobes.csv``) with the method that
-    made each subject's labels and the lobe volumes. Failures go to ``exclusions.csv``."""
+    made each subject's labels and the lobe volumes, and the failures (also in
+    ``exclusions.csv``)."""
     from ctbrainage.totalseg import licence
 
     run = profile.run_path
     done = pd.read_csv(run / "preprocess.csv")["subject_id"]
-    params = {
-        "method": profile.lobes.method,
-        "version": LOBES_VERSION,
-    }
+    params = {"method": profile.lobes.method, "version": LOBES_VERSION}
+    licence_number = licence(profile.lobes.totalseg_license)
     items = [
         {
             "subject_id": r.subject_id,
             "image_path": r.image_path,
             "run": str(run),
             "params": params,
-            "licence": licence(profile.lobes.totalseg_license),
+            "licence": licence_number,
         }
         for r in cohort[cohort["subject_id"].isin(done)].itertuples()
     ]

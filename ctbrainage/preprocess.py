@@ -312,16 +312,14 @@ def preprocess_scan(
     work = to_working_grid(image)
     mask = skull_strip(work)
     orientation = orient(mask)
-    model_input, brain, ptile_hu = sample_model_input(
-        work, mask, orientation, spacing_mm, size, ptile
-    )
-    volume = float(sitk.GetArrayViewFromImage(mask).sum()) * WORK_MM**3 / 1000.0
     grid = output_grid(orientation, spacing_mm, size)
+    model_input, brain, ptile_hu = sample_model_input(work, mask, grid, ptile)
+    volume = float(sitk.GetArrayViewFromImage(mask).sum()) * WORK_MM**3 / 1000.0
     return Preprocessed(model_input, brain, grid_affine(grid), mask, orientation, ptile_hu, volume)
 
 
-def sample_model_input(work, mask, orientation, spacing_mm, size, ptile):
-    """P-tile normalisation, isotropic resampling and crop onto the brain's output grid.
+def sample_model_input(work, mask, grid, ptile):
+    """P-tile normalisation, isotropic resampling and crop onto the brain's output ``grid``.
 
     Normalised on the working grid, where the mask is exact, so that no skull or scalp can
     bleed into brain voxels when the image is then sampled on the (coarser) output grid.
@@ -332,7 +330,6 @@ def sample_model_input(work, mask, orientation, spacing_mm, size, ptile):
     )
     normalised_image = sitk.GetImageFromArray(normalised)
     normalised_image.CopyInformation(work)
-    grid = output_grid(orientation, spacing_mm, size)
     brain = resample_to(mask, grid, 0.0, smooth=False) >= 0.5
     model_input = resample_to(normalised_image, grid, 0.0)
     model_input[~brain] = 0.0

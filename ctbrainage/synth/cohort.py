@@ -16,17 +16,16 @@ Layout of a cohort folder::
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ctbrainage import io
+from ctbrainage.cohort import PAPER_AGE_EDGES
 from ctbrainage.lobes import LOBES
+from ctbrainage.runner import map_subjects
 from ctbrainage.synth.head import (
     ACQUISITIONS,
     GENERATOR_VERSION,
@@ -38,7 +37,6 @@ from ctbrainage.synth.head import (
 from ctbrainage.synth.schedule import MaturationSchedule
 
 AGE_LIMITS = (0.0, 48.0)  # months: the paper's 0-47 months
-PAPER_AGE_GROUPS = (0.0, 12.0, 24.0, 36.0, 48.0)
 _GIVEN = ["Aiko", "Ben", "Chloe", "Daichi", "Emma", "Felix", "Hana", "Ivan", "Jun", "Kai"]
 _FAMILY = ["SATO", "MILLER", "TANAKA", "GARCIA", "SUZUKI", "NOVAK", "ITO", "SILVA"]
 
@@ -101,7 +99,7 @@ def generate_cohort(
     age_range: tuple[float, float] = AGE_LIMITS,
     tilt_fraction: float = 0.0,
     workers: int = 0,
-    age_group_edges=PAPER_AGE_GROUPS,
+    age_group_edges=PAPER_AGE_EDGES,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Generate (or complete) a cohort in ``out_dir``; returns the manifest.
@@ -122,25 +120,20 @@ def generate_cohort(
     todo = [s for s in specs if not _is_done(out, s, schedule, mode, fmt)]
     if todo:
         cached_template(ACQUISITIONS[mode].template_mm)  # load once before the workers fork
-    workers = min(len(todo), workers or os.cpu_count() or 1)
-    errors = {}
-    jobs = [(out, spec, schedule, mode, fmt) for spec in todo]
-    bar = tqdm(
-        total=len(todo),
-        desc=f"synthetic {mode} heads",
-        unit="subject",
-        disable=not progress or not todo,
+    jobs = [
+        {
+            "subject_id": s.subject_id,
+            "out": out,
+            "spec": s,
+            "schedule": schedule,
+            "mode": mode,
+            "fmt": fmt,
+        }
+        for s in todo
+    ]
+    _, errors = map_subjects(
+        _write_subject_job, jobs, workers, desc=f"synthetic {mode} heads", progress=progress
     )
-    if workers <= 1:
-        for job in jobs:
-            errors.update(_run_job(job))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for future in as_completed([pool.submit(_run_job, job) for job in jobs]):
-                errors.update(future.result())
-                bar.update()
-    bar.close()
     if errors:
         detail = "; ".join(f"{sid}: {msg}" for sid, msg in sorted(errors.items()))
         raise RuntimeError(f"{len(errors)} of {len(specs)} subjects failed: {detail}")
@@ -193,13 +186,9 @@ def _is_done(out: Path, spec, schedule, mode, fmt) -> bool:
     return truth.get("record") == _record(spec, schedule, mode, fmt) and image.exists()
 
 
-def _run_job(job) -> dict[str, str]:
-    out, spec, schedule, mode, fmt = job
-    try:
-        _write_subject(out, spec, schedule, mode, fmt)
-    except Exception as err:  # one bad subject never stops the others
-        return {spec.subject_id: f"{type(err).__name__}: {err}"}
-    return {}
+def _write_subject_job(job: dict) -> dict:
+    _write_subject(job["out"], job["spec"], job["schedule"], job["mode"], job["fmt"])
+    return {"subject_id": job["subject_id"]}
 
 
 def _write_subject(out: Path, spec, schedule, mode, fmt) -> None:
