@@ -89,7 +89,7 @@ def build_atlas(spacing_mm: float, size: int):
     random deformation, run through the paper's preprocessing, with its lobe labels carried
     into the preprocessed grid. Deterministic; cached per grid.
     """
-    return _atlas(float(spacing_mm), int(size))
+    return _atlas(round(float(spacing_mm), 6), int(size))  # spacings read from affines jitter
 
 
 @functools.lru_cache(maxsize=4)

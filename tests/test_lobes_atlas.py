@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from ctbrainage import io
-from ctbrainage.lobes import LOBES, atlas_lobes, segment_lobes
+from ctbrainage.lobes import LOBES, atlas_lobes, build_atlas, segment_lobes
 from ctbrainage.preprocess import map_to_grid, preprocess_scan
 from ctbrainage.synth.scoring import dice
 from ctbrainage.totalseg import TotalSegmentatorUnavailable
@@ -38,6 +38,11 @@ def test_atlas_lobes_match_the_true_lobes(subjects):
             assert score >= 0.75, (sid, name, score)
             scores.append(score)
     assert np.mean(scores) >= 0.85
+
+
+def test_atlas_is_built_once_per_grid_despite_spacing_jitter(subjects):
+    # spacings read back from affines differ in the last bits; the atlas must still be reused
+    assert build_atlas(3.0, 64) is build_atlas(3.0 + 1e-12, 64)
 
 
 def test_atlas_lobes_are_deterministic(subjects):
