@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -63,15 +64,29 @@ def make_folds(profile: Profile) -> pd.DataFrame:
     return folds
 
 
+def inner_validation(train: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the training subjects held out for validation: one of ``round(1 /
+    fraction)`` age-stratified parts (so about ``fraction`` of them); none when 0."""
+    if fraction <= 0:
+        return np.zeros(len(train), dtype=bool)
+    if fraction >= 0.5:
+        raise ValueError(f"train.val_fraction must be in [0, 0.5), got {fraction}")
+    parts = min(round(1 / fraction), len(train))
+    return stratified_folds(train["age_months"], parts, seed) == 0
+
+
 def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool = True):
     """Train on every fold but ``fold``, predict ``fold``; skip when already done.
 
-    Writes ``models/fold<k>.ckpt``, ``models/fold<k>_predictions.csv`` and the loss curves in
-    ``logs/fold<k>/``. Deterministic on CPU for the profile's seed.
+    With ``train.val_fraction`` > 0, an age-stratified part of the training subjects is held out
+    for the validation loss and predicted too (``fold<k>_validation.csv``, used for bias
+    correction). Writes ``models/fold<k>.ckpt``, ``models/fold<k>_predictions.csv`` and the loss
+    curves in ``logs/fold<k>/``. Deterministic on CPU for the profile's seed.
     """
     run = profile.run_path
     ckpt = run / "models" / f"fold{fold}.ckpt"
     pred_path = run / "models" / f"fold{fold}_predictions.csv"
+    val_path = run / "models" / f"fold{fold}_validation.csv"
     record = run / "models" / f"fold{fold}.json"
     params = {
         "model": profile.to_dict()["model"],
@@ -79,7 +94,8 @@ def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool
         "seed": profile.seed,
         "version": TRAIN_VERSION,
     }
-    if record.exists() and ckpt.exists() and pred_path.exists():
+    outputs = [ckpt, pred_path] + ([val_path] if profile.train.val_fraction > 0 else [])
+    if record.exists() and all(path.exists() for path in outputs):
         if json.loads(record.read_text()).get("params") == params:
             return pd.read_csv(pred_path)
     folds = make_folds(profile)
@@ -87,19 +103,27 @@ def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool
         raise ValueError(f"fold must be in 0..{profile.train.folds - 1}, got {fold}")
     pl.seed_everything(profile.seed + fold, workers=True)
     scaler = AgeScaler(*profile.age_range_months)
-    train, test = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
+    test = folds[folds["fold"] == fold]
+    train = folds[folds["fold"] != fold].reset_index(drop=True)
+    held_out = inner_validation(train, profile.train.val_fraction, profile.seed + fold)
+    val, train = train[held_out], train[~held_out]
     train_set = VolumeDataset(
         load_volumes(run, train["subject_id"]),
         scaler.to_unit(train["age_months"]),
         augmentation() if profile.train.augment else None,
     )
-    test_volumes = load_volumes(run, test["subject_id"])
     loader = DataLoader(
         train_set,
         batch_size=profile.train.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(profile.seed + fold),
     )
+    val_loader = None
+    if len(val):
+        val_set = VolumeDataset(
+            load_volumes(run, val["subject_id"]), scaler.to_unit(val["age_months"])
+        )
+        val_loader = DataLoader(val_set, batch_size=profile.train.batch_size)
     module = AgeRegressor(profile)
     trainer = pl.Trainer(
         max_epochs=profile.train.epochs,
@@ -111,20 +135,41 @@ def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool
         enable_checkpointing=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
+        num_sanity_val_steps=0,
         log_every_n_steps=1,
     )
-    trainer.fit(module, loader)
+    trainer.fit(module, loader, val_loader)
     module.eval()
-    with torch.no_grad():
-        unit = module(torch.from_numpy(test_volumes)).float().numpy()[:, 0]
-    predictions = test[["subject_id", "fold", "age_months"]].assign(
-        predicted_months=scaler.to_months(unit)
-    )
+
+    def predict(subjects: pd.DataFrame) -> pd.DataFrame:
+        with torch.no_grad():
+            volumes = torch.from_numpy(load_volumes(run, subjects["subject_id"]))
+            unit = torch.cat([module(batch).float() for batch in volumes.split(8)])[:, 0]
+        return subjects[["subject_id", "fold", "age_months"]].assign(
+            predicted_months=scaler.to_months(unit.numpy())
+        )
+
+    predictions = predict(test)
     with io.atomic_path(ckpt) as tmp:
         trainer.save_checkpoint(tmp)
     io.atomic_write_text(pred_path, predictions.to_csv(index=False))
+    if len(val):
+        io.atomic_write_text(val_path, predict(val.assign(fold=fold)).to_csv(index=False))
     io.atomic_write_text(record, json.dumps({"params": params}, indent=1))
     return predictions
+
+
+def load_fold_model(profile: Profile, fold: int) -> torch.nn.Module:
+    """The trained network of ``fold`` (from ``models/fold<k>.ckpt``), in eval mode on CPU.
+    Its output is age in [0, 1]; :class:`AgeScaler` over ``profile.age_range_months`` maps it to
+    months."""
+    path = profile.run_path / "models" / f"fold{fold}.ckpt"
+    if not path.exists():
+        raise FileNotFoundError(f"no trained model for fold {fold}: {path} (run 03_train first)")
+    module = AgeRegressor(profile)
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    return module.model.eval()
 
 
 def collect_predictions(profile: Profile) -> pd.DataFrame:
@@ -136,3 +181,14 @@ def collect_predictions(profile: Profile) -> pd.DataFrame:
     table = pd.concat(parts, ignore_index=True).sort_values("subject_id", ignore_index=True)
     io.atomic_write_text(profile.run_path / "predictions.csv", table.to_csv(index=False))
     return table
+
+
+def collect_validation(profile: Profile) -> pd.DataFrame | None:
+    """Inner-validation predictions of every fold's model (``fold`` = the model's fold), or
+    None when the profile holds out no validation subjects."""
+    if profile.train.val_fraction <= 0:
+        return None
+    paths = [
+        profile.run_path / "models" / f"fold{k}_validation.csv" for k in range(profile.train.folds)
+    ]
+    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from ctbrainage.config import load_profile
-from ctbrainage.pipeline import prepare_cohort, preprocess_cohort
 from ctbrainage.train import AgeRegressor, collect_predictions, fit_fold
 
 
@@ -23,13 +22,9 @@ def test_paper_profile_settings_and_one_cpu_step():
     assert torch.isfinite(loss)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny profile's cohort, preprocessed, in its own run directory."""
-    cfg = load_profile("tiny", {"run_dir": str(tmp_path_factory.mktemp("tiny_run"))})
-    cohort = prepare_cohort(cfg, progress=False)
-    preprocess_cohort(cfg, cohort, progress=False)
-    return cfg
+@pytest.fixture
+def tiny(tiny_run):
+    return tiny_run
 
 
 def test_fold_predictions_are_out_of_fold_and_deterministic(tiny):
