@@ -66,6 +66,7 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 1e-4
     optimizer: Literal["adamw"] = "adamw"
+    schedule: Literal["constant", "cosine"] = "constant"  # learning rate over the steps
     loss: Literal["mse"] = "mse"
     augment: bool = False  # TorchIO augmentation (the paper reports none)
     val_fraction: float = 0.0  # inner validation split of each training fold

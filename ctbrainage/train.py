@@ -20,12 +20,14 @@ TRAIN_VERSION = 1  # bump when a change alters trained models or predictions
 
 
 class AgeRegressor(pl.LightningModule):
-    """The network, MSE loss on normalised age, AdamW."""
+    """The network, MSE loss on normalised age, AdamW at a constant learning rate (the paper)
+    or annealed to zero over the steps with a cosine (``train.schedule``)."""
 
     def __init__(self, profile: Profile):
         super().__init__()
         self.model = build_model(profile.model)
         self.lr = profile.train.lr
+        self.schedule = profile.train.schedule
         self.loss = torch.nn.MSELoss()
 
     def forward(self, x):
@@ -42,7 +44,12 @@ class AgeRegressor(pl.LightningModule):
         self.log("val_loss", self.loss(self(x), y), batch_size=len(x))
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.lr)
+        optimiser = torch.optim.AdamW(self.parameters(), lr=self.lr)
+        if self.schedule == "constant":
+            return optimiser
+        steps = self.trainer.estimated_stepping_batches
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
 def make_folds(profile: Profile) -> pd.DataFrame:

@@ -1,11 +1,18 @@
 """Training one fold: the paper's settings, out-of-fold predictions, determinism, resuming."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from ctbrainage.config import load_profile
-from ctbrainage.train import AgeRegressor, collect_predictions, fit_fold
+from ctbrainage.train import (
+    AgeRegressor,
+    collect_predictions,
+    collect_validation,
+    fit_fold,
+    inner_validation,
+)
 
 
 def test_paper_profile_settings_and_one_cpu_step():
@@ -20,6 +27,22 @@ def test_paper_profile_settings_and_one_cpu_step():
     loss.backward()
     optimiser.step()
     assert torch.isfinite(loss)
+
+
+def test_cosine_schedule_anneals_the_learning_rate_to_zero(tmp_path):
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    cfg = load_profile("tiny", {"train.schedule": "cosine", "model.width": 4})
+    module = AgeRegressor(cfg)
+    data = DataLoader(TensorDataset(torch.rand(8, 1, 16, 16, 16), torch.rand(8, 1)), batch_size=4)
+    trainer = pl.Trainer(
+        max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(module, data)
+    scheduler = trainer.lr_scheduler_configs[0]
+    assert scheduler.interval == "step" and scheduler.scheduler.T_max == 6
+    assert scheduler.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.fixture
@@ -51,3 +74,31 @@ def test_finished_fold_is_skipped_and_predictions_collected(tiny):
     assert table["predicted_months"].notna().all()
     with pytest.raises(ValueError, match="fold must be"):
         fit_fold(tiny, 2, progress=False)
+
+
+def test_inner_validation_is_an_age_stratified_part_of_the_training_fold():
+    train = pd.DataFrame({"age_months": np.linspace(0, 47, 80)})
+    held = inner_validation(train, 0.1, seed=3)
+    assert held.sum() == 8
+    assert held.reshape(8, 10).sum(axis=1).tolist() == [1] * 8  # one per 10 consecutive ages
+    assert not inner_validation(train, 0.0, seed=3).any()
+    with pytest.raises(ValueError, match="val_fraction"):
+        inner_validation(train, 0.5, seed=3)
+
+
+def test_fold_with_inner_validation_logs_and_predicts_it(tiny_run, tmp_path):
+    for name in ("preprocessed", "preprocess.csv"):
+        (tmp_path / name).symlink_to(tiny_run.run_path / name)
+    cfg = load_profile("tiny", {"run_dir": str(tmp_path), "train.val_fraction": 0.34})
+    test = fit_fold(cfg, 0, progress=False)
+    val = pd.read_csv(tmp_path / "models" / "fold0_validation.csv")
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    training = set(folds.loc[folds["fold"] != 0, "subject_id"])
+    assert len(val) == 2 and set(val["subject_id"]) <= training
+    assert not set(val["subject_id"]) & set(test["subject_id"])
+    assert (val["fold"] == 0).all() and val["predicted_months"].notna().all()
+    log = pd.read_csv(tmp_path / "logs" / "fold0" / "version_0" / "metrics.csv")
+    assert log["val_loss"].notna().any()
+    fit_fold(cfg, 1, progress=False)
+    assert len(collect_validation(cfg)) == 4
+    assert collect_validation(tiny_run) is None  # the tiny profile holds out none

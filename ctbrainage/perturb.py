@@ -1,0 +1,281 @@
+"""Lobe-wise perturbation (paper section 3.4): replace one lobe's voxels by a fill, predict again,
+and record the change in absolute error ΔAE = |ŷ_masked − y| − |ŷ_whole − y| → ``perturbation.csv``.
+
+Fills: ``noise`` (the paper: U[0, 1) i.i.d. per voxel), ``zero``, and ``mean`` (every voxel of the
+lobe set to the lobe's own mean intensity: its texture goes, its overall level stays). Noise is
+seeded from (seed, subject, lobe, repeat) alone, so a variant's input never depends on batching
+or on the order of subjects, lobes and repeats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ctbrainage import io
+from ctbrainage.config import Profile
+from ctbrainage.data import AgeScaler, load_volumes
+from ctbrainage.lobes import LOBES
+from ctbrainage.runner import is_current, read_result, write_record
+
+PERTURB_VERSION = 1  # bump when a change alters perturbation.csv
+FILLS = ("noise", "zero", "mean")
+COLUMNS = [
+    "subject_id",
+    "fold",
+    "age_months",
+    "lobe",
+    "repeat",
+    "fill",
+    "pred_whole",
+    "pred_masked",
+    "delta_ae",
+    "signed_change",
+]
+
+
+class SubjectPerturbation(NamedTuple):
+    """Model outputs (the network's own unit) of one subject."""
+
+    whole: float
+    masked: np.ndarray  # [lobe, repeat]
+
+
+def noise_seed(seed: int, subject_id: str, lobe: int, repeat: int) -> int:
+    """The generator seed of one (subject, lobe, repeat) noise draw."""
+    digest = hashlib.sha256(f"{seed}:{subject_id}:{lobe}:{repeat}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # a non-negative int64
+
+
+def _fill(flat: torch.Tensor, index: torch.Tensor, fill: str, key: int) -> torch.Tensor:
+    """Values replacing the voxels ``index`` of the flat CPU volume ``flat``."""
+    if fill == "noise":
+        return torch.rand(index.numel(), generator=torch.Generator().manual_seed(key))
+    if fill == "zero":
+        return torch.zeros(index.numel())
+    if fill == "mean":
+        return torch.full((index.numel(),), float(flat[index].double().mean()))
+    raise ValueError(f"unknown fill {fill!r}; choose from {', '.join(FILLS)}")
+
+
+def _prepare(volume, labels, lobes: Sequence[int]):
+    """Volume as a float32 tensor [1, X, Y, Z]; flat voxel indices of each lobe (C order)."""
+    x = torch.as_tensor(np.ascontiguousarray(volume, np.float32))
+    x = x.reshape(1, *x.shape[-3:])
+    lab = np.asarray(labels)
+    if lab.shape[-3:] != tuple(x.shape[-3:]) or lab.size != x[0].numel():
+        raise ValueError(f"lobe labels {lab.shape} do not match the volume {tuple(x.shape)}")
+    flat = torch.as_tensor(lab.reshape(-1).astype(np.int64))
+    index = {k: torch.nonzero(flat == k).squeeze(1) for k in lobes}
+    empty = [LOBES.get(k, str(k)) for k, idx in index.items() if idx.numel() == 0]
+    if empty:
+        raise ValueError(f"empty lobe(s) in the label map: {', '.join(empty)}")
+    return x, index
+
+
+def fill_baseline(
+    volume,
+    labels,
+    repeat: int,
+    *,
+    subject_id: str,
+    seed: int,
+    fill: str = "noise",
+    lobes: Sequence[int] = tuple(LOBES),
+) -> torch.Tensor:
+    """The volume with every lobe replaced by its fill of ``repeat`` (what a single-lobe
+    variant takes inside that lobe; Captum's ``baselines``). Float32, shape [1, X, Y, Z]."""
+    x, index = _prepare(volume, labels, lobes)
+    flat = x.view(-1)
+    out = flat.clone()
+    for k, idx in index.items():
+        out[idx] = _fill(flat, idx, fill, noise_seed(seed, subject_id, k, repeat))
+    return out.view_as(x)
+
+
+def perturb_subject(
+    model: torch.nn.Module,
+    volume,
+    labels,
+    *,
+    subject_id: str,
+    seed: int,
+    repeats: int = 1,
+    fill: str = "noise",
+    lobes: Sequence[int] = tuple(LOBES),
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> SubjectPerturbation:
+    """Predict ``volume`` [1, X, Y, Z] whole and with each lobe (ids in ``labels``, same grid)
+    replaced by ``fill``, ``repeats`` times per lobe, with an eval-mode ``model`` already on
+    ``device`` (default: the device of its parameters).
+
+    The 1 + lobes × repeats inputs go through the model in equal-sized batches of at most
+    ``batch_size``. One buffer per batch slot holds a copy of the volume; a variant writes its
+    fill into its lobe's voxels and, after the forward pass, puts the original voxels back.
+    """
+    if getattr(model, "training", False):
+        raise ValueError("the model is in training mode; call model.eval() first")
+    if repeats < 1 or batch_size < 1:
+        raise ValueError(f"repeats and batch_size must be >= 1, got {repeats}, {batch_size}")
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}; choose from {', '.join(FILLS)}")
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x, index = _prepare(volume, labels, lobes)
+    variants = [None] + [(k, r) for k in lobes for r in range(repeats)]
+    n_batches = -(-len(variants) // batch_size)
+    size = -(-len(variants) // n_batches)  # equal batches: no lone variant in a last one
+    with torch.inference_mode():
+        original = x.reshape(-1).to(device)
+        on_device = {k: idx.to(device) for k, idx in index.items()}
+        buffer = original.reshape(1, *x.shape).repeat(size, 1, 1, 1, 1)
+        slots = buffer.view(size, -1)
+        outputs = []
+        for start in range(0, len(variants), size):
+            chunk = variants[start : start + size]
+            for slot, variant in enumerate(chunk):
+                if variant is not None:
+                    k, r = variant
+                    values = _fill(x.view(-1), index[k], fill, noise_seed(seed, subject_id, k, r))
+                    slots[slot, on_device[k]] = values.to(device)
+            out = model(buffer[: len(chunk)])
+            outputs.append(out.reshape(len(chunk), -1)[:, 0].float().cpu())
+            for slot, variant in enumerate(chunk):
+                if variant is not None:
+                    idx = on_device[variant[0]]
+                    slots[slot, idx] = original[idx]
+    preds = torch.cat(outputs).double().numpy()
+    return SubjectPerturbation(float(preds[0]), preds[1:].reshape(len(lobes), repeats))
+
+
+def delta_ae(age, pred_whole, pred_masked):
+    """ΔAE = |ŷ_masked − y| − |ŷ_whole − y| (the paper's equation 1)."""
+    return np.abs(np.subtract(pred_masked, age)) - np.abs(np.subtract(pred_whole, age))
+
+
+def _load_labels(path) -> np.ndarray:
+    if not path.exists():
+        raise ValueError(f"lobe labels missing ({path}; run step 02)")
+    try:
+        return np.asarray(nib.load(path).dataobj)
+    except Exception as err:  # nibabel and gzip raise many types for a damaged file
+        raise ValueError(f"unreadable lobe labels {path.name}: {err}") from None
+
+
+def _subject_table(profile: Profile, model, row, batch_size: int, device) -> pd.DataFrame:
+    """The rows of ``perturbation.csv`` of one subject (a row of ``predictions.csv``)."""
+    run, sid, settings = profile.run_path, row.subject_id, profile.perturb
+    result = perturb_subject(
+        model,
+        load_volumes(run, [sid])[0],
+        _load_labels(run / "lobes" / f"{sid}.nii.gz"),
+        subject_id=sid,
+        seed=profile.seed,
+        repeats=settings.repeats,
+        fill=settings.fill,
+        batch_size=batch_size,
+        device=device,
+    )
+    scaler = AgeScaler(*profile.age_range_months)
+    whole = float(scaler.to_months(result.whole))
+    masked = scaler.to_months(result.masked).reshape(-1)
+    return pd.DataFrame(
+        {
+            "subject_id": sid,
+            "fold": int(row.fold),
+            "age_months": row.age_months,
+            "lobe": np.repeat(list(LOBES.values()), settings.repeats),
+            "repeat": np.tile(np.arange(settings.repeats), len(LOBES)),
+            "fill": settings.fill,
+            "pred_whole": whole,
+            "pred_masked": masked,
+            "delta_ae": delta_ae(row.age_months, whole, masked),
+            "signed_change": masked - whole,
+        },
+        columns=COLUMNS,
+    )
+
+
+def _params(profile: Profile, predictions: pd.DataFrame) -> dict:
+    """What ``perturbation.csv`` depends on: settings, checkpoints and per-subject inputs."""
+    run = profile.run_path
+
+    def stamp(path) -> list:
+        return [path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else []
+
+    inputs = hashlib.sha256()
+    for row in predictions[["subject_id", "fold", "age_months"]].itertuples(index=False):
+        sid = row.subject_id
+        files = (run / "preprocessed" / f"{sid}.nii.gz", run / "lobes" / f"{sid}.nii.gz")
+        inputs.update(json.dumps([*map(str, row), *(stamp(p) for p in files)]).encode())
+    return {
+        "version": PERTURB_VERSION,
+        "fill": profile.perturb.fill,
+        "repeats": profile.perturb.repeats,
+        "seed": profile.seed,
+        "age_range_months": list(profile.age_range_months),
+        "lobes": list(LOBES.values()),
+        "checkpoints": {
+            str(k): stamp(run / "models" / f"fold{k}.ckpt")
+            for k in sorted(predictions["fold"].unique())
+        },
+        "inputs": inputs.hexdigest(),
+    }
+
+
+def perturb_cohort(
+    profile: Profile, gpu: int | None = None, progress: bool = True, batch_size: int = 16
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Perturb every subject of ``predictions.csv`` with its out-of-fold model (each fold's
+    model loaded once; on ``cuda:<gpu>`` if given) → ``perturbation.csv`` (months); returns
+    (table, failures). A subject that fails (missing or damaged lobe labels, an empty lobe) is
+    listed with its reason, also in ``exclusions.csv``; the others go on. Skipped when
+    ``perturbation.json`` shows the output is up to date."""
+    from ctbrainage.pipeline import _update_exclusions
+    from ctbrainage.train import load_fold_model
+
+    run = profile.run_path
+    out, record = run / "perturbation.csv", run / "perturbation.json"
+    predictions = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str})
+    params = _params(profile, predictions)
+    if is_current(record, params, [out]):
+        failures = read_result(record)["failures"]
+        return pd.read_csv(out, dtype={"subject_id": str}), pd.DataFrame(
+            failures, columns=["subject_id", "reason"]
+        )
+    device = torch.device("cpu" if gpu is None else f"cuda:{gpu}")
+    tables, errors = {}, {}
+    bar = tqdm(total=len(predictions), desc="perturbation", unit="subject", disable=not progress)
+    for fold, group in predictions.groupby("fold", sort=True):
+        model = load_fold_model(profile, int(fold)).to(device)
+        for row in group.itertuples(index=False):
+            try:
+                tables[row.subject_id] = _subject_table(profile, model, row, batch_size, device)
+            except Exception as err:  # one bad subject never stops the others
+                text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+                errors[row.subject_id] = f"{row.subject_id}: {text}"
+            bar.update()
+        del model
+    bar.close()
+    order = [sid for sid in predictions["subject_id"] if sid in tables]
+    table = (
+        pd.concat([tables[sid] for sid in order], ignore_index=True)
+        if order
+        else pd.DataFrame(columns=COLUMNS)
+    )
+    failures = pd.DataFrame(
+        {"subject_id": list(errors), "reason": [f"perturbation: {m}" for m in errors.values()]}
+    )
+    io.atomic_write_text(out, table.to_csv(index=False))
+    _update_exclusions(run, list(predictions["subject_id"]), failures, step="perturbation")
+    write_record(record, params, {"failures": failures.to_dict("records")})
+    return table, failures
