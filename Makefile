@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11, PyPI reachable):
 #   make demo   - set up .venv on first use, then run the demo on the embedded synthetic cohort
-#                 (generate it, then notebooks 01 and 02 through papermill)
+#                 (generate it, then notebooks 01-04 through papermill)
 #   make test   - set up .venv on first use, then run the test suite
 PYTHON ?= python3.11
 VENV := .venv
@@ -24,6 +24,12 @@ demo: $(STAMP)
 		runs/demo/notebooks/01_preprocess.ipynb -p profile demo
 	$(VENV)/bin/papermill --progress-bar notebooks/02_lobes.ipynb \
 		runs/demo/notebooks/02_lobes.ipynb -p profile demo
+	for fold in 0 1 2 3 4; do \
+		$(VENV)/bin/papermill --progress-bar notebooks/03_train.ipynb \
+			runs/demo/notebooks/03_train_fold$$fold.ipynb -p profile demo -p fold $$fold || exit 1; \
+	done
+	$(VENV)/bin/papermill --progress-bar notebooks/04_evaluate.ipynb \
+		runs/demo/notebooks/04_evaluate.ipynb -p profile demo -p figures_dir figures
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -20,6 +20,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
+def repo_path(path: str | Path) -> Path:
+    """``path`` as given when absolute, else relative to the repository (not the working
+    directory, which differs between the command line and notebooks)."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
 class ProfileError(ValueError):
     """A profile file or override that cannot be used."""
 
@@ -104,8 +111,7 @@ class Profile:
 
     @property
     def run_path(self) -> Path:
-        path = Path(self.run_dir) if self.run_dir else Path("runs") / self.name
-        return path if path.is_absolute() else REPO_ROOT / path
+        return repo_path(self.run_dir or Path("runs") / self.name)
 
     @property
     def synthetic_dir(self) -> Path:

@@ -49,6 +49,16 @@ class SubjectPerturbation(NamedTuple):
     masked: np.ndarray  # [lobe, repeat]
 
 
+def prepare_model(model: torch.nn.Module, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """``model`` (modified in place) on ``device``, in eval mode; on CPU with channels-last
+    weights, which make oneDNN's batched 3D convolutions 1.2-1.4x faster (outputs change only
+    by float rounding)."""
+    model = model.to(device).eval()
+    if torch.device(device).type == "cpu":
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
 def noise_seed(seed: int, subject_id: str, lobe: int, repeat: int) -> int:
     """The generator seed of one (subject, lobe, repeat) noise draw."""
     digest = hashlib.sha256(f"{seed}:{subject_id}:{lobe}:{repeat}".encode()).digest()
@@ -62,7 +72,7 @@ def _fill(flat: torch.Tensor, index: torch.Tensor, fill: str, key: int) -> torch
     if fill == "zero":
         return torch.zeros(index.numel())
     if fill == "mean":
-        return torch.full((index.numel(),), float(flat[index].double().mean()))
+        return torch.full((index.numel(),), float(flat.index_select(0, index).double().mean()))
     raise ValueError(f"unknown fill {fill!r}; choose from {', '.join(FILLS)}")
 
 
@@ -73,8 +83,8 @@ def _prepare(volume, labels, lobes: Sequence[int]):
     lab = np.asarray(labels)
     if lab.shape[-3:] != tuple(x.shape[-3:]) or lab.size != x[0].numel():
         raise ValueError(f"lobe labels {lab.shape} do not match the volume {tuple(x.shape)}")
-    flat = torch.as_tensor(lab.reshape(-1).astype(np.int64))
-    index = {k: torch.nonzero(flat == k).squeeze(1) for k in lobes}
+    flat = lab.reshape(-1)
+    index = {k: torch.from_numpy(np.flatnonzero(flat == k)) for k in lobes}
     empty = [LOBES.get(k, str(k)) for k, idx in index.items() if idx.numel() == 0]
     if empty:
         raise ValueError(f"empty lobe(s) in the label map: {', '.join(empty)}")
@@ -97,7 +107,7 @@ def fill_baseline(
     flat = x.view(-1)
     out = flat.clone()
     for k, idx in index.items():
-        out[idx] = _fill(flat, idx, fill, noise_seed(seed, subject_id, k, repeat))
+        out.index_copy_(0, idx, _fill(flat, idx, fill, noise_seed(seed, subject_id, k, repeat)))
     return out.view_as(x)
 
 
@@ -135,9 +145,9 @@ def perturb_subject(
     n_batches = -(-len(variants) // batch_size)
     size = -(-len(variants) // n_batches)  # equal batches: no lone variant in a last one
     with torch.inference_mode():
-        original = x.reshape(-1).to(device)
         on_device = {k: idx.to(device) for k, idx in index.items()}
-        buffer = original.reshape(1, *x.shape).repeat(size, 1, 1, 1, 1)
+        kept = {k: x.view(-1).index_select(0, i).to(device) for k, i in index.items()}  # restore
+        buffer = x.to(device).expand(size, *x.shape).contiguous()
         slots = buffer.view(size, -1)
         outputs = []
         for start in range(0, len(variants), size):
@@ -146,13 +156,12 @@ def perturb_subject(
                 if variant is not None:
                     k, r = variant
                     values = _fill(x.view(-1), index[k], fill, noise_seed(seed, subject_id, k, r))
-                    slots[slot, on_device[k]] = values.to(device)
+                    slots[slot].index_copy_(0, on_device[k], values.to(device))
             out = model(buffer[: len(chunk)])
             outputs.append(out.reshape(len(chunk), -1)[:, 0].float().cpu())
             for slot, variant in enumerate(chunk):
                 if variant is not None:
-                    idx = on_device[variant[0]]
-                    slots[slot, idx] = original[idx]
+                    slots[slot].index_copy_(0, on_device[variant[0]], kept[variant[0]])
     preds = torch.cat(outputs).double().numpy()
     return SubjectPerturbation(float(preds[0]), preds[1:].reshape(len(lobes), repeats))
 
@@ -256,7 +265,7 @@ def perturb_cohort(
     tables, errors = {}, {}
     bar = tqdm(total=len(predictions), desc="perturbation", unit="subject", disable=not progress)
     for fold, group in predictions.groupby("fold", sort=True):
-        model = load_fold_model(profile, int(fold)).to(device)
+        model = prepare_model(load_fold_model(profile, int(fold)), device)
         for row in group.itertuples(index=False):
             try:
                 tables[row.subject_id] = _subject_table(profile, model, row, batch_size, device)

@@ -41,6 +41,7 @@ from statsmodels.stats.multitest import multipletests
 
 from ctbrainage import io
 from ctbrainage.cohort import PAPER_AGE_EDGES, age_group, sliding_windows
+from ctbrainage.lobes import LOBES as LOBE_LABELS
 
 __all__ = [
     "EFFECT_MARKERS",
@@ -62,7 +63,7 @@ __all__ = [
     "write_table1",
 ]
 
-LOBES = ("frontal", "parietal", "temporal", "occipital")  # Table 1's row order
+LOBES = tuple(LOBE_LABELS.values())  # Table 1's row order: frontal, parietal, temporal, occipital
 MIN_SUBJECTS = 3  # fewest subjects a group needs to be tested (Shapiro–Wilk needs 3)
 SIGNIFICANCE_MARKER = "*"
 EFFECT_MARKERS = {"small": "†", "medium": "‡", "large": "§"}

@@ -124,7 +124,7 @@ def test_conv_network_batch_sizes_agree_and_each_is_reproducible(small_model):
     run = lambda b: perturb_subject(  # noqa: E731
         small_model, volume, labels, subject_id="s02", seed=7, repeats=3, batch_size=b
     )
-    single, batched = run(1), run(13)
+    single, batched = run(1), run(13)  # 1 + 4 x 3 variants: one batch
     # convolution kernels sum in a batch-size-dependent order: equal to float32 rounding
     assert single.whole == pytest.approx(batched.whole, abs=1e-6)
     np.testing.assert_allclose(single.masked, batched.masked, rtol=0, atol=1e-6)
@@ -235,17 +235,18 @@ def test_cohort_agrees_with_captum_on_the_trained_model(tiny_copy):
     np.testing.assert_allclose(ours["pred_masked"], lo + theirs * span, atol=1e-4)
 
 
-def test_rerun_skips_and_a_changed_setting_reruns(tiny_copy):
+def test_rerun_skips_and_a_changed_setting_reruns(tiny_copy, tmp_path):
     profile, table, _ = tiny_copy
     out = profile.run_path / "perturbation.csv"
     before = out.stat().st_mtime_ns
     again, failures = perturb_cohort(profile, progress=False)
     assert out.stat().st_mtime_ns == before and failures.empty
     pd.testing.assert_frame_equal(again, table)
-    zero = dataclasses.replace(profile, perturb=PerturbConfig(repeats=1, fill="zero"))
+    shutil.copytree(profile.run_path, tmp_path / "run")  # the module's run stays as it is
+    moved = dataclasses.replace(profile, run_dir=str(tmp_path / "run"))
+    zero = dataclasses.replace(moved, perturb=PerturbConfig(repeats=1, fill="zero"))
     redone, _ = perturb_cohort(zero, progress=False)
     assert (redone["fill"] == "zero").all() and len(redone) == len(table) // 2
-    perturb_cohort(profile, progress=False)  # restore the module's output for other tests
 
 
 def test_bad_lobe_files_fail_their_subject_only(tiny_run, tmp_path):
