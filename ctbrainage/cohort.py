@@ -168,7 +168,7 @@ def write_validated(
     return paths
 
 
-def _window_label(lo: float, hi: float) -> str:
+def window_label(lo: float, hi: float) -> str:
     """Label "12-23" for integer edges (lower edge to upper - 1 months), else "[6.5, 12)"."""
     if float(lo).is_integer() and float(hi).is_integer():
         return f"{int(lo)}-{int(hi) - 1}"
@@ -181,7 +181,7 @@ def age_group(ages, edges=PAPER_AGE_EDGES) -> pd.Series:
     if len(edges) < 2 or np.any(np.diff(edges) <= 0):
         raise ValueError(f"age group edges must increase, got {edges}")
     ages = ages if isinstance(ages, pd.Series) else pd.Series(ages)
-    labels = [_window_label(lo, hi) for lo, hi in pairwise(edges)]
+    labels = [window_label(lo, hi) for lo, hi in pairwise(edges)]
     return pd.cut(ages.astype(float), edges, right=False, labels=labels)
 
 
@@ -198,7 +198,7 @@ def sliding_windows(ages, width: float, step: float, lo: float, hi: float) -> pd
     for n in range(int(math.floor((hi - lo - width) / step + 1e-9)) + 1):
         start = lo + n * step
         members = ages.index[(ages >= start) & (ages < start + width)]
-        label = _window_label(start, start + width)
+        label = window_label(start, start + width)
         rows += [(label, start, start + width, idx) for idx in members]
     return pd.DataFrame(rows, columns=["window", "start", "end", "index"])
 

@@ -61,16 +61,16 @@ def test_white_matter_attenuation_rises_from_unmyelinated_to_mature():
 def test_expected_importance_follows_the_maturation_order():
     table = MaturationSchedule().expected_importance(EDGES)
     assert list(table.columns) == ["group", "lobe", "importance", "share"]
-    assert list(table["group"].unique()) == ["0-12", "12-24", "24-36", "36-48"]
+    assert list(table["group"].unique()) == ["0-11", "12-23", "24-35", "36-47"]
     assert np.allclose(table.groupby("group")["share"].sum(), 1.0)
     assert (table["importance"] > 0).all()
     leaders = _leaders(MaturationSchedule())
-    assert (leaders["0-12"], leaders["36-48"]) == ("occipital", "temporal")
+    assert (leaders["0-11"], leaders["36-47"]) == ("occipital", "temporal")
     # lobar volume shares weight the importance
     weighted = MaturationSchedule().expected_importance(
         EDGES, {"frontal": 0.7, "parietal": 0.1, "temporal": 0.1, "occipital": 0.1}
     )
-    assert weighted.set_index(["group", "lobe"]).loc[("0-12", "frontal"), "share"] > 0.5
+    assert weighted.set_index(["group", "lobe"]).loc[("0-11", "frontal"), "share"] > 0.5
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_expected_importance_follows_the_maturation_order():
 )
 def test_reordered_schedules_move_the_importance(spec, first, last):
     leaders = _leaders(MaturationSchedule.parse(spec))
-    assert (leaders["0-12"], leaders["36-48"]) == (first, last)
+    assert (leaders["0-11"], leaders["36-47"]) == (first, last)
 
 
 def test_null_lobe_has_no_importance_and_combines_with_an_order():

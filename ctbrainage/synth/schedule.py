@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ctbrainage.cohort import window_label
 from ctbrainage.lobes import LOBES
 
 LOBE_NAMES = tuple(LOBES.values())
@@ -103,7 +104,7 @@ class MaturationSchedule:
 
         Mean over the group's ages of |d HU / d age| × the lobe's share of lobar white matter
         (equal shares if not given); also normalised to sum to 1 within each group.
-        Columns: group, lobe, importance, share.
+        Columns: group (labelled like ``cohort.age_group``: "0-11"), lobe, importance, share.
         """
         shares = wm_volume_share or {name: 1.0 / len(LOBE_NAMES) for name in LOBE_NAMES}
         span = self.mature_hu - self.unmyelinated_hu
@@ -114,7 +115,11 @@ class MaturationSchedule:
             for name in LOBE_NAMES:
                 slope = span * float(np.mean(self.lobes[name].slope(ages)))
                 rows.append(
-                    {"group": f"{lo:g}-{hi:g}", "lobe": name, "importance": slope * shares[name]}
+                    {
+                        "group": window_label(lo, hi),
+                        "lobe": name,
+                        "importance": slope * shares[name],
+                    }
                 )
         table = pd.DataFrame(rows)
         total = table.groupby("group", sort=False)["importance"].transform("sum")

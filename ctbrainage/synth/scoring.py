@@ -97,3 +97,45 @@ def score_lobes(run_dir: str | Path, cohort_dir: str | Path) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def score_importance(measured: pd.DataFrame, expected: pd.DataFrame) -> dict:
+    """Does the perturbation analysis recover the planted maturation schedule?
+
+    ``measured``: one row per (group, lobe) with ``mean_delta_ae`` and ``significant`` (a
+    ``stats.lobe_age_table``); ``expected``: the schedule's ``expected_importance`` over the same
+    groups. Returns Spearman ρ between planted importance and measured mean ΔAE over all cells,
+    the mean within-group Spearman ρ of the lobe ranking (the overall ρ is helped by every
+    lobe's importance falling with age; the within-group one tests the order alone), the top
+    lobe per group (planted vs measured), and, for lobes planted with no age signal, the groups
+    where masking them was significant (should be none).
+    """
+    from scipy import stats
+
+    cells = measured.merge(expected[["group", "lobe", "importance"]], on=["group", "lobe"])
+    if cells.empty:
+        raise ValueError("measured and planted importance share no (group, lobe) cell")
+    rho = stats.spearmanr(cells["importance"], cells["mean_delta_ae"])
+    top, within = {}, []
+    for group, part in cells.groupby("group", sort=False):
+        if part["importance"].nunique() > 1 and part["mean_delta_ae"].nunique() > 1:
+            within.append(stats.spearmanr(part["importance"], part["mean_delta_ae"]).statistic)
+        planted = part.loc[part["importance"].idxmax(), "lobe"]
+        found = part.loc[part["mean_delta_ae"].idxmax(), "lobe"]
+        top[group] = {"planted": planted, "measured": found, "match": bool(planted == found)}
+    totals = expected.groupby("lobe")["importance"].sum()
+    null_lobes = totals[totals <= 0].index
+    significant_null = {
+        lobe: cells.loc[(cells["lobe"] == lobe) & cells["significant"], "group"].tolist()
+        for lobe in null_lobes
+    }
+    return {
+        "spearman_rho": float(rho.statistic),
+        "spearman_p": float(rho.pvalue),
+        "within_group_spearman_rho": float(np.mean(within)) if within else float("nan"),
+        "cells": len(cells),
+        "top_lobe": top,
+        "top_lobe_matches": sum(t["match"] for t in top.values()),
+        "groups": len(top),
+        "null_lobes_significant_in": significant_null,
+    }
