@@ -1,4 +1,4 @@
-"""Figures. Every function returns the Figure and saves it when given an output path."""
+"""Figures of steps 01-02: the synthetic cohort, preprocessing QC, brain and lobe volumes."""
 
 from __future__ import annotations
 
@@ -12,36 +12,13 @@ import pandas as pd
 
 from ctbrainage import io
 from ctbrainage.lobes import LOBES
-
-LOBE_COLOURS = {
-    "frontal": "#1f77b4",
-    "parietal": "#2ca02c",
-    "temporal": "#d62728",
-    "occipital": "#9467bd",
-}
-BRAIN_WINDOW = (0.0, 80.0)  # HU: window 80, level 40
-
-
-def save(fig: plt.Figure, out: str | Path | None, dpi: int = 110) -> plt.Figure:
-    """Save atomically when ``out`` is given; return the figure."""
-    if out is not None:
-        with io.atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(out).suffix[1:] or "png")
-    return fig
-
-
-def canonical_slices(image: nib.Nifti1Image, centre_ijk=None):
-    """Axial, coronal and sagittal slices (RAS display orientation) through ``centre_ijk``
-    (voxel index in the canonical image; default the middle), with their pixel aspect ratios."""
-    canon = nib.as_closest_canonical(image)
-    data = np.asarray(canon.dataobj)
-    zooms = canon.header.get_zooms()[:3]
-    c = np.array(data.shape) // 2 if centre_ijk is None else np.asarray(centre_ijk, int)
-    return [
-        (data[:, :, c[2]].T, zooms[1] / zooms[0]),  # axial: x right-left, y up = anterior
-        (data[:, c[1], :].T, zooms[2] / zooms[0]),  # coronal
-        (data[c[0], :, :].T, zooms[2] / zooms[1]),  # sagittal
-    ]
+from ctbrainage.plots.common import (
+    BRAIN_WINDOW,
+    LOBE_COLOURS,
+    canonical_slices,
+    lobe_colormap,
+    save,
+)
 
 
 def synthetic_cohort_figure(cohort_dir: str | Path, out=None, ages=(1, 6, 12, 24, 36, 47)):
@@ -192,12 +169,6 @@ def brain_volume_vs_age(table: pd.DataFrame, out=None, ax=None, label="skull-str
     return ax.figure if out is None else save(ax.figure, out)
 
 
-def _lobe_colormap():
-    from matplotlib.colors import ListedColormap
-
-    return ListedColormap([(0, 0, 0, 0)] + [LOBE_COLOURS[name] for name in LOBES.values()])
-
-
 def lobe_overlay_montage(run_dir: str | Path, subject_ids, ages=None, out=None, alpha=0.45):
     """Lobe labels over the model input, three planes per subject (rows)."""
     from matplotlib.patches import Patch
@@ -218,7 +189,7 @@ def lobe_overlay_montage(run_dir: str | Path, subject_ids, ages=None, out=None, 
             ax.imshow(plane, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect)
             ax.imshow(
                 label,
-                cmap=_lobe_colormap(),
+                cmap=lobe_colormap(),
                 vmin=0,
                 vmax=4,
                 alpha=alpha,
@@ -249,148 +220,4 @@ def lobe_volumes_vs_age(table: pd.DataFrame, out=None):
     ax.set_xlabel("age (months)")
     ax.set_ylabel("lobe volume (mL)")
     ax.legend(fontsize=8)
-    return save(fig, out)
-
-
-# ---- 04_evaluate ------------------------------------------------------------------------------
-def _group_palette(labels) -> dict:
-    import seaborn as sns
-
-    return dict(zip(labels, sns.color_palette("viridis", len(labels)), strict=True))
-
-
-def predicted_vs_true(
-    predictions: pd.DataFrame, edges, column: str = "predicted_months", ax=None, out=None
-):
-    """Predicted against true age, coloured by age group, with the identity line and the
-    fitted line (its slope below 1 is the usual regression to the mean)."""
-    from ctbrainage.cohort import age_group
-    from ctbrainage.evaluate import regression_metrics
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
-    age, predicted = predictions["age_months"], predictions[column]
-    groups = age_group(age, edges)
-    for label, colour in _group_palette(list(groups.cat.categories)).items():
-        part = groups == label
-        ax.scatter(age[part], predicted[part], s=16, color=colour, label=f"{label} months")
-    lo, hi = float(edges[0]), float(edges[-1])
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
-    slope, intercept = np.polyfit(age, predicted, 1)
-    ax.plot(
-        [lo, hi],
-        [intercept + slope * lo, intercept + slope * hi],
-        "r-",
-        lw=1,
-        label=f"fit (slope {slope:.2f})",
-    )
-    m = regression_metrics(age, predicted)
-    ax.text(
-        0.03,
-        0.97,
-        f"MAE {m['mae']:.2f} · RMSE {m['rmse']:.2f} months\nr {m['r']:.3f}",
-        transform=ax.transAxes,
-        va="top",
-        fontsize=9,
-    )
-    ax.set(
-        xlabel="true age (months)", ylabel="predicted age (months)", xlim=(lo, hi), aspect="equal"
-    )
-    ax.legend(fontsize=8, loc="lower right")
-    return ax.figure if out is None else save(ax.figure, out)
-
-
-def bland_altman(predictions: pd.DataFrame, column: str = "predicted_months", ax=None, out=None):
-    """Difference (predicted − true) against the mean of both, with the mean difference and the
-    95 % limits of agreement (± 1.96 SD)."""
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
-    age, predicted = predictions["age_months"], predictions[column]
-    mean, diff = (age + predicted) / 2, predicted - age
-    bias, sd = diff.mean(), diff.std(ddof=1)
-    ax.scatter(mean, diff, s=14, alpha=0.7, color="0.3")
-    for level, style, text in (
-        (bias, "-", "mean"),
-        (bias + 1.96 * sd, "--", "+1.96 SD"),
-        (bias - 1.96 * sd, "--", "−1.96 SD"),
-    ):
-        ax.axhline(level, color="tab:red", ls=style, lw=1)
-        ax.text(ax.get_xlim()[1], level, f" {text} {level:+.1f}", va="center", fontsize=8)
-    ax.set(
-        xlabel="mean of true and predicted age (months)",
-        ylabel="predicted − true (months)",
-        title="Bland–Altman",
-    )
-    return ax.figure if out is None else save(ax.figure, out)
-
-
-def error_by_age_group_bars(table: pd.DataFrame, ax=None, out=None):
-    """MAE per age group (a table from ``evaluate.error_by_age_group``), with n on each bar."""
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 4), layout="constrained")
-    colours = list(_group_palette(list(table.index)).values())
-    bars = ax.bar(table.index.astype(str), table["mae"], color=colours)
-    for bar, n in zip(bars, table["n"], strict=True):
-        ax.text(
-            bar.get_x() + bar.get_width() / 2,
-            bar.get_height(),
-            f"n={n}",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
-    ax.set(xlabel="age group (months)", ylabel="MAE (months)", title="error per age group")
-    return ax.figure if out is None else save(ax.figure, out)
-
-
-def evaluation_figure(predictions: pd.DataFrame, edges, out=None):
-    """Predicted vs true, Bland–Altman and MAE per age group side by side."""
-    from ctbrainage.evaluate import error_by_age_group
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5), layout="constrained")
-    predicted_vs_true(predictions, edges, ax=axes[0])
-    bland_altman(predictions, ax=axes[1])
-    error_by_age_group_bars(error_by_age_group(predictions, edges), ax=axes[2])
-    return save(fig, out)
-
-
-def learning_curves(run_dir: str | Path, folds, out=None):
-    """Training (and, when held out, inner-validation) MSE per epoch for each fold, from the
-    Lightning CSV logs in ``logs/fold<k>/``."""
-    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
-    for k in folds:
-        log = pd.read_csv(Path(run_dir) / "logs" / f"fold{k}" / "version_0" / "metrics.csv")
-        colour = f"C{k}"
-        for column, style in (("train_loss", "-"), ("val_loss", ":")):
-            if column in log:
-                curve = log.dropna(subset=[column])
-                ax.plot(
-                    curve["epoch"] + 1,
-                    curve[column],
-                    style,
-                    color=colour,
-                    label=f"fold {k} {column.split('_')[0]}",
-                )
-    ax.set(
-        xlabel="epoch", ylabel="MSE (age scaled to [0, 1])", yscale="log", title="learning curves"
-    )
-    ax.legend(fontsize=7, ncols=2)
-    return save(fig, out)
-
-
-def brain_age_gap_figure(gaps: pd.DataFrame, out=None):
-    """Brain-age gap against age before and after the linear bias correction."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, layout="constrained")
-    for ax, column, title in (
-        (axes[0], "gap", "raw"),
-        (axes[1], "gap_corrected", "bias-corrected (fitted outside the fold)"),
-    ):
-        ax.scatter(gaps["age_months"], gaps[column], s=14, alpha=0.7)
-        slope, intercept = np.polyfit(gaps["age_months"], gaps[column], 1)
-        ages = np.array([gaps["age_months"].min(), gaps["age_months"].max()])
-        ax.plot(ages, intercept + slope * ages, "r-", lw=1, label=f"trend {slope:+.2f}/month")
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set(xlabel="age (months)", title=f"brain-age gap, {title}")
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("predicted − true (months)")
     return save(fig, out)

@@ -1,0 +1,53 @@
+"""Figures. Every function returns the Figure and saves it (atomically) when given an output
+path. Grouped by pipeline step; everything is importable from ``ctbrainage.plots``."""
+
+from ctbrainage.plots.cohort import (
+    brain_volume_vs_age,
+    lobe_overlay_montage,
+    lobe_volumes_vs_age,
+    preprocess_qc_figure,
+    qc_montage,
+    synthetic_cohort_figure,
+)
+from ctbrainage.plots.common import LOBE_COLOURS, canonical_slices, group_palette, save
+from ctbrainage.plots.evaluation import (
+    bland_altman,
+    brain_age_gap_figure,
+    error_by_age_group_bars,
+    evaluation_figure,
+    learning_curves,
+    predicted_vs_true,
+)
+from ctbrainage.plots.importance import (
+    delta_ae_distributions,
+    importance_on_brain,
+    importance_trajectory,
+    perturbed_slices,
+    planted_vs_measured,
+    table1_heatmap,
+)
+
+__all__ = [
+    "LOBE_COLOURS",
+    "bland_altman",
+    "brain_age_gap_figure",
+    "brain_volume_vs_age",
+    "canonical_slices",
+    "delta_ae_distributions",
+    "error_by_age_group_bars",
+    "evaluation_figure",
+    "group_palette",
+    "importance_on_brain",
+    "importance_trajectory",
+    "learning_curves",
+    "lobe_overlay_montage",
+    "lobe_volumes_vs_age",
+    "perturbed_slices",
+    "planted_vs_measured",
+    "predicted_vs_true",
+    "preprocess_qc_figure",
+    "qc_montage",
+    "save",
+    "synthetic_cohort_figure",
+    "table1_heatmap",
+]
