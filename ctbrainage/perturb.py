@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import nibabel as nib
@@ -180,7 +181,9 @@ def _load_labels(path) -> np.ndarray:
         raise ValueError(f"unreadable lobe labels {path.name}: {err}") from None
 
 
-def _subject_table(profile: Profile, model, row, batch_size: int, device) -> pd.DataFrame:
+def _subject_table(
+    profile: Profile, model, row, fill: str, batch_size: int, device
+) -> pd.DataFrame:
     """The rows of ``perturbation.csv`` of one subject (a row of ``predictions.csv``)."""
     run, sid, settings = profile.run_path, row.subject_id, profile.perturb
     result = perturb_subject(
@@ -190,7 +193,7 @@ def _subject_table(profile: Profile, model, row, batch_size: int, device) -> pd.
         subject_id=sid,
         seed=profile.seed,
         repeats=settings.repeats,
-        fill=settings.fill,
+        fill=fill,
         batch_size=batch_size,
         device=device,
     )
@@ -204,7 +207,7 @@ def _subject_table(profile: Profile, model, row, batch_size: int, device) -> pd.
             "age_months": row.age_months,
             "lobe": np.repeat(list(LOBES.values()), settings.repeats),
             "repeat": np.tile(np.arange(settings.repeats), len(LOBES)),
-            "fill": settings.fill,
+            "fill": fill,
             "pred_whole": whole,
             "pred_masked": masked,
             "delta_ae": delta_ae(row.age_months, whole, masked),
@@ -214,7 +217,7 @@ def _subject_table(profile: Profile, model, row, batch_size: int, device) -> pd.
     )
 
 
-def _params(profile: Profile, predictions: pd.DataFrame) -> dict:
+def _params(profile: Profile, predictions: pd.DataFrame, fill: str) -> dict:
     """What ``perturbation.csv`` depends on: settings, checkpoints and per-subject inputs."""
     run = profile.run_path
 
@@ -228,7 +231,7 @@ def _params(profile: Profile, predictions: pd.DataFrame) -> dict:
         inputs.update(json.dumps([*map(str, row), *(stamp(p) for p in files)]).encode())
     return {
         "version": PERTURB_VERSION,
-        "fill": profile.perturb.fill,
+        "fill": fill,
         "repeats": profile.perturb.repeats,
         "seed": profile.seed,
         "age_range_months": list(profile.age_range_months),
@@ -241,21 +244,37 @@ def _params(profile: Profile, predictions: pd.DataFrame) -> dict:
     }
 
 
+def perturbation_path(profile: Profile, fill: str | None = None) -> Path:
+    """``perturbation.csv`` for the profile's fill; ``perturbation_<fill>.csv`` for another
+    fill (a comparison that leaves the main analysis alone)."""
+    fill = fill or profile.perturb.fill
+    name = "perturbation" if fill == profile.perturb.fill else f"perturbation_{fill}"
+    return profile.run_path / f"{name}.csv"
+
+
 def perturb_cohort(
-    profile: Profile, gpu: int | None = None, progress: bool = True, batch_size: int = 16
+    profile: Profile,
+    gpu: int | None = None,
+    progress: bool = True,
+    batch_size: int = 16,
+    fill: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Perturb every subject of ``predictions.csv`` with its out-of-fold model (each fold's
-    model loaded once; on ``cuda:<gpu>`` if given) → ``perturbation.csv`` (months); returns
-    (table, failures). A subject that fails (missing or damaged lobe labels, an empty lobe) is
-    listed with its reason, also in ``exclusions.csv``; the others go on. Skipped when
-    ``perturbation.json`` shows the output is up to date."""
+    model loaded once; on ``cuda:<gpu>`` if given) → :func:`perturbation_path` (months); returns
+    (table, failures). ``fill`` defaults to the profile's. A subject that fails (missing or
+    damaged lobe labels, an empty lobe) is listed with its reason, also in ``exclusions.csv``;
+    the others go on. Skipped when the ``.json`` record beside the output shows it is up to
+    date."""
     from ctbrainage.pipeline import _update_exclusions
     from ctbrainage.train import load_fold_model
 
-    run = profile.run_path
-    out, record = run / "perturbation.csv", run / "perturbation.json"
+    run, fill = profile.run_path, fill or profile.perturb.fill
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}; choose from {', '.join(FILLS)}")
+    out = perturbation_path(profile, fill)
+    record = out.with_suffix(".json")
     predictions = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str})
-    params = _params(profile, predictions)
+    params = _params(profile, predictions, fill)
     if is_current(record, params, [out]):
         failures = read_result(record)["failures"]
         return pd.read_csv(out, dtype={"subject_id": str}), pd.DataFrame(
@@ -268,7 +287,9 @@ def perturb_cohort(
         model = prepare_model(load_fold_model(profile, int(fold)), device)
         for row in group.itertuples(index=False):
             try:
-                tables[row.subject_id] = _subject_table(profile, model, row, batch_size, device)
+                tables[row.subject_id] = _subject_table(
+                    profile, model, row, fill, batch_size, device
+                )
             except Exception as err:  # one bad subject never stops the others
                 text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
                 errors[row.subject_id] = f"{row.subject_id}: {text}"

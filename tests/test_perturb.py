@@ -24,6 +24,7 @@ from ctbrainage.perturb import (
     noise_seed,
     perturb_cohort,
     perturb_subject,
+    perturbation_path,
 )
 from ctbrainage.train import load_fold_model
 
@@ -247,6 +248,20 @@ def test_rerun_skips_and_a_changed_setting_reruns(tiny_copy, tmp_path):
     zero = dataclasses.replace(moved, perturb=PerturbConfig(repeats=1, fill="zero"))
     redone, _ = perturb_cohort(zero, progress=False)
     assert (redone["fill"] == "zero").all() and len(redone) == len(table) // 2
+
+
+def test_another_fill_is_written_beside_the_main_analysis(tiny_copy):
+    profile, table, _ = tiny_copy
+    main = profile.run_path / "perturbation.csv"
+    before = main.stat().st_mtime_ns
+    zero, _ = perturb_cohort(profile, progress=False, fill="zero")
+    assert perturbation_path(profile, "zero").name == "perturbation_zero.csv"
+    written = pd.read_csv(profile.run_path / "perturbation_zero.csv")
+    assert (written["fill"] == "zero").all() and len(written) == len(table)
+    assert main.stat().st_mtime_ns == before  # the noise analysis is left alone
+    assert not np.allclose(zero["pred_masked"], table["pred_masked"])
+    with pytest.raises(ValueError, match="unknown fill"):
+        perturb_cohort(profile, progress=False, fill="blur")
 
 
 def test_bad_lobe_files_fail_their_subject_only(tiny_run, tmp_path):
