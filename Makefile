@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11, PyPI reachable):
 #   make demo   - set up .venv on first use, then run the demo on the embedded synthetic cohort
-#                 (generate it, then notebooks 01-04 through papermill)
+#                 (generate it, then notebooks 01-06 through papermill)
 #   make test   - set up .venv on first use, then run the test suite
 PYTHON ?= python3.11
 VENV := .venv
@@ -30,6 +30,10 @@ demo: $(STAMP)
 	done
 	$(VENV)/bin/papermill --progress-bar notebooks/04_evaluate.ipynb \
 		runs/demo/notebooks/04_evaluate.ipynb -p profile demo -p figures_dir figures
+	$(VENV)/bin/papermill --progress-bar notebooks/05_perturbation.ipynb \
+		runs/demo/notebooks/05_perturbation.ipynb -p profile demo
+	$(VENV)/bin/papermill --progress-bar notebooks/06_stats_figures.ipynb \
+		runs/demo/notebooks/06_stats_figures.ipynb -p profile demo -p figures_dir figures
 
 test: $(STAMP)
 	$(PY) -m pytest

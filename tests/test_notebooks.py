@@ -1,5 +1,6 @@
 """The notebooks execute end to end (papermill) at the tiny profile."""
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -22,7 +23,7 @@ def _run(name: str, run: Path, out: Path, **parameters) -> str:
     return "".join(str(o.get("text", "")) for c in executed.cells for o in c.get("outputs", []))
 
 
-def test_notebooks_01_to_04_run_and_write_the_run_directory(tmp_path):
+def test_notebooks_01_to_06_run_and_write_the_run_directory(tmp_path):
     run = tmp_path / "run"
     assert "minimum Dice" in _run("01_preprocess.ipynb", run, tmp_path / "01.ipynb", workers=2)
     cohort = pd.read_csv(run / "cohort.csv")
@@ -52,3 +53,20 @@ def test_notebooks_01_to_04_run_and_write_the_run_directory(tmp_path):
     assert {"fold 0", "fold 1", "mean", "sd", "pooled"} <= set(metrics.index)
     assert (tmp_path / "fig" / "evaluation.png").exists()
     assert (run / "figures" / "evaluation.png").exists()
+
+    text = _run("05_perturbation.ipynb", run, tmp_path / "05.ipynb", compare_fills=["zero"])
+    perturbation = pd.read_csv(run / "perturbation.csv")
+    assert len(perturbation) == 12 * 4 and (perturbation["fill"] == "noise").all()
+    assert (run / "perturbation_zero.csv").exists()
+
+    text = _run(
+        "06_stats_figures.ipynb", run, tmp_path / "06.ipynb", figures_dir=str(tmp_path / "fig")
+    )
+    assert "top lobe right in" in text
+    table = pd.read_csv(run / "table1.csv")
+    assert len(table) == 16 and not table.isna().any().any()
+    assert (run / "table1.md").exists() and (run / "table1.tex").exists()
+    recovery = json.loads((run / "recovery.json").read_text())
+    assert recovery["groups"] == 4 and -1 <= recovery["spearman_rho"] <= 1
+    for name in ("table1_heatmap", "importance_trajectory", "importance_on_brain"):
+        assert (tmp_path / "fig" / f"{name}.png").exists()

@@ -194,15 +194,26 @@ def planted_vs_measured(measured: pd.DataFrame, expected: pd.DataFrame, out=None
     return save(fig, out)
 
 
-def perturbed_slices(volume: np.ndarray, variants: dict, affine, out=None):
-    """One subject's input and its lobe-masked variants (axial slice through the brain)."""
-    grid = np.diag([*np.linalg.norm(affine[:3, :3], axis=0), 1.0])
-    centre = np.argwhere(volume > 0).mean(axis=0)
-    panels = {"original": volume, **variants}
+def perturbed_slices(run_dir: str | Path, subject_id: str, fill: str, seed: int, out=None):
+    """One subject's model input and its four lobe-masked variants (the first noise repeat),
+    axial slice through the brain: what the model sees in step 05."""
+    from ctbrainage.perturb import fill_baseline
+
+    run = Path(run_dir)
+    image = nib.load(run / "preprocessed" / f"{subject_id}.nii.gz")
+    volume = np.asarray(image.dataobj, np.float32)
+    labels = np.asarray(nib.load(run / "lobes" / f"{subject_id}.nii.gz").dataobj)
+    filled = fill_baseline(volume[None], labels, 0, subject_id=subject_id, seed=seed, fill=fill)
+    panels = {"original": volume}
+    for index, name in LOBES.items():
+        panels[f"{name} masked"] = np.where(labels == index, filled[0].numpy(), volume)
+    grid = np.diag([*np.linalg.norm(image.affine[:3, :3], axis=0), 1.0])
+    centre = np.argwhere(labels > 0).mean(axis=0)
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3), layout="constrained")
-    for ax, (title, array) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+    for ax, (title, array) in zip(axes, panels.items(), strict=True):
         (plane, aspect), *_ = canonical_slices(nib.Nifti1Image(array, grid), centre)
         ax.imshow(plane, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
+    fig.suptitle(f"{subject_id}: {fill} fill", fontsize=10)
     return save(fig, out)
