@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -82,6 +83,22 @@ def inner_validation(train: pd.DataFrame, fraction: float, seed: int) -> np.ndar
     return stratified_folds(train["age_months"], parts, seed) == 0
 
 
+@contextlib.contextmanager
+def _restored_determinism_flags():
+    """Let Lightning's ``deterministic=True`` hold for one fit only (it sets process-wide torch
+    flags and leaves them on), without NaN-filling every new tensor: that debugging aid cost
+    about 4 % of a CPU training step (benchmarks/bench_train.py) and changes no result."""
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    algorithms = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
 def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool = True):
     """Train on every fold but ``fold``, predict ``fold``; skip when already done.
 
@@ -132,20 +149,21 @@ def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool
         )
         val_loader = DataLoader(val_set, batch_size=profile.train.batch_size)
     module = AgeRegressor(profile)
-    trainer = pl.Trainer(
-        max_epochs=profile.train.epochs,
-        accelerator="gpu" if gpu is not None else "cpu",
-        devices=[gpu] if gpu is not None else 1,
-        precision="bf16-mixed" if gpu is not None else "32-true",
-        deterministic=gpu is None,
-        logger=pl.loggers.CSVLogger(run / "logs", name=f"fold{fold}", version=0),
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
-    trainer.fit(module, loader, val_loader)
+    with _restored_determinism_flags():
+        trainer = pl.Trainer(
+            max_epochs=profile.train.epochs,
+            accelerator="gpu" if gpu is not None else "cpu",
+            devices=[gpu] if gpu is not None else 1,
+            precision="bf16-mixed" if gpu is not None else "32-true",
+            deterministic=gpu is None,
+            logger=pl.loggers.CSVLogger(run / "logs", name=f"fold{fold}", version=0),
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+        )
+        trainer.fit(module, loader, val_loader)
     module.eval()
 
     def predict(subjects: pd.DataFrame) -> pd.DataFrame:

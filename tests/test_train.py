@@ -62,6 +62,16 @@ def test_fold_predictions_are_out_of_fold_and_deterministic(tiny):
     assert again["predicted_months"].tolist() == first["predicted_months"].tolist()
 
 
+def test_fitting_leaves_the_process_wide_torch_flags_as_they_were(tiny, tmp_path):
+    for name in ("preprocessed", "preprocess.csv"):
+        (tmp_path / name).symlink_to(tiny.run_path / name)
+    before = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    fit_fold(load_profile("tiny", {"run_dir": str(tmp_path)}), 0, progress=False)
+    assert torch.are_deterministic_algorithms_enabled() == before
+    assert torch.utils.deterministic.fill_uninitialized_memory == fill
+
+
 def test_finished_fold_is_skipped_and_predictions_collected(tiny):
     fit_fold(tiny, 0, progress=False)
     ckpt = tiny.run_path / "models" / "fold0.ckpt"
