@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,11 @@ from ctbrainage.data import AgeScaler, VolumeDataset, augmentation, load_volumes
 from ctbrainage.models import build_model
 
 TRAIN_VERSION = 1  # bump when a change alters trained models or predictions
+
+# Lightning's advertisement for its cloud logger is noise in every executed notebook
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)
 
 
 class AgeRegressor(pl.LightningModule):
@@ -163,7 +170,10 @@ def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool
             num_sanity_val_steps=0,
             log_every_n_steps=1,
         )
-        trainer.fit(module, loader, val_loader)
+        with warnings.catch_warnings():  # a deprecation inside Lightning; no val split is fine
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+            warnings.filterwarnings("ignore", message=".*`validation_step` but have no")
+            trainer.fit(module, loader, val_loader)
     module.eval()
 
     def predict(subjects: pd.DataFrame) -> pd.DataFrame:
@@ -176,7 +186,7 @@ def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool
 
     predictions = predict(test)
     with io.atomic_path(ckpt) as tmp:
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=True)
     io.atomic_write_text(pred_path, predictions.to_csv(index=False))
     if len(val):
         io.atomic_write_text(val_path, predict(val.assign(fold=fold)).to_csv(index=False))

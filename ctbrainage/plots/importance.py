@@ -78,30 +78,10 @@ def delta_ae_distributions(errors: pd.DataFrame, edges, out=None):
     palette = group_palette(list(data["group"].cat.categories))
     fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
     order = list(LOBES.values())
-    sns.boxplot(
-        data=data,
-        x="lobe",
-        y="delta_ae",
-        hue="group",
-        order=order,
-        palette=palette,
-        showfliers=False,
-        ax=ax,
-    )
-    sns.stripplot(
-        data=data,
-        x="lobe",
-        y="delta_ae",
-        hue="group",
-        order=order,
-        dodge=True,
-        palette=palette,
-        size=2.5,
-        color="k",
-        alpha=0.5,
-        legend=False,
-        ax=ax,
-    )
+    common = {"data": data, "x": "lobe", "y": "delta_ae", "hue": "group", "order": order,
+              "palette": palette, "ax": ax}  # fmt: skip
+    sns.boxplot(**common, showfliers=False)
+    sns.stripplot(**common, dodge=True, size=2.5, alpha=0.5, legend=False)
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xlabel="masked lobe", ylabel="ΔAE (months)", title="ΔAE per subject")
     ax.legend(title="age group (months)", fontsize=8)
