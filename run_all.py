@@ -1,0 +1,15 @@
+#!/usr/bin/env python
+"""Run the whole pipeline (notebooks 01-06) with papermill: ``python run_all.py --help``.
+
+Without arguments it runs the demo profile end to end on the embedded synthetic cohort. The logic
+lives in ``ctbrainage.run``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ctbrainage.run import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""run_all: the tiny pipeline end to end through ctbrainage.run; resuming; refusing bad
+parameters before anything runs; failure summaries; the submitit path."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+import yaml
+
+from ctbrainage import run
+from ctbrainage.config import load_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = [
+    "01_preprocess",
+    "02_lobes",
+    "03_train_fold0",
+    "03_train_fold1",
+    "04_evaluate",
+    "05_perturbation",
+    "06_stats_figures",
+]
+
+
+def _manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def _statuses(run_dir: Path) -> dict[str, str]:
+    return {name: entry["status"] for name, entry in _manifest(run_dir)["steps"].items()}
+
+
+def _mtimes(run_dir: Path) -> dict[str, int]:
+    files = [*run_dir.glob("notebooks/*.ipynb"), *run_dir.glob("*.csv"), *run_dir.glob("models/*")]
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files}
+
+
+def _run(**options) -> tuple[int, str, str]:
+    """``run.run_all`` quietly; returns (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run.run_all(progress=False, **options)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny profile in two invocations: 01–03 (as if stopped after training), then all."""
+    base = tmp_path_factory.mktemp("run_all")
+    run_dir, figures = base / "run", base / "figures"
+    options = dict(profile="tiny", run_dir=str(run_dir), parameters={"workers": 2})
+    first = _run(**options, last=3)
+    after_first = _mtimes(run_dir)
+    fold_predictions = {
+        p.name: p.read_bytes() for p in run_dir.glob("models/fold*_predictions.csv")
+    }
+    second = _run(**options, figures=str(figures))
+    return SimpleNamespace(
+        run_dir=run_dir,
+        figures=figures,
+        options=options,
+        first=first,
+        second=second,
+        after_first=after_first,
+        fold_predictions=fold_predictions,
+        manifest=_manifest(run_dir),
+    )
+
+
+def test_tiny_profile_runs_end_to_end_and_records_the_manifest(tiny):
+    code, out, err = tiny.second
+    assert tiny.first[0] == 0 and code == 0, tiny.first[2] + err
+    manifest = tiny.manifest
+    assert manifest["status"] == "done" and list(manifest["steps"]) == STEPS
+    assert [i["status"] for i in manifest["invocations"]] == ["done", "done"]
+    assert manifest["profile"]["name"] == "tiny"
+    assert manifest["profile"]["run_dir"] == str(tiny.run_dir)
+    assert manifest["git"]["commit"] and manifest["versions"]["python"].startswith("3.11")
+    for package in ("torch", "monai", "pytorch-lightning", "papermill", "submitit"):
+        assert manifest["versions"][package], package
+    for name, entry in manifest["steps"].items():
+        assert entry["status"] in ("done", "skipped") and entry["duration_s"] > 0, name
+        assert entry["started"] <= entry["ended"]
+        assert Path(entry["output"]) == tiny.run_dir / "notebooks" / f"{name}.ipynb"
+        assert Path(entry["output"]).exists()
+        assert entry["parameters"]["profile"] == "tiny"
+        assert entry["parameters"]["run_dir"] == str(tiny.run_dir)
+        assert name in out  # the timing table
+    steps = manifest["steps"]
+    assert steps["01_preprocess"]["parameters"]["workers"] == 2  # -p goes where it is declared
+    assert "workers" not in steps["03_train_fold1"]["parameters"]
+    fold1 = steps["03_train_fold1"]["parameters"]
+    assert (fold1["fold"], fold1["gpu"], fold1["data"]) == (1, -1, "")
+    assert steps["04_evaluate"]["parameters"]["figures_dir"] == str(tiny.figures)
+    executed = nbformat.read(tiny.run_dir / "notebooks" / "03_train_fold1.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert "fold = 1" in injected[0].source
+    for name in ("predictions.csv", "perturbation.csv", "table1.csv", "recovery.json"):
+        assert (tiny.run_dir / name).exists(), name
+    assert (tiny.figures / "evaluation.png").exists()
+    assert (tiny.figures / "table1_heatmap.png").exists()
+
+
+def test_rerun_skips_finished_steps_and_resumes_after_a_kill(tiny):
+    run_dir, options = tiny.run_dir, tiny.options
+    # 01–03 of the first invocation were not redone by the second
+    steps = tiny.manifest["steps"]
+    assert [steps[n]["status"] for n in STEPS] == ["skipped"] * 4 + ["done"] * 3
+    for name in STEPS[:4]:
+        key = f"notebooks/{name}.ipynb"
+        assert _mtimes(run_dir)[key] == tiny.after_first[key], name
+    for name, data in tiny.fold_predictions.items():
+        assert (run_dir / "models" / name).read_bytes() == data
+
+    # a third invocation has nothing to do
+    before = _mtimes(run_dir)
+    code, out, _ = _run(**options, figures=str(tiny.figures))
+    assert code == 0 and set(_statuses(run_dir).values()) == {"skipped"}
+    assert _mtimes(run_dir) == before
+    assert "skipped" in out
+
+    # killed during 05: its entry still says running; the rerun redoes 05 and what follows
+    perturbation = (run_dir / "perturbation.csv").read_bytes()
+    table1 = (run_dir / "table1.csv").read_bytes()
+    manifest = _manifest(run_dir)
+    manifest["steps"]["05_perturbation"]["status"] = "running"
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = _run(**options, figures=str(tiny.figures))
+    assert code == 0, err
+    statuses = _statuses(run_dir)
+    assert [statuses[n] for n in STEPS] == ["skipped"] * 5 + ["done"] * 2
+    assert (run_dir / "perturbation.csv").read_bytes() == perturbation  # same seed, same numbers
+    assert (run_dir / "table1.csv").read_bytes() == table1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(parameters={"worker": 2}), "unknown parameter 'worker' (did you mean 'workers'?)"),
+        (dict(parameters={"epochs": 2}), "(did you mean 'train.epochs'?)"),
+        (dict(parameters={"train.epoch": 2}), "'train.epoch' (did you mean 'train.epochs'?)"),
+        (dict(parameters={"train.epochs": run.Text("two")}), "expected an integer, got 'two'"),
+        (dict(parameters={"lobes.method": "atlass"}), "(did you mean 'atlas'?)"),
+        (dict(parameters={"compare_fills": "zero"}), "'compare_fills': 'zero' is not like"),
+        (dict(parameters={"fold": 1}), "set by the driver: use --folds"),
+        (dict(profile="tinny"), "unknown profile 'tinny' (did you mean 'tiny'?)"),
+        (dict(folds=(0, 2)), "--folds [2]: the profile has folds 0-1"),
+        (dict(first=4, last=2), "--from/--to"),
+        (dict(data="no_such_cohort.csv"), "--data: no such file"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_runs(tmp_path, options, message):
+    run_dir = tmp_path / "run"
+    code, _, err = _run(**{"profile": "tiny", "run_dir": str(run_dir), **options})
+    assert code == run.USAGE
+    assert message in err
+    assert not run_dir.exists()
+
+
+def test_command_line_refuses_an_unknown_parameter(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--profile", "tiny", "--run-dir", str(run_dir), "-p", "window_month=6"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run_all.py"), *args], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 2
+    assert "(did you mean 'window_months'?)" in done.stderr
+    assert not run_dir.exists()
+
+
+def test_plan_routes_parameters_gpus_and_profile_overrides(tmp_path):
+    options = run.Options(
+        profile="demo",
+        run_dir=str(tmp_path / "run"),
+        gpus=(0, 1),
+        figures="figs",
+        parameters={"train.epochs": run.Text("3"), "method": run.Text("atlas")},
+    )
+    plan = run.make_plan(options)
+    assert [s.name for s in plan.steps][2:7] == [f"03_train_fold{k}" for k in range(5)]
+    assert [s.parameters["gpu"] for s in plan.steps[2:7]] == [0, 1, 0, 1, 0]
+    assert plan.steps[7].parameters["figures_dir"] == str(Path("figs").resolve())
+    assert plan.steps[8].parameters["gpu"] == 0 and plan.jobs == 2
+    assert (
+        plan.steps[1].parameters["method"] == "atlas" and "method" not in plan.steps[0].parameters
+    )
+    # the override reaches the notebooks through a written profile that loads to the same profile
+    assert plan.profile.train.epochs == 3
+    assert plan.steps[0].parameters["profile"] == str(tmp_path / "run" / "profile.yaml")
+    written = tmp_path / "profile.yaml"
+    written.write_text(plan.profile_yaml)
+    assert yaml.safe_load(plan.profile_yaml)["name"] == "demo"
+    assert load_profile(written) == plan.profile
+    assert not (tmp_path / "run").exists()  # planning writes nothing
+
+
+def test_a_failing_notebook_stops_its_dependants_with_a_clear_summary(tmp_path):
+    bad = tmp_path / "cohort.csv"
+    bad.write_text("subject_id,age\nA,3\n")
+    run_dir = tmp_path / "run"
+    code, _, err = _run(profile="tiny", run_dir=str(run_dir), data=str(bad))
+    assert code == run.FAILED
+    executed = run_dir / "notebooks" / "01_preprocess.ipynb"
+    assert "FAILED 01_preprocess (cell error)" in err
+    assert "notebooks/01_preprocess.ipynb, cell 5 (In [4]): cohort = prepare_cohort(cfg)" in err
+    assert "ManifestError" in err and "lacks required columns" in err
+    assert f"executed notebook with the traceback: {executed}" in err
+    assert sorted(p.name for p in (run_dir / "notebooks").iterdir()) == ["01_preprocess.ipynb"]
+    manifest = _manifest(run_dir)
+    assert manifest["status"] == "failed"
+    assert manifest["steps"]["01_preprocess"]["error"]["cell_index"] == 5
+    assert {manifest["steps"][n]["status"] for n in STEPS[1:]} == {"not run"}
+    cells = nbformat.read(executed, as_version=4).cells
+    errors = [o for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert [o["ename"] for o in errors] == ["ManifestError"]  # the traceback is kept
+
+
+def test_submitit_executor_runs_a_fold_as_a_job(tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny.run_dir, run_dir)
+    code, _, err = _run(
+        profile="tiny",
+        run_dir=str(run_dir),
+        first=3,
+        last=3,
+        folds=(0,),
+        force=True,
+        executor="slurm",
+        submitit_cluster="local",
+    )
+    assert code == 0, err
+    entry = _manifest(run_dir)["steps"]["03_train_fold0"]
+    assert entry["status"] == "done" and entry["job_id"]
+    assert entry["parameters"]["run_dir"] == str(run_dir)
+    assert (run_dir / "slurm" / f"{entry['job_id']}_0_result.pkl").exists()
+    executed = nbformat.read(run_dir / "notebooks" / "03_train_fold0.ipynb", as_version=4)
+    assert any(
+        "fold 0: n 6" in str(o.get("text", ""))
+        for c in executed.cells
+        for o in c.get("outputs", [])
+    )
+    name = "fold0_predictions.csv"
+    assert (run_dir / "models" / name).read_bytes() == tiny.fold_predictions[name]
+
+
+def _notebook(path: Path, code: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    parameters = nbformat.v4.new_code_cell("x = 1")
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [parameters, nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "why"),
+    [
+        ("import time\ntime.sleep(60)", "timeout", "CellTimeoutError: A cell timed out"),
+        ("import os\nos._exit(1)", "dead kernel", "DeadKernelError: Kernel died"),
+    ],
+)
+def test_timeouts_and_dead_kernels_are_reported_with_their_cell(tmp_path, code, kind, why):
+    source = _notebook(tmp_path / "step.ipynb", code)
+    outcome = run.execute_step(str(source), str(tmp_path / "out.ipynb"), {"x": 2}, timeout=3)
+    assert outcome["status"] == "failed"
+    error = outcome["error"]
+    assert error["kind"] == kind and error["why"].startswith(why)
+    assert error["cell_index"] == 2  # after papermill's injected-parameters cell
+    assert error["cell_source"] == code.splitlines()[0]
