@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11, PyPI reachable):
 #   make demo   - set up .venv on first use, then run the demo on the embedded synthetic cohort
-#                 (generate it, then notebooks 01-06 through papermill)
+#                 (generate it, then notebooks 01-06 through run_all.py and papermill)
 #   make test   - set up .venv on first use, then run the test suite
 PYTHON ?= python3.11
 VENV := .venv
@@ -19,21 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m ctbrainage.synth --profile demo --figure figures/synthetic_cohort.png
-	mkdir -p runs/demo/notebooks
-	$(VENV)/bin/papermill --progress-bar notebooks/01_preprocess.ipynb \
-		runs/demo/notebooks/01_preprocess.ipynb -p profile demo
-	$(VENV)/bin/papermill --progress-bar notebooks/02_lobes.ipynb \
-		runs/demo/notebooks/02_lobes.ipynb -p profile demo
-	for fold in 0 1 2 3 4; do \
-		$(VENV)/bin/papermill --progress-bar notebooks/03_train.ipynb \
-			runs/demo/notebooks/03_train_fold$$fold.ipynb -p profile demo -p fold $$fold || exit 1; \
-	done
-	$(VENV)/bin/papermill --progress-bar notebooks/04_evaluate.ipynb \
-		runs/demo/notebooks/04_evaluate.ipynb -p profile demo -p figures_dir figures
-	$(VENV)/bin/papermill --progress-bar notebooks/05_perturbation.ipynb \
-		runs/demo/notebooks/05_perturbation.ipynb -p profile demo
-	$(VENV)/bin/papermill --progress-bar notebooks/06_stats_figures.ipynb \
-		runs/demo/notebooks/06_stats_figures.ipynb -p profile demo -p figures_dir figures
+	$(PY) run_all.py --profile demo --figures figures
 
 test: $(STAMP)
 	$(PY) -m pytest
