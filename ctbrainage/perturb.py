@@ -265,7 +265,7 @@ def perturb_cohort(
     damaged lobe labels, an empty lobe) is listed with its reason, also in ``exclusions.csv``;
     the others go on. Skipped when the ``.json`` record beside the output shows it is up to
     date."""
-    from ctbrainage.pipeline import _update_exclusions
+    from ctbrainage.pipeline import update_exclusions
     from ctbrainage.train import load_fold_model
 
     run, fill = profile.run_path, fill or profile.perturb.fill
@@ -306,6 +306,6 @@ def perturb_cohort(
         {"subject_id": list(errors), "reason": [f"perturbation: {m}" for m in errors.values()]}
     )
     io.atomic_write_text(out, table.to_csv(index=False))
-    _update_exclusions(run, list(predictions["subject_id"]), failures, step="perturbation")
+    update_exclusions(run, list(predictions["subject_id"]), failures, step="perturbation")
     write_record(record, params, {"failures": failures.to_dict("records")})
     return table, failures

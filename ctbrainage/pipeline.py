@@ -77,7 +77,7 @@ def preprocess_cohort(profile: Profile, cohort: pd.DataFrame, progress: bool = T
     failed = pd.DataFrame(
         {"subject_id": list(errors), "reason": [f"preprocessing: {m}" for m in errors.values()]}
     )
-    _update_exclusions(run, [item["subject_id"] for item in items], failed)
+    update_exclusions(run, [item["subject_id"] for item in items], failed)
     return table, failed
 
 
@@ -130,7 +130,7 @@ def _preprocess_subject(item: dict) -> dict:
     return record
 
 
-def _update_exclusions(
+def update_exclusions(
     run: Path, processed: list[str], failed: pd.DataFrame, step: str = "preprocessing"
 ) -> None:
     """Replace this step's rows of every subject it processed by its new failures (if any)."""
@@ -171,7 +171,7 @@ def lobes_cohort(profile: Profile, cohort: pd.DataFrame, progress: bool = True):
     failed = pd.DataFrame(
         {"subject_id": list(errors), "reason": [f"lobes: {m}" for m in errors.values()]}
     )
-    _update_exclusions(run, [item["subject_id"] for item in items], failed, step="lobes")
+    update_exclusions(run, [item["subject_id"] for item in items], failed, step="lobes")
     return table, failed
 
 
