@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean-demo
+.PHONY: demo test lint bench clean-demo check-notebooks update-notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,18 @@ bench: $(STAMP)
 
 clean-demo:
 	rm -rf runs/demo
+
+# Re-run the demo from the committed notebooks into runs/nbcheck with nbval: every stored output
+# (tables, numbers, printed text; not images or widgets) must come out the same (about 9 min)
+check-notebooks: $(STAMP)
+	rm -rf runs/nbcheck
+	$(PY) -m ctbrainage.nbcheck notebooks --run-dir runs/nbcheck
+
+# Maintainers: after `make demo`, make its executed notebooks the committed ones (fold 0 for 03)
+update-notebooks:
+	for f in runs/demo/notebooks/0[1245]_*.ipynb runs/demo/notebooks/06_*.ipynb; do \
+		cp $$f notebooks/; done
+	cp runs/demo/notebooks/03_train_fold0.ipynb notebooks/03_train.ipynb
 
 # TotalSegmentator in its own venv (the [totalseg] extra), to check our messages against it
 .PHONY: test-totalseg

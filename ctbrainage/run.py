@@ -2,7 +2,8 @@
 resumable, recorded in ``<run>/manifest.json``. ``run_all.py`` is its command line.
 
 Steps: 01 → 02 → 03 once per fold (in parallel: one per GPU, or bounded by cores on CPU, or as
-SLURM jobs through submitit) → 04 → 05 → 06. Executed notebooks go to ``<run>/notebooks/``.
+SLURM jobs through submitit) → 04 → 05 → 06. Executed notebooks go to ``<run>/notebooks/``,
+their HTML to ``<run>/html/`` and a page of the run to ``<run>/index.html`` (``report``).
 Every parameter is checked against the notebook's ``parameters`` cell, and the profile with its
 overrides is loaded, before anything runs. A step whose executed notebook exists and whose
 manifest entry says done with identical parameters is skipped (unless ``force``, or an earlier
@@ -37,7 +38,7 @@ import nbformat
 import yaml
 from tqdm.auto import tqdm
 
-from ctbrainage import io
+from ctbrainage import io, report
 from ctbrainage.config import REPO_ROOT, Profile, ProfileError, load_profile
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -738,11 +739,25 @@ def execute(plan: Plan) -> int:
     status = "failed" if runner.failed else "done"
     manifest.finish(status, _invocation(started, status))
     print(timing_table(plan, manifest))
+    index = _report(run)
     if runner.failed:
         print(failure_summary(plan, manifest), file=sys.stderr)
         return FAILED
-    print(f"done in {time.time() - started:.0f} s: {run} (manifest.json, notebooks/)")
+    if index is None:
+        return FAILED
+    print(f"done in {time.time() - started:.0f} s: {run} (manifest.json, notebooks/, {index.name})")
     return 0
+
+
+def _report(run: Path) -> Path | None:
+    """HTML of the executed notebooks and the run's index page; None (and why) if it failed."""
+    try:
+        index = report.write_report(run)
+    except Exception as err:  # the run's results stand; say clearly that its report does not
+        print(f"run_all: error: the HTML report of {run} failed: {err!r}", file=sys.stderr)
+        return None
+    print(f"report: {index}")
+    return index
 
 
 def _invocation(started: float, status: str) -> dict[str, Any]:

@@ -13,10 +13,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import nbformat
+import pandas as pd
 import pytest
 import yaml
 
-from ctbrainage import run
+from ctbrainage import nbcheck, run
 from ctbrainage.config import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +109,74 @@ def test_tiny_profile_runs_end_to_end_and_records_the_manifest(tiny):
         assert (tiny.run_dir / name).exists(), name
     assert (tiny.figures / "evaluation.png").exists()
     assert (tiny.figures / "table1_heatmap.png").exists()
+
+
+def test_the_run_directory_holds_every_step_output(tiny):
+    run_dir = tiny.run_dir
+    cohort = pd.read_csv(run_dir / "cohort.csv")
+    assert len(cohort) == 12
+    for sid in cohort["subject_id"]:
+        for kind in ("preprocessed", "lobes"):
+            assert (run_dir / kind / f"{sid}.nii.gz").exists(), (kind, sid)
+        assert (run_dir / "qc" / f"{sid}.png").exists()
+    assert set(pd.read_csv(run_dir / "preprocess.csv")["subject_id"]) == set(cohort["subject_id"])
+    assert pd.read_csv(run_dir / "lobes.csv")["method"].str.startswith("atlas").all()
+    assert all((run_dir / "models" / f"fold{k}.ckpt").exists() for k in (0, 1))
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    assert len(predictions) == 12 and predictions["gap_corrected"].notna().all()
+    metrics = pd.read_csv(run_dir / "metrics.csv", index_col=0)
+    assert {"fold 0", "fold 1", "mean", "sd", "pooled"} <= set(metrics.index)
+    perturbation = pd.read_csv(run_dir / "perturbation.csv")
+    assert len(perturbation) == 12 * 4 and (perturbation["fill"] == "noise").all()
+    table = pd.read_csv(run_dir / "table1.csv")
+    assert len(table) == 16 and not table.isna().any().any()
+    assert (run_dir / "table1.md").exists() and (run_dir / "table1.tex").exists()
+    recovery = json.loads((run_dir / "recovery.json").read_text())
+    assert recovery["groups"] == 4 and -1 <= recovery["spearman_rho"] <= 1
+    for name in ("evaluation", "table1_heatmap", "importance_trajectory", "importance_on_brain"):
+        assert (run_dir / "figures" / f"{name}.png").exists(), name
+
+
+def test_every_executed_notebook_is_exported_to_html_with_an_index_page(tiny):
+    run_dir = tiny.run_dir
+    index = (run_dir / "index.html").read_text()
+    for name in STEPS:
+        full = (run_dir / "html" / f"{name}.html").read_text()
+        reviewer = (run_dir / "html" / f"{name}.noinput.html").read_text()
+        code = 'class="highlight hl-ipython3"'  # a code cell's input
+        assert code in full and code not in reviewer, name
+        assert f"href='html/{name}.noinput.html'" in index and f"href='html/{name}.html'" in index
+    reviewer = (run_dir / "html" / "06_stats_figures.noinput.html").read_text()
+    assert "Table 1" in reviewer and "data:image/png;base64" in reviewer  # prose and figures
+    for needle in (
+        "Age prediction (months)",
+        "Table 1: ΔAE per lobe and age group",
+        "Frontal Lobe",
+        "planted top lobe",
+        "src='figures/table1_heatmap.png'",
+        "href='qc/",
+        "profile: <b>tiny</b>",
+    ):
+        assert needle in index, needle
+    assert str(run_dir) not in index  # relative links: the run can be moved
+
+
+def test_nbval_reruns_the_executed_notebooks_and_catches_a_changed_output(tiny, tmp_path):
+    rerun = tmp_path / "rerun"
+    assert nbcheck.check(tiny.run_dir / "notebooks", rerun, ["-q"]) == 0
+    # a stored number that the notebook no longer reproduces fails its cell
+    copy = rerun / "nbval" / "06_stats_figures.ipynb"
+    node = nbformat.read(copy, as_version=4)
+    tampered = next(
+        o
+        for c in node.cells
+        for o in c.get("outputs", [])
+        if "top lobe right in" in str(o.get("text", ""))
+    )
+    tampered["text"] = tampered["text"].replace("top lobe right in", "top lobe right in 9 of")
+    nbformat.write(node, copy)
+    sanitize = rerun / "nbval" / "nbval.cfg"
+    assert nbcheck.nbval([copy], sanitize, ["-q"]) == 1
 
 
 def test_rerun_skips_finished_steps_and_resumes_after_a_kill(tiny):
@@ -219,6 +288,8 @@ def test_a_failing_notebook_stops_its_dependants_with_a_clear_summary(tmp_path):
     assert manifest["status"] == "failed"
     assert manifest["steps"]["01_preprocess"]["error"]["cell_index"] == 5
     assert {manifest["steps"][n]["status"] for n in STEPS[1:]} == {"not run"}
+    index = (run_dir / "index.html").read_text()
+    assert "<td class='failed'>failed</td>" in index and "ManifestError" in index
     cells = nbformat.read(executed, as_version=4).cells
     errors = [o for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert [o["ename"] for o in errors] == ["ManifestError"]  # the traceback is kept

@@ -20,11 +20,12 @@ LOBE_COLOURS = {
 BRAIN_WINDOW = (0.0, 80.0)  # HU: window 80, level 40
 
 
-def save(fig: plt.Figure, out: str | Path | None, dpi: int = 110) -> plt.Figure:
-    """Save atomically when ``out`` is given; return the figure."""
-    if out is not None:
-        with io.atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(out).suffix[1:] or "png")
+def save(fig: plt.Figure, out, dpi: int = 110) -> plt.Figure:
+    """Save atomically to ``out`` (a path, a list of paths, or None); return the figure."""
+    paths = [] if out is None else [out] if isinstance(out, str | Path) else list(out)
+    for path in paths:
+        with io.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix[1:] or "png")
     return fig
 
 

@@ -1,0 +1,159 @@
+"""Check executed notebooks with nbval: run them again into a fresh run directory and compare
+every output with the stored one.
+
+The stored notebooks (a run's ``notebooks/``, or the committed ``notebooks/`` of the reference
+demo run) are copied with their injected parameters pointing at the new run directory, then
+executed cell by cell by nbval. Outputs are compared after the sanitising rules of
+``nbval.cfg`` (paths, run directories, memory addresses, progress-bar times); images and widget
+state are not compared (nbval's defaults), nor are cells tagged ``nbval-ignore-output`` (the
+interactive viewers). Folds without a stored 03 notebook are trained with ``run_all`` before 04,
+so the check also works from the committed notebooks, which hold fold 0 only.
+
+Command line: ``python -m ctbrainage.nbcheck NOTEBOOK_DIR --run-dir DIR [pytest options]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from ctbrainage import run
+from ctbrainage.config import REPO_ROOT, load_profile
+
+SANITIZE = Path(__file__).with_name("nbval.cfg")
+INJECTED = "injected-parameters"
+
+
+def injected_parameters(notebook: nbformat.NotebookNode) -> dict[str, Any]:
+    """The parameters papermill injected into an executed notebook (empty if none)."""
+    for cell in notebook.cells:
+        if INJECTED in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            return {
+                node.targets[0].id: ast.literal_eval(node.value)
+                for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+            }
+    return {}
+
+
+def retarget(notebook: str | Path, run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Copy an executed notebook into ``out_dir`` with its injected ``run_dir`` replaced (and its
+    ``figures_dir``, if any, moved into the new run); returns the copy's path."""
+    node = nbformat.read(notebook, as_version=4)
+    parameters = injected_parameters(node)
+    if not parameters:
+        raise ValueError(f"{notebook}: no injected-parameters cell; is it an executed notebook?")
+    parameters["run_dir"] = str(run_dir)
+    if parameters.get("figures_dir"):  # keep the figures (each is shown once per folder)
+        parameters["figures_dir"] = str(Path(run_dir) / "extra_figures")
+    source = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in parameters.items())
+    for cell in node.cells:
+        if INJECTED in cell.metadata.get("tags", []):
+            cell.source = source
+    out = Path(out_dir) / Path(notebook).name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(node, out)
+    return out
+
+
+def sanitize_file(stored_run_dirs: set[str], run_dir: Path, out: Path) -> Path:
+    """Rules that map the stored and the new run directory to one name (first: nbval applies
+    rules in order, and the generic path rules of ``nbval.cfg`` would match them too)."""
+    rules = [
+        f"[run_dir_{i}]\nregex: {re.escape(path)}\nreplace: <RUN>\n"
+        for i, path in enumerate(sorted(stored_run_dirs | {str(run_dir)}, key=len, reverse=True))
+    ]
+    rules.append(f"[repository]\nregex: {re.escape(str(REPO_ROOT))}\nreplace: <REPO>\n")
+    out.write_text("\n".join([*rules, SANITIZE.read_text()]))
+    return out
+
+
+def nbval(notebooks: list[Path], sanitize: Path, pytest_args: list[str]) -> int:
+    """Run nbval on ``notebooks`` in order, in this Python environment; returns pytest's code."""
+    if not notebooks:
+        return 0
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--nbval",
+        "--nbval-current-env",
+        f"--nbval-sanitize-with={sanitize}",
+        "-p",
+        "no:cacheprovider",
+        f"--rootdir={notebooks[0].parent}",
+        *pytest_args,
+        *map(str, notebooks),
+    ]
+    return subprocess.call(command)
+
+
+def check(notebook_dir: str | Path, run_dir: str | Path, pytest_args: list[str] = ()) -> int:
+    """Re-execute the executed notebooks of ``notebook_dir`` into ``run_dir`` and compare their
+    outputs with nbval; returns 0 when every cell reproduced its stored output."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(
+            f"{run_dir} is not empty: the check needs a fresh run directory (finished steps "
+            "would be skipped, and their outputs would differ)"
+        )
+    stored = sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
+    if not stored:
+        raise FileNotFoundError(f"no numbered notebooks in {notebook_dir}")
+    copies = [retarget(nb, run_dir, run_dir / "nbval") for nb in stored]
+    originals = {
+        injected_parameters(nbformat.read(nb, as_version=4)).get("run_dir") for nb in stored
+    }
+    sanitize = sanitize_file({d for d in originals if d}, run_dir, run_dir / "nbval" / "nbval.cfg")
+    before = [c for c in copies if int(c.name[:2]) <= run.FOLD_STEP]
+    after = [c for c in copies if int(c.name[:2]) > run.FOLD_STEP]
+    code = nbval(before, sanitize, list(pytest_args))
+    if code == 0 and after:
+        code = _train_missing_folds(before, run_dir)
+    return code or nbval(after, sanitize, list(pytest_args))
+
+
+def _train_missing_folds(notebooks: list[Path], run_dir: Path) -> int:
+    """Train, with run_all, the folds that have no stored 03 notebook (04 needs all folds)."""
+    trained = [nb for nb in notebooks if int(nb.name[:2]) == run.FOLD_STEP]
+    if not trained:
+        return 0
+    parameters = injected_parameters(nbformat.read(trained[0], as_version=4))
+    folds = load_profile(parameters.get("profile", "demo")).train.folds
+    present = {injected_parameters(nbformat.read(nb, as_version=4))["fold"] for nb in trained}
+    missing = tuple(k for k in range(folds) if k not in present)
+    if not missing:
+        return 0
+    print(f"nbcheck: training folds {list(missing)} with run_all (no stored notebook to check)")
+    return run.run_all(
+        profile=parameters.get("profile", "demo"),
+        data=parameters.get("data", ""),
+        run_dir=str(run_dir),
+        first=run.FOLD_STEP,
+        last=run.FOLD_STEP,
+        folds=missing,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ctbrainage.nbcheck",
+        description="Re-execute executed notebooks into a fresh run directory with nbval and "
+        "compare every output with the stored one.",
+    )
+    parser.add_argument("notebooks", help="folder of executed notebooks (e.g. notebooks/)")
+    parser.add_argument("--run-dir", required=True, help="fresh run directory for the re-run")
+    args, pytest_args = parser.parse_known_args(argv)
+    return check(args.notebooks, args.run_dir, pytest_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The readable side of a run: executed notebooks as HTML and one index page.
+
+``<run>/html/NN_name.html`` shows code and outputs; ``NN_name.noinput.html`` only prose, tables
+and figures, for reviewers. ``<run>/index.html`` links them and shows the run at a glance: step
+status and timings, metrics, Table 1, ground-truth recovery, figures and the QC images.
+Every page uses paths relative to the run directory, so the run can be moved or shared as is.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+from nbconvert import HTMLExporter
+
+from ctbrainage import io
+
+VARIANTS = {".html": False, ".noinput.html": True}  # suffix -> exclude the code
+
+
+def export_notebook(notebook: str | Path, html_dir: str | Path) -> list[Path]:
+    """Write ``<stem>.html`` and ``<stem>.noinput.html`` for one executed notebook."""
+    notebook, html_dir = Path(notebook), Path(html_dir)
+    node = nbformat.read(notebook, as_version=4)
+    written = []
+    for suffix, no_input in VARIANTS.items():
+        exporter = HTMLExporter(
+            exclude_input=no_input,
+            exclude_input_prompt=no_input,
+            exclude_output_prompt=no_input,
+        )
+        body, _ = exporter.from_notebook_node(node)
+        out = html_dir / f"{notebook.stem}{suffix}"
+        io.atomic_write_text(out, body)
+        written.append(out)
+    return written
+
+
+def export_notebooks(run_dir: str | Path) -> list[Path]:
+    """Export every executed notebook of the run whose HTML is missing or older than it."""
+    run = Path(run_dir)
+    written = []
+    for notebook in sorted((run / "notebooks").glob("*.ipynb")):
+        targets = [run / "html" / f"{notebook.stem}{suffix}" for suffix in VARIANTS]
+        mtime = notebook.stat().st_mtime
+        if all(t.exists() and t.stat().st_mtime >= mtime for t in targets):
+            continue
+        written += export_notebook(notebook, run / "html")
+    return written
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Export the notebooks that changed and (re)write ``index.html``; returns its path."""
+    export_notebooks(run_dir)
+    return write_index(run_dir)
+
+
+# ---------------------------------------------------------------- index page
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f4f4f4; } td.failed { color: #b00; font-weight: bold; }
+.meta { color: #555; } figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+figure img { max-width: 32em; } .qc img { width: 9em; } .qc figure { margin: 0.2em; }
+figcaption { font-size: 0.8em; color: #555; text-align: center; }
+"""
+
+
+def write_index(run_dir: str | Path) -> Path:
+    """Write ``<run>/index.html`` from what the run directory holds (absent parts are skipped)."""
+    run = Path(run_dir)
+    manifest = _read_json(run / "manifest.json")
+    sections = [
+        _header(run, manifest),
+        _steps(run, manifest),
+        _csv_section(run / "metrics.csv", "Age prediction (months), per fold and pooled"),
+        _csv_section(run / "table1.csv", "Table 1: ΔAE per lobe and age group", index=False),
+        _recovery(run / "recovery.json"),
+        _figures(run),
+        _exclusions(run / "exclusions.csv"),
+        _qc(run),
+    ]
+    page = (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>ctbrainage run {_e(run.name)}</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(s for s in sections if s)
+        + "\n</body></html>\n"
+    )
+    out = run / "index.html"
+    io.atomic_write_text(out, page)
+    return out
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _header(run: Path, manifest: dict) -> str:
+    profile = manifest.get("profile", {})
+    git = manifest.get("git") or {}
+    runs = manifest.get("invocations") or [{}]
+    facts = [
+        ("profile", profile.get("name", "?")),
+        ("status", manifest.get("status", "?")),
+        ("last invocation", f"{runs[-1].get('started', '?')}, {runs[-1].get('duration_s', '?')} s"),
+        ("git commit", (git.get("commit") or "?")[:12] + (" (dirty)" if git.get("dirty") else "")),
+        ("seed", profile.get("seed", "?")),
+    ]
+    meta = " · ".join(f"{_e(k)}: <b>{_e(v)}</b>" for k, v in facts)
+    return (
+        f"<h1>ctbrainage run <code>{_e(run.name)}</code></h1><p class='meta'>{meta}</p>"
+        "<p class='meta'>Full record: <a href='manifest.json'>manifest.json</a>.</p>"
+    )
+
+
+def _steps(run: Path, manifest: dict) -> str:
+    steps = manifest.get("steps") or {}
+    if not steps:
+        return ""
+    rows = []
+    for name, entry in steps.items():
+        status = entry.get("status", "?")
+        seconds = entry.get("duration_s")
+        links = [
+            f"<a href='{_e(href)}'>{label}</a>"
+            for href, label in (
+                (f"html/{name}.noinput.html", "results"),
+                (f"html/{name}.html", "with code"),
+                (f"notebooks/{name}.ipynb", "ipynb"),
+            )
+            if (run / href).exists()
+        ]
+        why = (entry.get("error") or {}).get("why") or entry.get("reason") or ""
+        rows.append(
+            f"<tr><td style='text-align:left'>{_e(name)}</td>"
+            f"<td class='{_e(status)}'>{_e(status)}</td>"
+            f"<td>{'' if seconds is None else f'{seconds:.1f}'}</td>"
+            f"<td style='text-align:left'>{' · '.join(links)}</td>"
+            f"<td style='text-align:left'>{_e(why)}</td></tr>"
+        )
+    head = "<tr><th>step</th><th>status</th><th>seconds</th><th>notebook</th><th>note</th></tr>"
+    return f"<h2>Steps</h2><table>{head}{''.join(rows)}</table>"
+
+
+def _csv_section(path: Path, title: str, index: bool = True) -> str:
+    if not path.exists():
+        return ""
+    table = pd.read_csv(path, index_col=0 if index else None)
+    return f"<h2>{_e(title)}</h2>" + table.to_html(float_format=lambda v: f"{v:.3f}", na_rep="")
+
+
+def _recovery(path: Path) -> str:
+    recovery = _read_json(path)
+    if not recovery:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(group)}</td><td>{_e(top['planted'])}</td><td>{_e(top['measured'])}</td>"
+        f"<td>{'yes' if top['match'] else 'no'}</td></tr>"
+        for group, top in recovery.get("top_lobe", {}).items()
+    )
+    numbers = {k: v for k, v in recovery.items() if isinstance(v, int | float)}
+    facts = " · ".join(f"{_e(k)}: <b>{v:.3g}</b>" for k, v in numbers.items())
+    return (
+        "<h2>Ground truth: planted vs measured lobe importance</h2>"
+        f"<p>{facts}</p><table><tr><th>group</th><th>planted top lobe</th>"
+        f"<th>measured top lobe</th><th>match</th></tr>{rows}</table>"
+    )
+
+
+def _figures(run: Path) -> str:
+    images = sorted((run / "figures").glob("*.png"))
+    if not images:
+        return ""
+    items = "".join(
+        f"<figure><a href='figures/{_e(p.name)}'><img src='figures/{_e(p.name)}' "
+        f"alt='{_e(p.stem)}'></a><figcaption>{_e(p.stem.replace('_', ' '))}</figcaption></figure>"
+        for p in images
+    )
+    return f"<h2>Figures</h2>{items}"
+
+
+def _exclusions(path: Path) -> str:
+    if not path.exists():
+        return ""
+    table = pd.read_csv(path)
+    if table.empty:
+        return "<h2>Exclusions</h2><p>None: every subject went through.</p>"
+    return f"<h2>Exclusions ({len(table)})</h2>" + table.to_html(index=False, na_rep="")
+
+
+def _qc(run: Path) -> str:
+    images = sorted((run / "qc").glob("*.png"))
+    if not images:
+        return ""
+    items = "".join(
+        f"<figure><a href='qc/{_e(p.name)}'><img loading='lazy' src='qc/{_e(p.name)}' "
+        f"alt='{_e(p.stem)}'></a><figcaption>{_e(p.stem)}</figcaption></figure>"
+        for p in images
+    )
+    return (
+        f"<h2>Preprocessing QC ({len(images)} subjects)</h2>"
+        "<p>Before and after, brain mask and lobes for every subject; click for full size.</p>"
+        f"<div class='qc'>{items}</div>"
+    )
