@@ -4,7 +4,9 @@ and record the change in absolute error ΔAE = |ŷ_masked − y| − |ŷ_whole �
 Fills: ``noise`` (the paper: U[0, 1) i.i.d. per voxel), ``zero``, and ``mean`` (every voxel of the
 lobe set to the lobe's own mean intensity: its texture goes, its overall level stays). Noise is
 seeded from (seed, subject, lobe, repeat) alone, so a variant's input never depends on batching
-or on the order of subjects, lobes and repeats.
+or on the order of subjects, lobes and repeats. Each row also records the lobe's mean input
+intensity and the mean of its fill: their difference, the fill's contrast, is what a model that
+reads tissue intensity sees change (``stats.fill_contrast``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ctbrainage.data import AgeScaler, load_volumes
 from ctbrainage.lobes import LOBES
 from ctbrainage.runner import is_current, read_result, write_record
 
-PERTURB_VERSION = 1  # bump when a change alters perturbation.csv
+PERTURB_VERSION = 2  # bump when a change alters perturbation.csv
 FILLS = ("noise", "zero", "mean")
 COLUMNS = [
     "subject_id",
@@ -40,6 +42,8 @@ COLUMNS = [
     "pred_masked",
     "delta_ae",
     "signed_change",
+    "lobe_mean",
+    "fill_mean",
 ]
 
 
@@ -48,6 +52,8 @@ class SubjectPerturbation(NamedTuple):
 
     whole: float
     masked: np.ndarray  # [lobe, repeat]
+    lobe_mean: np.ndarray  # [lobe]: mean input intensity of the lobe
+    fill_mean: np.ndarray  # [lobe, repeat]: mean of the values that replaced it
 
 
 def prepare_model(model: torch.nn.Module, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -143,6 +149,7 @@ def perturb_subject(
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x, index = _prepare(volume, labels, lobes)
     variants = [None] + [(k, r) for k in lobes for r in range(repeats)]
+    fill_means = []
     n_batches = -(-len(variants) // batch_size)
     size = -(-len(variants) // n_batches)  # equal batches: no lone variant in a last one
     with torch.inference_mode():
@@ -157,6 +164,7 @@ def perturb_subject(
                 if variant is not None:
                     k, r = variant
                     values = _fill(x.view(-1), index[k], fill, noise_seed(seed, subject_id, k, r))
+                    fill_means.append(float(values.double().mean()))
                     slots[slot].index_copy_(0, on_device[k], values.to(device))
             out = model(buffer[: len(chunk)])
             outputs.append(out.reshape(len(chunk), -1)[:, 0].float().cpu())
@@ -164,7 +172,12 @@ def perturb_subject(
                 if variant is not None:
                     slots[slot].index_copy_(0, on_device[variant[0]], kept[variant[0]])
     preds = torch.cat(outputs).double().numpy()
-    return SubjectPerturbation(float(preds[0]), preds[1:].reshape(len(lobes), repeats))
+    return SubjectPerturbation(
+        whole=float(preds[0]),
+        masked=preds[1:].reshape(len(lobes), repeats),
+        lobe_mean=np.array([float(kept[k].double().mean()) for k in lobes]),
+        fill_mean=np.array(fill_means).reshape(len(lobes), repeats),
+    )
 
 
 def delta_ae(age, pred_whole, pred_masked):
@@ -212,6 +225,8 @@ def _subject_table(
             "pred_masked": masked,
             "delta_ae": delta_ae(row.age_months, whole, masked),
             "signed_change": masked - whole,
+            "lobe_mean": np.repeat(result.lobe_mean, settings.repeats),
+            "fill_mean": result.fill_mean.reshape(-1),
         },
         columns=COLUMNS,
     )

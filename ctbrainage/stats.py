@@ -245,6 +245,37 @@ def subject_lobe_errors(perturbation: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def fill_contrast(perturbation: pd.DataFrame) -> dict:
+    """Does the prediction move with the fill's contrast, the fill's mean minus the mean input
+    intensity of the lobe it replaced (``perturbation.csv``'s ``fill_mean − lobe_mean``)?
+
+    A model that reads a lobe's intensity as maturity predicts older when a fill is brighter
+    than the tissue it replaced and younger when darker, whatever age information the lobe
+    holds. Returns Spearman ρ (and p) between contrast and signed change over all subject-lobes
+    (repeats averaged), and per lobe.
+    """
+    from scipy.stats import spearmanr
+
+    missing = {"lobe_mean", "fill_mean"} - set(perturbation.columns)
+    if missing:
+        raise ValueError(f"perturbation table lacks {sorted(missing)}: rerun step 05")
+    pairs = (
+        perturbation.assign(contrast=perturbation["fill_mean"] - perturbation["lobe_mean"])
+        .groupby(["subject_id", "lobe"], sort=False)[["contrast", "signed_change"]]
+        .mean()
+        .reset_index()
+    )
+
+    def rho(part: pd.DataFrame) -> dict:
+        if len(part) < 3 or part["contrast"].nunique() < 2:
+            return {"rho": float("nan"), "p": float("nan"), "n": len(part)}
+        r = spearmanr(part["contrast"], part["signed_change"])
+        return {"rho": float(r.statistic), "p": float(r.pvalue), "n": len(part)}
+
+    by_lobe = {lobe: rho(pairs[pairs["lobe"] == lobe]) for lobe in _lobe_order(pairs["lobe"])}
+    return {"all": rho(pairs), "by_lobe": by_lobe}
+
+
 def _lobe_order(lobes) -> list[str]:
     """The paper's four lobes first (in Table 1's order), then any others as they appear."""
     present = list(dict.fromkeys(lobes))

@@ -105,6 +105,19 @@ def test_each_variant_changes_only_its_lobe(fill):
         assert np.array_equal(inputs[1], inputs[2])
 
 
+@pytest.mark.parametrize("fill", ["noise", "zero", "mean"])
+def test_the_lobe_and_fill_means_are_those_of_the_inputs(fill):
+    volume, labels, inputs, result = recorded_variants(fill, batch_size=3)
+    for j, lobe in enumerate(LOBES):
+        inside = labels == lobe
+        assert result.lobe_mean[j] == pytest.approx(volume[0][inside].mean(), abs=1e-6)
+        for r in range(2):
+            variant = inputs[1 + 2 * j + r]
+            assert result.fill_mean[j, r] == pytest.approx(variant[inside].mean(), abs=1e-6)
+    if fill == "mean":  # the mean fill has no contrast: it keeps the lobe's level
+        assert np.allclose(result.fill_mean, result.lobe_mean[:, None], atol=1e-6)
+
+
 def test_variants_do_not_depend_on_batching_or_order():
     _, labels, one, first = recorded_variants("noise", batch_size=1)
     _, _, many, second = recorded_variants("noise", batch_size=9)

@@ -47,3 +47,24 @@ def test_a_significant_null_lobe_is_reported():
     assert score_importance(quiet, expected)["null_lobes_significant_in"] == {"temporal": []}
     with pytest.raises(ValueError, match="share no"):
         score_importance(measured.assign(group="x"), expected)
+
+
+def test_groups_without_planted_signal_are_scored_apart():
+    expected = MaturationSchedule().expected_importance(EDGES)
+    totals = expected.groupby("group")["importance"].sum()
+    measured = _measured(expected, significant=False)
+    measured.loc[
+        (measured["group"] == "36-47") & (measured["lobe"] == "frontal"), "significant"
+    ] = True
+    score = score_importance(measured, expected)
+    assert score["signal_groups"] == [g for g in totals.index if totals[g] >= 0.1 * totals.max()]
+    assert "0-11" in score["signal_groups"] and "36-47" not in score["signal_groups"]
+    assert score["signal_spearman_rho"] == pytest.approx(1.0)
+    assert score["signal_top_lobe_matches"] == len(score["signal_groups"])
+    assert score["significant_without_signal"] == ["36-47: frontal"]
+    # noise in the groups without signal does not touch the signal-group scores
+    scrambled = measured.copy()
+    late = scrambled["group"] == "36-47"
+    scrambled.loc[late, "mean_delta_ae"] = scrambled.loc[late, "mean_delta_ae"].to_numpy()[::-1] + 5
+    again = score_importance(scrambled, expected)
+    assert again["signal_spearman_rho"] == pytest.approx(1.0) and again["spearman_rho"] < 1

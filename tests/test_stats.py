@@ -405,3 +405,31 @@ def test_paper_table1_renders_with_its_markers(tmp_path):
     assert r"$2.443^{*,\ddagger}$" in tex and r"$p < 0.001$" in tex
     st.write_table1(st.PAPER_TABLE1, tmp_path)
     assert (tmp_path / "table1.csv").read_text("utf-8").count("\n") == 17
+
+
+def test_fill_contrast_finds_a_model_that_reads_intensity_as_age():
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(30):
+        for lobe, mean in (("frontal", 0.2), ("occipital", 0.45)):
+            lobe_mean = mean + rng.normal(0, 0.05)
+            fill_mean = 0.5 + rng.normal(0, 0.002)
+            change = 20 * (fill_mean - lobe_mean) + rng.normal(0, 0.3)  # brighter reads older
+            rows.append(
+                {
+                    "subject_id": f"s{i}",
+                    "lobe": lobe,
+                    "lobe_mean": lobe_mean,
+                    "fill_mean": fill_mean,
+                    "signed_change": change,
+                }
+            )
+    table = pd.DataFrame(rows)
+    found = st.fill_contrast(table)
+    assert found["all"]["rho"] > 0.8 and found["all"]["n"] == 60
+    assert set(found["by_lobe"]) == {"frontal", "occipital"}
+    assert found["by_lobe"]["frontal"]["rho"] > 0.5
+    shuffled = table.assign(signed_change=rng.permutation(table["signed_change"].to_numpy()))
+    assert abs(st.fill_contrast(shuffled)["all"]["rho"]) < 0.3
+    with pytest.raises(ValueError, match="rerun step 05"):
+        st.fill_contrast(table.drop(columns="lobe_mean"))

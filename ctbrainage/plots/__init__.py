@@ -20,6 +20,7 @@ from ctbrainage.plots.evaluation import (
 )
 from ctbrainage.plots.importance import (
     delta_ae_distributions,
+    fill_contrast_figure,
     importance_on_brain,
     importance_trajectory,
     perturbed_slices,
@@ -34,6 +35,7 @@ __all__ = [
     "brain_volume_vs_age",
     "canonical_slices",
     "delta_ae_distributions",
+    "fill_contrast_figure",
     "error_by_age_group_bars",
     "evaluation_figure",
     "group_palette",
