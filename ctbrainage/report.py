@@ -177,16 +177,20 @@ def _recovery(path: Path) -> str:
     )
 
 
-def _figures(run: Path) -> str:
-    images = sorted((run / "figures").glob("*.png"))
-    if not images:
-        return ""
+def _gallery(run: Path, folder: str) -> tuple[int, str]:
+    """Linked images of ``<run>/<folder>/*.png`` (loaded lazily), captioned by file name."""
+    images = sorted((run / folder).glob("*.png"))
     items = "".join(
-        f"<figure><a href='figures/{_e(p.name)}'><img src='figures/{_e(p.name)}' "
-        f"alt='{_e(p.stem)}'></a><figcaption>{_e(p.stem.replace('_', ' '))}</figcaption></figure>"
+        f"<figure><a href='{folder}/{_e(p.name)}'><img loading='lazy' src='{folder}/{_e(p.name)}' "
+        f"alt='{_e(p.stem)}'></a><figcaption>{_e(p.stem)}</figcaption></figure>"
         for p in images
     )
-    return f"<h2>Figures</h2>{items}"
+    return len(images), items
+
+
+def _figures(run: Path) -> str:
+    count, items = _gallery(run, "figures")
+    return f"<h2>Figures</h2>{items}" if count else ""
 
 
 def _exclusions(path: Path) -> str:
@@ -199,16 +203,11 @@ def _exclusions(path: Path) -> str:
 
 
 def _qc(run: Path) -> str:
-    images = sorted((run / "qc").glob("*.png"))
-    if not images:
+    count, items = _gallery(run, "qc")
+    if not count:
         return ""
-    items = "".join(
-        f"<figure><a href='qc/{_e(p.name)}'><img loading='lazy' src='qc/{_e(p.name)}' "
-        f"alt='{_e(p.stem)}'></a><figcaption>{_e(p.stem)}</figcaption></figure>"
-        for p in images
-    )
     return (
-        f"<h2>Preprocessing QC ({len(images)} subjects)</h2>"
+        f"<h2>Preprocessing QC ({count} subjects)</h2>"
         "<p>Before and after, brain mask and lobes for every subject; click for full size.</p>"
         f"<div class='qc'>{items}</div>"
     )
