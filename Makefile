@@ -34,7 +34,7 @@ clean-demo:
 	rm -rf runs/demo
 
 # Re-run the demo from the committed notebooks into runs/nbcheck with nbval: every stored output
-# (tables, numbers, printed text; not images or widgets) must come out the same (about 9 min)
+# (tables, numbers, printed text; not images or widgets) must come out the same (about a demo's time)
 check-notebooks: $(STAMP)
 	rm -rf runs/nbcheck
 	$(PY) -m ctbrainage.nbcheck notebooks --run-dir runs/nbcheck

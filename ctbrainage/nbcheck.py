@@ -6,8 +6,9 @@ demo run) are copied with their injected parameters pointing at the new run dire
 executed cell by cell by nbval. Outputs are compared after the sanitising rules of
 ``nbval.cfg`` (paths, run directories, memory addresses, progress-bar times); images and widget
 state are not compared (nbval's defaults), nor are cells tagged ``nbval-ignore-output`` (the
-interactive viewers). Folds without a stored 03 notebook are trained with ``run_all`` before 04,
-so the check also works from the committed notebooks, which hold fold 0 only.
+interactive viewers, and the training cell of 03 with Lightning's progress display). Folds
+without a stored 03 notebook are trained with ``run_all`` before 04, so the check also works
+from the committed notebooks, which hold fold 0 only.
 
 Command line: ``python -m ctbrainage.nbcheck NOTEBOOK_DIR --run-dir DIR [pytest options]``.
 """
@@ -15,7 +16,6 @@ Command line: ``python -m ctbrainage.nbcheck NOTEBOOK_DIR --run-dir DIR [pytest 
 from __future__ import annotations
 
 import argparse
-import ast
 import re
 import subprocess
 import sys
@@ -35,23 +35,21 @@ def injected_parameters(notebook: nbformat.NotebookNode) -> dict[str, Any]:
     """The parameters papermill injected into an executed notebook (empty if none)."""
     for cell in notebook.cells:
         if INJECTED in cell.metadata.get("tags", []):
-            tree = ast.parse(cell.source)
-            return {
-                node.targets[0].id: ast.literal_eval(node.value)
-                for node in tree.body
-                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-            }
+            return run.assignments(cell.source)
     return {}
 
 
-def retarget(notebook: str | Path, run_dir: str | Path, out_dir: str | Path) -> Path:
+def retarget(
+    notebook: str | Path, run_dir: str | Path, out_dir: str | Path
+) -> tuple[Path, dict[str, Any]]:
     """Copy an executed notebook into ``out_dir`` with its injected ``run_dir`` replaced (and its
-    ``figures_dir``, if any, moved into the new run); returns the copy's path."""
+    ``figures_dir``, if any, moved into the new run); returns the copy's path and the stored
+    notebook's injected parameters."""
     node = nbformat.read(notebook, as_version=4)
-    parameters = injected_parameters(node)
-    if not parameters:
+    stored = injected_parameters(node)
+    if not stored:
         raise ValueError(f"{notebook}: no injected-parameters cell; is it an executed notebook?")
-    parameters["run_dir"] = str(run_dir)
+    parameters = {**stored, "run_dir": str(run_dir)}
     if parameters.get("figures_dir"):  # keep the figures (each is shown once per folder)
         parameters["figures_dir"] = str(Path(run_dir) / "extra_figures")
     source = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in parameters.items())
@@ -61,7 +59,7 @@ def retarget(notebook: str | Path, run_dir: str | Path, out_dir: str | Path) -> 
     out = Path(out_dir) / Path(notebook).name
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(node, out)
-    return out
+    return out, stored
 
 
 def sanitize_file(stored_run_dirs: set[str], run_dir: Path, out: Path) -> Path:
@@ -108,27 +106,26 @@ def check(notebook_dir: str | Path, run_dir: str | Path, pytest_args: list[str] 
     stored = sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
     if not stored:
         raise FileNotFoundError(f"no numbered notebooks in {notebook_dir}")
-    copies = [retarget(nb, run_dir, run_dir / "nbval") for nb in stored]
-    originals = {
-        injected_parameters(nbformat.read(nb, as_version=4)).get("run_dir") for nb in stored
-    }
-    sanitize = sanitize_file({d for d in originals if d}, run_dir, run_dir / "nbval" / "nbval.cfg")
+    copies = dict(retarget(nb, run_dir, run_dir / "nbval") for nb in stored)
+    originals = {p["run_dir"] for p in copies.values() if p.get("run_dir")}
+    sanitize = sanitize_file(originals, run_dir, run_dir / "nbval" / "nbval.cfg")
     before = [c for c in copies if int(c.name[:2]) <= run.FOLD_STEP]
     after = [c for c in copies if int(c.name[:2]) > run.FOLD_STEP]
     code = nbval(before, sanitize, list(pytest_args))
     if code == 0 and after:
-        code = _train_missing_folds(before, run_dir)
+        trained = [p for c, p in copies.items() if int(c.name[:2]) == run.FOLD_STEP]
+        code = _train_missing_folds(trained, run_dir)
     return code or nbval(after, sanitize, list(pytest_args))
 
 
-def _train_missing_folds(notebooks: list[Path], run_dir: Path) -> int:
-    """Train, with run_all, the folds that have no stored 03 notebook (04 needs all folds)."""
-    trained = [nb for nb in notebooks if int(nb.name[:2]) == run.FOLD_STEP]
+def _train_missing_folds(trained: list[dict[str, Any]], run_dir: Path) -> int:
+    """Train, with run_all, the folds that have no stored 03 notebook (04 needs all folds);
+    ``trained``: the injected parameters of the stored 03 notebooks."""
     if not trained:
         return 0
-    parameters = injected_parameters(nbformat.read(trained[0], as_version=4))
+    parameters = trained[0]
     folds = load_profile(parameters.get("profile", "demo")).train.folds
-    present = {injected_parameters(nbformat.read(nb, as_version=4))["fold"] for nb in trained}
+    present = {p["fold"] for p in trained}
     missing = tuple(k for k in range(folds) if k not in present)
     if not missing:
         return 0

@@ -155,8 +155,13 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if not cells:
         raise UsageError(f"{notebook.name} has no cell tagged 'parameters'")
+    return assignments(cells[0].source)
+
+
+def assignments(source: str) -> dict[str, Any]:
+    """Name → value of the top-level assignments in a cell's code (None if not a literal)."""
     declared: dict[str, Any] = {}
-    for node in ast.parse(cells[0].source).body:
+    for node in ast.parse(source).body:
         if isinstance(node, ast.Assign):
             targets, value = node.targets, node.value
         elif isinstance(node, ast.AnnAssign):

@@ -245,6 +245,20 @@ def subject_lobe_errors(perturbation: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def fill_contrast_points(perturbation: pd.DataFrame) -> pd.DataFrame:
+    """One row per subject × lobe (repeats averaged): ``subject_id, lobe, contrast`` (fill mean −
+    lobe mean, model-input units) and ``signed_change`` (months)."""
+    missing = {"lobe_mean", "fill_mean"} - set(perturbation.columns)
+    if missing:
+        raise ValueError(f"perturbation table lacks {sorted(missing)}: rerun step 05")
+    return (
+        perturbation.assign(contrast=perturbation["fill_mean"] - perturbation["lobe_mean"])
+        .groupby(["subject_id", "lobe"], sort=False)[["contrast", "signed_change"]]
+        .mean()
+        .reset_index()
+    )
+
+
 def fill_contrast(perturbation: pd.DataFrame) -> dict:
     """Does the prediction move with the fill's contrast, the fill's mean minus the mean input
     intensity of the lobe it replaced (``perturbation.csv``'s ``fill_mean − lobe_mean``)?
@@ -256,15 +270,7 @@ def fill_contrast(perturbation: pd.DataFrame) -> dict:
     """
     from scipy.stats import spearmanr
 
-    missing = {"lobe_mean", "fill_mean"} - set(perturbation.columns)
-    if missing:
-        raise ValueError(f"perturbation table lacks {sorted(missing)}: rerun step 05")
-    pairs = (
-        perturbation.assign(contrast=perturbation["fill_mean"] - perturbation["lobe_mean"])
-        .groupby(["subject_id", "lobe"], sort=False)[["contrast", "signed_change"]]
-        .mean()
-        .reset_index()
-    )
+    pairs = fill_contrast_points(perturbation)
 
     def rho(part: pd.DataFrame) -> dict:
         if len(part) < 3 or part["contrast"].nunique() < 2:

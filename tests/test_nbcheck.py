@@ -31,8 +31,9 @@ def test_retarget_points_the_copy_and_its_figures_at_the_new_run(tmp_path):
         tmp_path / "06_x.ipynb",
         '# Parameters\nprofile = "tiny"\nrun_dir = "/old/run"\nfigures_dir = "/repo/figures"\n',
     )
-    copy = nbcheck.retarget(source, tmp_path / "new", tmp_path / "out")
+    copy, stored = nbcheck.retarget(source, tmp_path / "new", tmp_path / "out")
     assert copy == tmp_path / "out" / "06_x.ipynb"
+    assert stored["run_dir"] == "/old/run" and stored["figures_dir"] == "/repo/figures"
     assert nbcheck.injected_parameters(nbformat.read(copy, as_version=4)) == {
         "profile": "tiny",
         "run_dir": str(tmp_path / "new"),

@@ -202,15 +202,10 @@ def perturbed_slices(run_dir: str | Path, subject_id: str, fill: str, seed: int,
 def fill_contrast_figure(perturbation: pd.DataFrame, out=None):
     """Signed prediction change against the fill's contrast (fill mean − lobe mean, model-input
     units), one point per subject and lobe, coloured by lobe, with each lobe's Spearman ρ."""
-    from ctbrainage.stats import fill_contrast
+    from ctbrainage.stats import fill_contrast, fill_contrast_points
 
     association = fill_contrast(perturbation)
-    points = (
-        perturbation.assign(contrast=perturbation["fill_mean"] - perturbation["lobe_mean"])
-        .groupby(["subject_id", "lobe"], sort=False)[["contrast", "signed_change", "age_months"]]
-        .mean()
-        .reset_index()
-    )
+    points = fill_contrast_points(perturbation)
     fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
     for lobe, part in points.groupby("lobe", sort=False):
         r = association["by_lobe"][lobe]["rho"]
