@@ -82,7 +82,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class PerturbConfig:
     repeats: int = 1  # noise repeats per lobe (paper: 1)
-    fill: Literal["noise", "zero", "mean"] = "noise"
+    fill: Literal["noise", "zero", "mean", "group_level"] = "noise"
 
 
 @dataclass(frozen=True)

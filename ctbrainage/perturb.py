@@ -1,8 +1,11 @@
 """Lobe-wise perturbation (paper section 3.4): replace one lobe's voxels by a fill, predict again,
 and record the change in absolute error ΔAE = |ŷ_masked − y| − |ŷ_whole − y| → ``perturbation.csv``.
 
-Fills: ``noise`` (the paper: U[0, 1) i.i.d. per voxel), ``zero``, and ``mean`` (every voxel of the
-lobe set to the lobe's own mean intensity: its texture goes, its overall level stays). Noise is
+Fills: ``noise`` (the paper: U[0, 1) i.i.d. per voxel), ``zero``, ``mean`` (every voxel of the
+lobe set to the lobe's own mean intensity: its texture goes, its overall level stays), and
+``group_level`` (the lobe's own voxels shifted so that their mean is the mean of the same lobe
+over the subject's age group: what the lobe's level says about age inside the group goes, its
+anatomy and texture stay, and it stays within the range of the group's inputs). Noise is
 seeded from (seed, subject, lobe, repeat) alone, so a variant's input never depends on batching
 or on the order of subjects, lobes and repeats. Each row also records the lobe's mean input
 intensity and the mean of its fill: their difference, the fill's contrast, is what a model that
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +33,7 @@ from ctbrainage.lobes import LOBES
 from ctbrainage.runner import is_current, read_result, write_record
 
 PERTURB_VERSION = 2  # bump when a change alters perturbation.csv
-FILLS = ("noise", "zero", "mean")
+FILLS = ("noise", "zero", "mean", "group_level")
 COLUMNS = [
     "subject_id",
     "fold",
@@ -72,15 +75,30 @@ def noise_seed(seed: int, subject_id: str, lobe: int, repeat: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1  # a non-negative int64
 
 
-def _fill(flat: torch.Tensor, index: torch.Tensor, fill: str, key: int) -> torch.Tensor:
-    """Values replacing the voxels ``index`` of the flat CPU volume ``flat``."""
+def _fill(
+    flat: torch.Tensor, index: torch.Tensor, fill: str, key: int, level: float | None = None
+) -> torch.Tensor:
+    """Values replacing the voxels ``index`` of the flat CPU volume ``flat`` (``level``: the
+    target mean of a ``group_level`` fill)."""
     if fill == "noise":
         return torch.rand(index.numel(), generator=torch.Generator().manual_seed(key))
     if fill == "zero":
         return torch.zeros(index.numel())
     if fill == "mean":
         return torch.full((index.numel(),), float(flat.index_select(0, index).double().mean()))
+    if fill == "group_level":
+        own = flat.index_select(0, index)
+        return (own.double() + (level - own.double().mean())).float()
     raise ValueError(f"unknown fill {fill!r}; choose from {', '.join(FILLS)}")
+
+
+def _check_fill(fill: str, levels: Mapping[int, float] | None, lobes: Sequence[int]) -> None:
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}; choose from {', '.join(FILLS)}")
+    if fill == "group_level":
+        missing = [LOBES.get(k, str(k)) for k in lobes if k not in (levels or {})]
+        if missing:
+            raise ValueError(f"a group_level fill needs a target level for: {', '.join(missing)}")
 
 
 def _prepare(volume, labels, lobes: Sequence[int]):
@@ -107,14 +125,17 @@ def fill_baseline(
     seed: int,
     fill: str = "noise",
     lobes: Sequence[int] = tuple(LOBES),
+    levels: Mapping[int, float] | None = None,
 ) -> torch.Tensor:
     """The volume with every lobe replaced by its fill of ``repeat`` (what a single-lobe
     variant takes inside that lobe; Captum's ``baselines``). Float32, shape [1, X, Y, Z]."""
+    _check_fill(fill, levels, lobes)
     x, index = _prepare(volume, labels, lobes)
     flat = x.view(-1)
     out = flat.clone()
     for k, idx in index.items():
-        out.index_copy_(0, idx, _fill(flat, idx, fill, noise_seed(seed, subject_id, k, repeat)))
+        key, level = noise_seed(seed, subject_id, k, repeat), (levels or {}).get(k)
+        out.index_copy_(0, idx, _fill(flat, idx, fill, key, level))
     return out.view_as(x)
 
 
@@ -130,10 +151,12 @@ def perturb_subject(
     lobes: Sequence[int] = tuple(LOBES),
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    levels: Mapping[int, float] | None = None,
 ) -> SubjectPerturbation:
     """Predict ``volume`` [1, X, Y, Z] whole and with each lobe (ids in ``labels``, same grid)
     replaced by ``fill``, ``repeats`` times per lobe, with an eval-mode ``model`` already on
-    ``device`` (default: the device of its parameters).
+    ``device`` (default: the device of its parameters). ``levels``: each lobe's target mean
+    for a ``group_level`` fill (:func:`group_levels`).
 
     The 1 + lobes × repeats inputs go through the model in equal-sized batches of at most
     ``batch_size``. One buffer per batch slot holds a copy of the volume; a variant writes its
@@ -143,8 +166,7 @@ def perturb_subject(
         raise ValueError("the model is in training mode; call model.eval() first")
     if repeats < 1 or batch_size < 1:
         raise ValueError(f"repeats and batch_size must be >= 1, got {repeats}, {batch_size}")
-    if fill not in FILLS:
-        raise ValueError(f"unknown fill {fill!r}; choose from {', '.join(FILLS)}")
+    _check_fill(fill, levels, lobes)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x, index = _prepare(volume, labels, lobes)
@@ -163,7 +185,8 @@ def perturb_subject(
             for slot, variant in enumerate(chunk):
                 if variant is not None:
                     k, r = variant
-                    values = _fill(x.view(-1), index[k], fill, noise_seed(seed, subject_id, k, r))
+                    key, level = noise_seed(seed, subject_id, k, r), (levels or {}).get(k)
+                    values = _fill(x.view(-1), index[k], fill, key, level)
                     fill_means.append(float(values.double().mean()))
                     slots[slot].index_copy_(0, on_device[k], values.to(device))
             out = model(buffer[: len(chunk)])
@@ -194,8 +217,46 @@ def _load_labels(path) -> np.ndarray:
         raise ValueError(f"unreadable lobe labels {path.name}: {err}") from None
 
 
+def lobe_means(volume, labels, lobes: Sequence[int] = tuple(LOBES)) -> dict[int, float]:
+    """Mean input intensity of each lobe."""
+    x, index = _prepare(volume, labels, lobes)
+    return {k: float(x.view(-1).index_select(0, idx).double().mean()) for k, idx in index.items()}
+
+
+def level_targets(
+    means: Mapping[str, Mapping[int, float]], ages: pd.Series, edges
+) -> dict[str, dict[int, float]]:
+    """Per subject, each lobe's mean (``means``: subject → lobe → mean input intensity)
+    averaged over the subjects of its age group (bins ``edges``; the subject included).
+    ``ages``: months, indexed by subject. Subjects outside every group get none."""
+    from ctbrainage.cohort import age_group
+
+    table = pd.DataFrame.from_dict(dict(means), orient="index")
+    groups = age_group(ages.reindex(table.index).astype(float), edges)
+    level = table.groupby(groups, observed=True).transform("mean")
+    return {sid: row.dropna().to_dict() for sid, row in level.iterrows() if row.notna().any()}
+
+
+def group_levels(
+    profile: Profile, predictions: pd.DataFrame, progress: bool = True
+) -> dict[str, dict[int, float]]:
+    """The target levels of a ``group_level`` fill for the subjects of ``predictions``
+    (:func:`level_targets` over ``profile.age_group_edges``). Subjects whose inputs cannot be
+    read get none: their perturbation then fails with the reason."""
+    run, means = profile.run_path, {}
+    bar = tqdm(predictions["subject_id"], desc="lobe levels", unit="subject", disable=not progress)
+    for sid in bar:
+        try:
+            volume = load_volumes(run, [sid])[0]
+            means[sid] = lobe_means(volume, _load_labels(run / "lobes" / f"{sid}.nii.gz"))
+        except Exception:  # noqa: BLE001 - reported when the subject itself is perturbed
+            continue
+    ages = predictions.set_index("subject_id")["age_months"]
+    return level_targets(means, ages, profile.age_group_edges)
+
+
 def _subject_table(
-    profile: Profile, model, row, fill: str, batch_size: int, device
+    profile: Profile, model, row, fill: str, batch_size: int, device, levels=None
 ) -> pd.DataFrame:
     """The rows of ``perturbation.csv`` of one subject (a row of ``predictions.csv``)."""
     run, sid, settings = profile.run_path, row.subject_id, profile.perturb
@@ -209,6 +270,7 @@ def _subject_table(
         fill=fill,
         batch_size=batch_size,
         device=device,
+        levels=levels,
     )
     scaler = AgeScaler(*profile.age_range_months)
     whole = float(scaler.to_months(result.whole))
@@ -256,6 +318,7 @@ def _params(profile: Profile, predictions: pd.DataFrame, fill: str) -> dict:
             for k in sorted(predictions["fold"].unique())
         },
         "inputs": inputs.hexdigest(),
+        **({"age_group_edges": list(profile.age_group_edges)} if fill == "group_level" else {}),
     }
 
 
@@ -296,6 +359,7 @@ def perturb_cohort(
             failures, columns=["subject_id", "reason"]
         )
     device = torch.device("cpu" if gpu is None else f"cuda:{gpu}")
+    levels = group_levels(profile, predictions, progress) if fill == "group_level" else {}
     tables, errors = {}, {}
     bar = tqdm(total=len(predictions), desc="perturbation", unit="subject", disable=not progress)
     for fold, group in predictions.groupby("fold", sort=True):
@@ -303,7 +367,7 @@ def perturb_cohort(
         for row in group.itertuples(index=False):
             try:
                 tables[row.subject_id] = _subject_table(
-                    profile, model, row, fill, batch_size, device
+                    profile, model, row, fill, batch_size, device, levels.get(row.subject_id)
                 )
             except Exception as err:  # one bad subject never stops the others
                 text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"

@@ -13,6 +13,7 @@ import torch
 from captum.attr import FeatureAblation
 
 from ctbrainage import io
+from ctbrainage.cohort import age_group
 from ctbrainage.config import ModelConfig, PerturbConfig
 from ctbrainage.data import load_volumes
 from ctbrainage.lobes import LOBES
@@ -55,10 +56,14 @@ class Recorder(torch.nn.Module):
         return (x.reshape(len(x), -1) * self.weight).mean(1, keepdim=True)
 
 
+LEVELS = {k: 0.2 + 0.15 * k for k in LOBES}  # group_level targets, away from the lobes' means
+
+
 def recorded_variants(fill: str, batch_size: int, lobes=tuple(LOBES), repeats: int = 2):
     volume, labels = phantom()
     model = Recorder()
     kwargs = {"subject_id": "s01", "seed": 42, "fill": fill, "repeats": repeats, "lobes": lobes}
+    kwargs["levels"] = LEVELS
     result = perturb_subject(model, volume, labels, batch_size=batch_size, **kwargs)
     return volume, labels, torch.cat(model.inputs)[:, 0].numpy(), result
 
@@ -82,7 +87,7 @@ def test_noise_seed_depends_on_every_part_of_its_key():
     assert all(0 <= k < 2**63 for k in keys)
 
 
-@pytest.mark.parametrize("fill", ["noise", "zero", "mean"])
+@pytest.mark.parametrize("fill", ["noise", "zero", "mean", "group_level"])
 def test_each_variant_changes_only_its_lobe(fill):
     volume, labels, inputs, _ = recorded_variants(fill, batch_size=4)
     assert len(inputs) == 1 + 4 * 2
@@ -96,6 +101,10 @@ def test_each_variant_changes_only_its_lobe(fill):
         elif fill == "mean":
             assert np.allclose(values, volume[0][inside].mean(), atol=1e-6)
             assert np.ptp(values) == 0
+        elif fill == "group_level":  # the lobe's own voxels, moved as one to the target level
+            assert values.mean() == pytest.approx(LEVELS[lobe], abs=1e-5)
+            shift = values - volume[0][inside]
+            assert np.ptp(shift) < 1e-5 and abs(shift[0]) > 0.01
         else:
             assert values.min() >= 0 and values.max() <= 1
             assert abs(values.mean() - 0.5) < 0.05 and values.std() > 0.25  # uniform, not a copy
@@ -105,7 +114,7 @@ def test_each_variant_changes_only_its_lobe(fill):
         assert np.array_equal(inputs[1], inputs[2])
 
 
-@pytest.mark.parametrize("fill", ["noise", "zero", "mean"])
+@pytest.mark.parametrize("fill", ["noise", "zero", "mean", "group_level"])
 def test_the_lobe_and_fill_means_are_those_of_the_inputs(fill):
     volume, labels, inputs, result = recorded_variants(fill, batch_size=3)
     for j, lobe in enumerate(LOBES):
@@ -150,7 +159,9 @@ def test_conv_network_batch_sizes_agree_and_each_is_reproducible(small_model):
 def captum_masked(model, volume, labels, repeat, seed, subject_id, fill="noise"):
     """Masked predictions [lobe] by Captum's FeatureAblation: f(x) − attribution."""
     x = torch.as_tensor(volume)[None]
-    baseline = fill_baseline(volume, labels, repeat, subject_id=subject_id, seed=seed, fill=fill)
+    baseline = fill_baseline(
+        volume, labels, repeat, subject_id=subject_id, seed=seed, fill=fill, levels=LEVELS
+    )
     mask = torch.as_tensor(labels.astype(np.int64))[None, None]
     attr = FeatureAblation(model).attribute(
         x, baselines=baseline[None], feature_mask=mask, target=0, perturbations_per_eval=1
@@ -160,11 +171,19 @@ def captum_masked(model, volume, labels, repeat, seed, subject_id, fill="noise")
     return np.array([whole - attr[mask == k][0].item() for k in LOBES])
 
 
-@pytest.mark.parametrize("fill", ["noise", "mean"])
+@pytest.mark.parametrize("fill", ["noise", "mean", "group_level"])
 def test_captum_feature_ablation_reproduces_masked_predictions(small_model, fill):
     volume, labels = phantom(2)
     ours = perturb_subject(
-        small_model, volume, labels, subject_id="s03", seed=5, repeats=2, fill=fill, batch_size=9
+        small_model,
+        volume,
+        labels,
+        subject_id="s03",
+        seed=5,
+        repeats=2,
+        fill=fill,
+        batch_size=9,
+        levels=LEVELS,
     )
     for repeat in range(2):
         theirs = captum_masked(small_model, volume, labels, repeat, 5, "s03", fill)
@@ -182,6 +201,11 @@ def test_bad_inputs_are_named():
         perturb_subject(Recorder(), volume, labels[:-1], subject_id="x", seed=1)
     with pytest.raises(ValueError, match="unknown fill"):
         perturb_subject(Recorder(), volume, labels, subject_id="x", seed=1, fill="blur")
+    with pytest.raises(ValueError, match="group_level fill needs a target level for: parietal"):
+        levels = {k: v for k, v in LEVELS.items() if k != 2}
+        perturb_subject(
+            Recorder(), volume, labels, subject_id="x", seed=1, fill="group_level", levels=levels
+        )
     with pytest.raises(ValueError, match="training mode"):
         perturb_subject(Recorder().train(), volume, labels, subject_id="x", seed=1)
 
@@ -275,6 +299,20 @@ def test_another_fill_is_written_beside_the_main_analysis(tiny_copy):
     assert not np.allclose(zero["pred_masked"], table["pred_masked"])
     with pytest.raises(ValueError, match="unknown fill"):
         perturb_cohort(profile, progress=False, fill="blur")
+
+
+def test_group_level_fill_moves_each_lobe_to_its_age_groups_mean(tiny_copy):
+    profile, _, _ = tiny_copy
+    table, failures = perturb_cohort(profile, progress=False, fill="group_level")
+    assert failures.empty and (table["fill"] == "group_level").all()
+    table["group"] = age_group(table["age_months"], profile.age_group_edges).astype(str)
+    levels = table[table["repeat"] == 0].groupby(["group", "lobe"])["lobe_mean"].mean()
+    expected = levels.loc[list(zip(table["group"], table["lobe"], strict=True))].to_numpy()
+    np.testing.assert_allclose(table["fill_mean"], expected, atol=1e-5)
+    assert (table["fill_mean"] - table["lobe_mean"]).abs().max() > 1e-3  # it moved something
+    # repeats agree (to float rounding across batch positions): the fill is deterministic
+    pivot = table.pivot_table(index=["subject_id", "lobe"], columns="repeat", values="pred_masked")
+    np.testing.assert_allclose(pivot[0], pivot[1], atol=1e-4)
 
 
 def test_bad_lobe_files_fail_their_subject_only(tiny_run, tmp_path):
