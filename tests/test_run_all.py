@@ -133,6 +133,9 @@ def test_the_run_directory_holds_every_step_output(tiny):
     assert (run_dir / "table1.md").exists() and (run_dir / "table1.tex").exists()
     recovery = json.loads((run_dir / "recovery.json").read_text())
     assert recovery["groups"] == 4 and -1 <= recovery["spearman_rho"] <= 1
+    assert [row["fill"] for row in recovery["by_fill"]] == ["noise", "zero", "mean", "group_level"]
+    group_level = pd.read_csv(run_dir / "perturbation_group_level.csv")
+    assert len(group_level) == 12 * 4 and (group_level["fill"] == "group_level").all()
     for name in ("evaluation", "table1_heatmap", "importance_trajectory", "importance_on_brain"):
         assert (run_dir / "figures" / f"{name}.png").exists(), name
 

@@ -172,3 +172,34 @@ def _mean_within(cells: pd.DataFrame) -> float:
         if part["importance"].nunique() > 1 and part["mean_delta_ae"].nunique() > 1
     ]
     return float(np.mean(within)) if within else float("nan")
+
+
+def recovery_by_fill(profile, expected: pd.DataFrame) -> pd.DataFrame:
+    """:func:`score_importance` of every fill perturbed in ``profile``'s run (the main
+    ``perturbation.csv`` first, then each ``perturbation_<fill>.csv``): one row per fill with
+    the overall and signal-group scores."""
+    from ctbrainage import stats
+    from ctbrainage.perturb import FILLS, perturbation_path
+
+    fills = [profile.perturb.fill] + [f for f in FILLS if f != profile.perturb.fill]
+    rows = []
+    for fill in fills:
+        path = perturbation_path(profile, fill)
+        if not path.exists():
+            continue
+        table = stats.lobe_age_table_for(profile, pd.read_csv(path, dtype={"subject_id": str}))
+        score = score_importance(table, expected)
+        rows.append(
+            {
+                "fill": fill,
+                "spearman_rho": score["spearman_rho"],
+                "within_group_rho": score["within_group_spearman_rho"],
+                "top_lobe": f"{score['top_lobe_matches']}/{score['groups']}",
+                "signal_rho": score["signal_spearman_rho"],
+                "signal_within_group_rho": score["signal_within_group_spearman_rho"],
+                "signal_top_lobe": f"{score['signal_top_lobe_matches']}/"
+                f"{len(score['signal_groups'])}",
+                "significant_cells": int(table["significant"].sum()),
+            }
+        )
+    return pd.DataFrame(rows)
