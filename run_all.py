@@ -2,14 +2,14 @@
 """Run the whole pipeline (notebooks 01-06) with papermill: ``python run_all.py --help``.
 
 Without arguments it runs the demo profile end to end on the embedded synthetic cohort. The logic
-lives in ``ctbrainage.run``.
+lives in the package ``ctbrainage.run``; this is its command line, ``ctbrainage.run.cli``.
 """
 
 from __future__ import annotations
 
 import sys
 
-from ctbrainage.run import main
+from ctbrainage.run.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

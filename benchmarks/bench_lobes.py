@@ -16,7 +16,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ctbrainage import io
+from ctbrainage import ctio
 from ctbrainage.lobes import atlas_lobes, build_atlas
 from ctbrainage.preprocess import preprocess_scan
 from ctbrainage.synth import generate_cohort
@@ -32,7 +32,7 @@ def main() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = generate_cohort(Path(tmp), n=args.n, seed=3, workers=2, progress=False)
-        scans = [io.read_ct(Path(tmp) / image).image for image in manifest["image"]]
+        scans = [ctio.read_ct(Path(tmp) / image).image for image in manifest["image"]]
     print(
         f"{'grid':6} {'atlas build s':>13} {'s/subject':>10} {'target':>7} "
         f"{'TotalSegmentator CPU (documented)':>34}"

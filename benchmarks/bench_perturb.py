@@ -34,7 +34,7 @@ import torch
 from captum.attr import FeatureAblation
 
 from ctbrainage.config import ModelConfig
-from ctbrainage.lobes import LOBES
+from ctbrainage.labels import LOBES
 from ctbrainage.models import build_model
 from ctbrainage.perturb import fill_baseline, perturb_subject, prepare_model
 

@@ -25,14 +25,14 @@ CHILD = r"""
 import json, os, resource, sys, time
 os.environ["OMP_NUM_THREADS"] = "2"
 import numpy as np, SimpleITK as sitk, torch, torchio as tio
-from ctbrainage import io
+from ctbrainage import ctio
 from ctbrainage import preprocess as pp
 sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
 torch.set_num_threads(2)
 SPACING, SIZE, PTILE = 1.5, 128, (0.5, 99.5)  # the paper profile's settings
 
 t = time.perf_counter()
-scan = io.read_ct(sys.argv[1])
+scan = ctio.read_ct(sys.argv[1])
 read_s = time.perf_counter() - t
 t = time.perf_counter()
 result = pp.preprocess_scan(scan.image, spacing_mm=SPACING, size=SIZE, ptile=PTILE)
@@ -51,8 +51,8 @@ ours_s = time.perf_counter() - t
 
 # peer: TorchIO resamples along the image's own axes (no PCA rotation onto the brain's axes)
 # (anti-aliased like ours), so it does slightly less work than ours
-hu, affine = io.sitk_to_ras(work)
-brain_work, _ = io.sitk_to_ras(mask)
+hu, affine = ctio.sitk_to_ras(work)
+brain_work, _ = ctio.sitk_to_ras(mask)
 subject = tio.Subject(
     ct=tio.ScalarImage(tensor=torch.from_numpy(hu[None]), affine=affine),
     brain=tio.LabelMap(tensor=torch.from_numpy(brain_work[None]), affine=affine),

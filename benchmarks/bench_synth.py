@@ -21,8 +21,8 @@ CHILD = r"""
 import json, os, resource, sys, time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import nibabel as nib, numpy as np
-from ctbrainage import io
-from ctbrainage.synth.cohort import cohort_specs
+from ctbrainage import ctio
+from ctbrainage.synth.generate import cohort_specs
 from ctbrainage.synth.head import cached_template, ACQUISITIONS, simulate_head
 from ctbrainage.synth.schedule import MaturationSchedule
 mode, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -33,7 +33,7 @@ for spec in cohort_specs(n, seed=1):
     t = time.perf_counter()
     head = simulate_head(spec, schedule, mode)
     path = os.path.join(out, spec.subject_id + ".nii.gz")
-    io.write_nifti(path, head.hu, head.affine)
+    ctio.write_nifti(path, head.hu, head.affine)
     make.append(time.perf_counter() - t)
     t = time.perf_counter()
     np.asarray(nib.load(path).dataobj)

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ctbrainage import io
+from ctbrainage import ctio
 
 REQUIRED_COLUMNS = ("subject_id", "age_months", "sex", "site", "image")
 PAPER_AGE_EDGES = (0, 12, 24, 36, 48)
@@ -56,8 +56,8 @@ def _check_image(given: str, base: Path):
         return path, None, f"image not found: {given}"
     if path.is_dir():
         try:
-            return path, io.read_dicom_age_sex(path), None
-        except io.ImageError as err:
+            return path, ctio.read_dicom_age_sex(path), None
+        except ctio.ImageError as err:
             return path, None, f"image unreadable: {err}"
     if path.name.endswith((".nii", ".nii.gz")):
         try:
@@ -163,8 +163,8 @@ def write_validated(
     if exclusions.empty and exclusions.columns.empty:
         exclusions = pd.DataFrame(columns=["subject_id", "reason"])
     paths = run / "cohort.csv", run / "exclusions.csv"
-    io.atomic_write_text(paths[0], valid.to_csv(index=False))
-    io.atomic_write_text(paths[1], exclusions.to_csv(index=False))
+    ctio.atomic_write_text(paths[0], valid.to_csv(index=False))
+    ctio.atomic_write_text(paths[1], exclusions.to_csv(index=False))
     return paths
 
 

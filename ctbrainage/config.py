@@ -79,16 +79,30 @@ class TrainConfig:
     val_fraction: float = 0.0  # inner validation split of each training fold
 
 
+Fill = Literal["noise", "zero", "mean", "group_level"]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    # the brain-age-gap bias correction of a fold is fitted on the other folds' out-of-fold
+    # predictions, or on the fold model's inner validation subjects (needs train.val_fraction)
+    bias_source: Literal["other folds", "validation"] = "other folds"
+
+
 @dataclass(frozen=True)
 class PerturbConfig:
     repeats: int = 1  # noise repeats per lobe (paper: 1)
-    fill: Literal["noise", "zero", "mean", "group_level"] = "noise"
+    fill: Fill = "noise"  # the fill of Table 1 (paper: noise)
+    # fills also computed, for comparison (the main fill is skipped here)
+    compare_fills: tuple[Fill, ...] = ("noise", "zero", "mean", "group_level")
 
 
 @dataclass(frozen=True)
 class StatsConfig:
     alpha: float = 0.05
     fdr: bool = False  # Benjamini–Hochberg across all tests
+    window_months: float = 12.0  # sliding windows of the developmental trajectory: width
+    window_step: float = 3.0  # ... and step
 
 
 @dataclass(frozen=True)
@@ -106,22 +120,13 @@ class Profile:
     lobes: LobesConfig = field(default_factory=LobesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
 
     @property
     def run_path(self) -> Path:
         return repo_path(self.run_dir or Path("runs") / self.name)
-
-    @property
-    def synthetic_dir(self) -> Path:
-        """Where the embedded synthetic cohort of this run is generated."""
-        return self.run_path / "synthetic"
-
-    @property
-    def manifest_path(self) -> Path:
-        """The input manifest: the user's ``data`` or the synthetic cohort's manifest."""
-        return Path(self.data) if self.data else self.synthetic_dir / "cohort.csv"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,9 +148,10 @@ def load_profile(
     if path.suffix not in (".yaml", ".yml"):
         path = CONFIG_DIR / f"{profile}.yaml"
         if not path.exists():
+            available = available_profiles()
             raise ProfileError(
-                f"unknown profile {str(profile)!r}{_suggest(str(profile), available_profiles())};"
-                f" available: {', '.join(available_profiles())}"
+                f"unknown profile {str(profile)!r}{did_you_mean(str(profile), available)};"
+                f" available: {', '.join(available)}"
             )
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
@@ -168,7 +174,9 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
         tree[leaf] = value
 
 
-def _suggest(name: str, valid: list[str], prefix: str = "") -> str:
+def did_you_mean(name: str, valid: list[str], prefix: str = "") -> str:
+    """The hint " (did you mean 'x'?)" naming the entry of ``valid`` closest to ``name``,
+    ``prefix`` prepended (e.g. "train."); "" when none is close."""
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
@@ -182,7 +190,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     for key, value in values.items():
         if key not in fields:
             raise ProfileError(
-                f"unknown setting {where + key!r}{_suggest(key, list(fields), where)};"
+                f"unknown setting {where + key!r}{did_you_mean(key, list(fields), where)};"
                 f" valid settings here: {', '.join(fields)}"
             )
         kwargs[key] = _coerce(hints[key], value, where + key)
@@ -201,7 +209,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value not in choices:
             raise ProfileError(
                 f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}"
-                f"{_suggest(str(value), [str(c) for c in choices])}"
+                f"{did_you_mean(str(value), [str(c) for c in choices])}"
             )
         return value
     if origin is tuple:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import torch
@@ -25,12 +23,9 @@ class AgeScaler:
         return np.asarray(unit, dtype=np.float64) * (self.hi - self.lo) + self.lo
 
 
-def load_volumes(run_dir: str | Path, subject_ids) -> np.ndarray:
-    """Preprocessed model inputs of ``subject_ids`` as one float32 array [n, 1, x, y, z]."""
-    folder = Path(run_dir) / "preprocessed"
-    arrays = [
-        np.asarray(nib.load(folder / f"{sid}.nii.gz").dataobj, np.float32) for sid in subject_ids
-    ]
+def load_volumes(paths) -> np.ndarray:
+    """Model inputs (NIfTI files) as one float32 array [n, 1, x, y, z]."""
+    arrays = [np.asarray(nib.load(path).dataobj, np.float32) for path in paths]
     return np.stack(arrays)[:, None]
 
 

@@ -8,15 +8,14 @@ predictions), and the baselines are refitted per fold on that fold's training su
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from ctbrainage.cohort import age_group
-from ctbrainage.lobes import LOBES
+from ctbrainage.labels import LOBES
 
 # Sawa et al. 2025, section 4.1: five-fold cross-validation, averaged across folds (months).
 PAPER_METRICS = {"rmse": 5.205, "mae": 4.007, "r": 0.925}
@@ -151,20 +150,20 @@ def brain_age_gap(
 
 
 # ---- baselines ----------------------------------------------------------------------------------
-def image_features(run_dir: str | Path) -> pd.DataFrame:
+def image_features(
+    preprocess: pd.DataFrame,
+    lobes: pd.DataFrame,
+    arrays: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> pd.DataFrame:
     """Simple per-subject features a radiologist could measure: brain volume, the HU levels of
     the P-tile normalisation (brain density), and per lobe its volume and mean normalised
-    intensity. From ``preprocess.csv``, ``lobes.csv``, the model inputs and the lobe maps."""
-    run = Path(run_dir)
-    table = pd.read_csv(run / "preprocess.csv")[
-        ["subject_id", "brain_volume_ml", "ptile_low_hu", "ptile_high_hu"]
-    ]
-    lobes = pd.read_csv(run / "lobes.csv")
+    intensity. From step 01's and step 02's tables and, per subject, (model input, lobe labels)."""
+    table = preprocess[["subject_id", "brain_volume_ml", "ptile_low_hu", "ptile_high_hu"]]
+    table = table[table["subject_id"].isin(list(arrays))].reset_index(drop=True)
     table = table.merge(lobes[["subject_id", *(f"{n}_ml" for n in LOBES.values())]])
     intensity = []
     for sid in table["subject_id"]:
-        image = np.asarray(nib.load(run / "preprocessed" / f"{sid}.nii.gz").dataobj)
-        labels = np.asarray(nib.load(run / "lobes" / f"{sid}.nii.gz").dataobj)
+        image, labels = arrays[sid]
         intensity.append(
             {f"{name}_intensity": float(image[labels == i].mean()) for i, name in LOBES.items()}
         )

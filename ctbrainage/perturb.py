@@ -1,5 +1,6 @@
-"""Lobe-wise perturbation (paper section 3.4): replace one lobe's voxels by a fill, predict again,
-and record the change in absolute error ΔAE = |ŷ_masked − y| − |ŷ_whole − y| → ``perturbation.csv``.
+"""Lobe-wise perturbation (paper section 3.4) on a model and tensors: replace one lobe's voxels
+by a fill, predict again, and measure the change in absolute error
+ΔAE = |ŷ_masked − y| − |ŷ_whole − y|.
 
 Fills: ``noise`` (the paper: U[0, 1) i.i.d. per voxel), ``zero``, ``mean`` (every voxel of the
 lobe set to the lobe's own mean intensity: its texture goes, its overall level stays), and
@@ -15,22 +16,16 @@ reads tissue intensity sees change (``stats.fill_contrast``).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import NamedTuple
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from ctbrainage import io
-from ctbrainage.config import Profile
-from ctbrainage.data import AgeScaler, load_volumes
-from ctbrainage.lobes import LOBES
-from ctbrainage.runner import is_current, read_result, write_record
+from ctbrainage.cohort import age_group
+from ctbrainage.data import AgeScaler
+from ctbrainage.labels import LOBES
 
 PERTURB_VERSION = 2  # bump when a change alters perturbation.csv
 FILLS = ("noise", "zero", "mean", "group_level")
@@ -208,15 +203,6 @@ def delta_ae(age, pred_whole, pred_masked):
     return np.abs(np.subtract(pred_masked, age)) - np.abs(np.subtract(pred_whole, age))
 
 
-def _load_labels(path) -> np.ndarray:
-    if not path.exists():
-        raise ValueError(f"lobe labels missing ({path}; run step 02)")
-    try:
-        return np.asarray(nib.load(path).dataobj)
-    except Exception as err:  # nibabel and gzip raise many types for a damaged file
-        raise ValueError(f"unreadable lobe labels {path.name}: {err}") from None
-
-
 def lobe_means(volume, labels, lobes: Sequence[int] = tuple(LOBES)) -> dict[int, float]:
     """Mean input intensity of each lobe."""
     x, index = _prepare(volume, labels, lobes)
@@ -229,162 +215,34 @@ def level_targets(
     """Per subject, each lobe's mean (``means``: subject → lobe → mean input intensity)
     averaged over the subjects of its age group (bins ``edges``; the subject included).
     ``ages``: months, indexed by subject. Subjects outside every group get none."""
-    from ctbrainage.cohort import age_group
-
     table = pd.DataFrame.from_dict(dict(means), orient="index")
     groups = age_group(ages.reindex(table.index).astype(float), edges)
     level = table.groupby(groups, observed=True).transform("mean")
     return {sid: row.dropna().to_dict() for sid, row in level.iterrows() if row.notna().any()}
 
 
-def group_levels(
-    profile: Profile, predictions: pd.DataFrame, progress: bool = True
-) -> dict[str, dict[int, float]]:
-    """The target levels of a ``group_level`` fill for the subjects of ``predictions``
-    (:func:`level_targets` over ``profile.age_group_edges``). Subjects whose inputs cannot be
-    read get none: their perturbation then fails with the reason."""
-    run, means = profile.run_path, {}
-    bar = tqdm(predictions["subject_id"], desc="lobe levels", unit="subject", disable=not progress)
-    for sid in bar:
-        try:
-            volume = load_volumes(run, [sid])[0]
-            means[sid] = lobe_means(volume, _load_labels(run / "lobes" / f"{sid}.nii.gz"))
-        except Exception:  # noqa: BLE001 - reported when the subject itself is perturbed
-            continue
-    ages = predictions.set_index("subject_id")["age_months"]
-    return level_targets(means, ages, profile.age_group_edges)
-
-
-def _subject_table(
-    profile: Profile, model, row, fill: str, batch_size: int, device, levels=None
+def subject_rows(
+    result: SubjectPerturbation, subject, fill: str, scaler: AgeScaler
 ) -> pd.DataFrame:
-    """The rows of ``perturbation.csv`` of one subject (a row of ``predictions.csv``)."""
-    run, sid, settings = profile.run_path, row.subject_id, profile.perturb
-    result = perturb_subject(
-        model,
-        load_volumes(run, [sid])[0],
-        _load_labels(run / "lobes" / f"{sid}.nii.gz"),
-        subject_id=sid,
-        seed=profile.seed,
-        repeats=settings.repeats,
-        fill=fill,
-        batch_size=batch_size,
-        device=device,
-        levels=levels,
-    )
-    scaler = AgeScaler(*profile.age_range_months)
+    """One subject's rows of the perturbation table (months): ``subject`` has ``subject_id``,
+    ``fold`` and ``age_months``; ``scaler`` maps the network's unit to months."""
+    lobes, repeats = result.masked.shape
     whole = float(scaler.to_months(result.whole))
     masked = scaler.to_months(result.masked).reshape(-1)
     return pd.DataFrame(
         {
-            "subject_id": sid,
-            "fold": int(row.fold),
-            "age_months": row.age_months,
-            "lobe": np.repeat(list(LOBES.values()), settings.repeats),
-            "repeat": np.tile(np.arange(settings.repeats), len(LOBES)),
+            "subject_id": subject.subject_id,
+            "fold": int(subject.fold),
+            "age_months": subject.age_months,
+            "lobe": np.repeat(list(LOBES.values())[:lobes], repeats),
+            "repeat": np.tile(np.arange(repeats), lobes),
             "fill": fill,
             "pred_whole": whole,
             "pred_masked": masked,
-            "delta_ae": delta_ae(row.age_months, whole, masked),
+            "delta_ae": delta_ae(subject.age_months, whole, masked),
             "signed_change": masked - whole,
-            "lobe_mean": np.repeat(result.lobe_mean, settings.repeats),
+            "lobe_mean": np.repeat(result.lobe_mean, repeats),
             "fill_mean": result.fill_mean.reshape(-1),
         },
         columns=COLUMNS,
     )
-
-
-def _params(profile: Profile, predictions: pd.DataFrame, fill: str) -> dict:
-    """What ``perturbation.csv`` depends on: settings, checkpoints and per-subject inputs."""
-    run = profile.run_path
-
-    def stamp(path) -> list:
-        return [path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else []
-
-    inputs = hashlib.sha256()
-    for row in predictions[["subject_id", "fold", "age_months"]].itertuples(index=False):
-        sid = row.subject_id
-        files = (run / "preprocessed" / f"{sid}.nii.gz", run / "lobes" / f"{sid}.nii.gz")
-        inputs.update(json.dumps([*map(str, row), *(stamp(p) for p in files)]).encode())
-    return {
-        "version": PERTURB_VERSION,
-        "fill": fill,
-        "repeats": profile.perturb.repeats,
-        "seed": profile.seed,
-        "age_range_months": list(profile.age_range_months),
-        "lobes": list(LOBES.values()),
-        "checkpoints": {
-            str(k): stamp(run / "models" / f"fold{k}.ckpt")
-            for k in sorted(predictions["fold"].unique())
-        },
-        "inputs": inputs.hexdigest(),
-        **({"age_group_edges": list(profile.age_group_edges)} if fill == "group_level" else {}),
-    }
-
-
-def perturbation_path(profile: Profile, fill: str | None = None) -> Path:
-    """``perturbation.csv`` for the profile's fill; ``perturbation_<fill>.csv`` for another
-    fill (a comparison that leaves the main analysis alone)."""
-    fill = fill or profile.perturb.fill
-    name = "perturbation" if fill == profile.perturb.fill else f"perturbation_{fill}"
-    return profile.run_path / f"{name}.csv"
-
-
-def perturb_cohort(
-    profile: Profile,
-    gpu: int | None = None,
-    progress: bool = True,
-    batch_size: int = 16,
-    fill: str | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Perturb every subject of ``predictions.csv`` with its out-of-fold model (each fold's
-    model loaded once; on ``cuda:<gpu>`` if given) → :func:`perturbation_path` (months); returns
-    (table, failures). ``fill`` defaults to the profile's. A subject that fails (missing or
-    damaged lobe labels, an empty lobe) is listed with its reason, also in ``exclusions.csv``;
-    the others go on. Skipped when the ``.json`` record beside the output shows it is up to
-    date."""
-    from ctbrainage.pipeline import update_exclusions
-    from ctbrainage.train import load_fold_model
-
-    run, fill = profile.run_path, fill or profile.perturb.fill
-    if fill not in FILLS:
-        raise ValueError(f"unknown fill {fill!r}; choose from {', '.join(FILLS)}")
-    out = perturbation_path(profile, fill)
-    record = out.with_suffix(".json")
-    predictions = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str})
-    params = _params(profile, predictions, fill)
-    if is_current(record, params, [out]):
-        failures = read_result(record)["failures"]
-        return pd.read_csv(out, dtype={"subject_id": str}), pd.DataFrame(
-            failures, columns=["subject_id", "reason"]
-        )
-    device = torch.device("cpu" if gpu is None else f"cuda:{gpu}")
-    levels = group_levels(profile, predictions, progress) if fill == "group_level" else {}
-    tables, errors = {}, {}
-    bar = tqdm(total=len(predictions), desc="perturbation", unit="subject", disable=not progress)
-    for fold, group in predictions.groupby("fold", sort=True):
-        model = prepare_model(load_fold_model(profile, int(fold)), device)
-        for row in group.itertuples(index=False):
-            try:
-                tables[row.subject_id] = _subject_table(
-                    profile, model, row, fill, batch_size, device, levels.get(row.subject_id)
-                )
-            except Exception as err:  # one bad subject never stops the others
-                text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-                errors[row.subject_id] = f"{row.subject_id}: {text}"
-            bar.update()
-        del model
-    bar.close()
-    order = [sid for sid in predictions["subject_id"] if sid in tables]
-    table = (
-        pd.concat([tables[sid] for sid in order], ignore_index=True)
-        if order
-        else pd.DataFrame(columns=COLUMNS)
-    )
-    failures = pd.DataFrame(
-        {"subject_id": list(errors), "reason": [f"perturbation: {m}" for m in errors.values()]}
-    )
-    io.atomic_write_text(out, table.to_csv(index=False))
-    update_exclusions(run, list(predictions["subject_id"]), failures, step="perturbation")
-    write_record(record, params, {"failures": failures.to_dict("records")})
-    return table, failures

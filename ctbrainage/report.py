@@ -16,7 +16,7 @@ import nbformat
 import pandas as pd
 from nbconvert import HTMLExporter
 
-from ctbrainage import io
+from ctbrainage import ctio
 
 VARIANTS = {".html": False, ".noinput.html": True}  # suffix -> exclude the code
 
@@ -34,7 +34,7 @@ def export_notebook(notebook: str | Path, html_dir: str | Path) -> list[Path]:
         )
         body, _ = exporter.from_notebook_node(node)
         out = html_dir / f"{notebook.stem}{suffix}"
-        io.atomic_write_text(out, body)
+        ctio.atomic_write_text(out, body)
         written.append(out)
     return written
 
@@ -93,7 +93,7 @@ def write_index(run_dir: str | Path) -> Path:
         + "\n</body></html>\n"
     )
     out = run / "index.html"
-    io.atomic_write_text(out, page)
+    ctio.atomic_write_text(out, page)
     return out
 
 

@@ -1,11 +1,12 @@
-"""Paired statistics of lobe-wise perturbation per lobe × age group, and the paper's Table 1.
+"""Paired statistics of lobe-wise perturbation per lobe × age group (Sawa et al. 2025, 3.5, 4.3).
 
 For every lobe and age group the per-subject absolute errors of the whole and the lobe-masked
-input are compared as in Sawa et al. 2025 (sections 3.5 and 4.3): Shapiro–Wilk on the differences
-ΔAE = |e_masked| − |e_whole|; a paired t-test when normality is not rejected at ``alpha``, else a
-Wilcoxon signed-rank test; Cohen's d; and Table 1's markers (``*`` significant, ``†`` / ``‡`` /
-``§`` small / medium / large effect). Extras beyond the paper: a bootstrap CI of the mean ΔAE,
-sliding age windows, and optional Benjamini–Hochberg correction across all tests of a table.
+input are compared: Shapiro–Wilk on the differences ΔAE = |e_masked| − |e_whole|; a paired t-test
+when normality is not rejected at ``alpha``, else a Wilcoxon signed-rank test; Cohen's d; and
+Table 1's markers (``*`` significant, ``†`` / ``‡`` / ``§`` small / medium / large effect), which
+every result carries. Extras beyond the paper: a bootstrap CI of the mean ΔAE, sliding age
+windows, optional Benjamini–Hochberg correction across all tests of a table, and the fill-contrast
+check. Pure functions of data frames: no file I/O, no profiles (Table 1's text is ``table1``).
 
 Choices the paper leaves open, made here:
 
@@ -28,50 +29,42 @@ Choices the paper leaves open, made here:
 from __future__ import annotations
 
 import math
-import os
-import re
 from dataclasses import asdict, dataclass
 from itertools import pairwise
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from ctbrainage import io
 from ctbrainage.cohort import PAPER_AGE_EDGES, age_group, sliding_windows
-from ctbrainage.lobes import LOBES as LOBE_LABELS
+from ctbrainage.labels import LOBES as LOBE_LABELS
 
 __all__ = [
     "EFFECT_MARKERS",
     "LOBES",
     "MIN_SUBJECTS",
-    "PAPER_TABLE1",
-    "PAPER_TABLE1_LONG",
-    "TABLE1_COLUMNS",
+    "NOT_TESTED",
+    "SIGNIFICANCE_MARKER",
     "PairedTest",
     "bh_qvalues",
     "effect_size_class",
+    "fill_contrast",
+    "fill_contrast_points",
     "lobe_age_table",
-    "lobe_age_table_for",
     "mean_ci",
     "paired_test",
     "subject_lobe_errors",
-    "table1",
     "table1_marker",
-    "write_table1",
 ]
 
 LOBES = tuple(LOBE_LABELS.values())  # Table 1's row order: frontal, parietal, temporal, occipital
 MIN_SUBJECTS = 3  # fewest subjects a group needs to be tested (Shapiro–Wilk needs 3)
+# Table 1's markers live here because every PairedTest (and lobe_age_table row) carries them.
 SIGNIFICANCE_MARKER = "*"
 EFFECT_MARKERS = {"small": "†", "medium": "‡", "large": "§"}
 _EFFECT_BOUNDS = ((0.8, "large"), (0.5, "medium"), (0.2, "small"))
-NOT_TESTED = "n<3"
-MISSING = "—"
-TABLE1_COLUMNS = ("Age group", "Mask type", "ΔAE_lobe", "p-values", "Cohen's d")
-_Q_COLUMN = "q-values"
+NOT_TESTED = "n<3"  # the test name (and Table 1's cell) of a group too small to test
 _REQUIRED = ("subject_id", "age_months", "lobe", "pred_whole", "pred_masked")
 
 
@@ -363,219 +356,3 @@ def lobe_age_table(
         ]
     table.attrs.update(alpha=alpha, fdr=fdr)
     return table
-
-
-def lobe_age_table_for(profile, perturbation: pd.DataFrame, windows=None) -> pd.DataFrame:
-    """``lobe_age_table`` with a profile's age-group edges, ``stats.alpha``, ``stats.fdr``, seed."""
-    return lobe_age_table(
-        perturbation,
-        edges=profile.age_group_edges,
-        windows=windows,
-        alpha=profile.stats.alpha,
-        fdr=profile.stats.fdr,
-        seed=profile.seed,
-    )
-
-
-# ---- Table 1 ------------------------------------------------------------------------------------
-
-
-def _number(x: float) -> str:
-    text = f"{x:.3f}"
-    return "0.000" if text == "-0.000" else text
-
-
-def _p_text(p: float, test: str, name: str = "p") -> str:
-    if test == NOT_TESTED or not math.isfinite(p):
-        return NOT_TESTED
-    return f"{name} < 0.001" if p < 0.001 else _number(p)
-
-
-def _group_label(group: str) -> str:
-    return f"{group} months"
-
-
-def _lobe_label(lobe: str) -> str:
-    return f"{lobe.replace('_', ' ').title()} Lobe"
-
-
-_LEGEND = {
-    False: (
-        "ΔAE_lobe: mean change (months) of the absolute prediction error when the lobe is replaced"
-        " by noise. * significant ({criterion}); † small (0.2 ≤ |d| < 0.5), ‡ medium"
-        " (0.5 ≤ |d| < 0.8), § large (|d| ≥ 0.8) {d_name}. n<3: too few subjects to test."
-    ),
-    True: (
-        r"$\Delta AE_{{lobe}}$: mean change (months) of the absolute prediction error when the lobe"
-        r" is replaced by noise. $^*$ significant ({criterion}); $\dagger$ small"
-        r" ($0.2 \le |d| < 0.5$), $\ddagger$ medium ($0.5 \le |d| < 0.8$), \S{{}} large"
-        r" ($|d| \ge 0.8$) {d_name}. $n<3$: too few subjects to test."
-    ),
-}
-
-
-def _caption(table: pd.DataFrame, tex: bool) -> str:
-    """The legend of a Table 1 from its ``attrs`` (``alpha``, ``fdr``, ``paper``)."""
-    alpha, fdr = table.attrs.get("alpha", 0.05), table.attrs.get("fdr", False)
-    paper = table.attrs.get("paper", False)
-    math_ = "${}$" if tex else "{}"
-    criterion = math_.format(f"{'q' if fdr else 'p'} < {alpha:g}")
-    if fdr:
-        criterion = ("Benjamini--Hochberg " if tex else "Benjamini–Hochberg ") + criterion
-    d_name = "Cohen's " + math_.format("d")
-    if not paper:
-        d_name += " (paired " + math_.format("d_z") + ")"
-    title = "Sawa et al. 2025, Table 1, as published. " if paper else ""
-    return title + _LEGEND[tex].format(criterion=criterion, d_name=d_name)
-
-
-def table1(long_table: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 of the paper from ``lobe_age_table``: Age group, Mask type, ΔAE_lobe with markers,
-    p-values (``p < 0.001`` below 0.001), Cohen's d; three decimals, ``—``/``n<3`` instead of
-    NaN. With a ``q`` column (FDR) a ``q-values`` column follows the p-values. Every row names
-    its age group (the Markdown and LaTeX files print it once per block, as the paper does)."""
-    has_q = "q" in long_table.columns
-    rows = []
-    for rec in long_table.to_dict("records"):
-        delta = rec["mean_delta_ae"]
-        row = {
-            "Age group": _group_label(rec["group"]),
-            "Mask type": _lobe_label(rec["lobe"]),
-            "ΔAE_lobe": _number(delta) + rec["marker"] if math.isfinite(delta) else MISSING,
-            "p-values": _p_text(rec["p"], rec["test"]),
-        }
-        if has_q:
-            row[_Q_COLUMN] = _p_text(rec["q"], rec["test"], "q")
-        row["Cohen's d"] = _number(rec["cohen_d"]) if math.isfinite(rec["cohen_d"]) else MISSING
-        rows.append(row)
-    columns = [*TABLE1_COLUMNS[:4], *([_Q_COLUMN] if has_q else []), TABLE1_COLUMNS[4]]
-    table = pd.DataFrame(rows, columns=columns, dtype=str)
-    table.attrs.update(alpha=long_table.attrs.get("alpha", 0.05), fdr=has_q)
-    return table
-
-
-def _blank_repeated_groups(table: pd.DataFrame) -> pd.DataFrame:
-    shown = table.copy()
-    shown.loc[shown["Age group"].eq(shown["Age group"].shift()), "Age group"] = ""
-    return shown
-
-
-def _md_cell(text: str) -> str:
-    return re.sub(r"([\\*_|])", r"\\\1", text)
-
-
-def table1_markdown(table: pd.DataFrame) -> str:
-    """A pipe table (Markdown special characters escaped) followed by the caption."""
-    shown = _blank_repeated_groups(table)
-    lines = ["| " + " | ".join(_md_cell(c) for c in shown.columns) + " |"]
-    lines.append("|" + "|".join(":---" if i < 2 else "---:" for i in range(shown.shape[1])) + "|")
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in shown.to_numpy()]
-    return "\n".join(lines) + "\n\n" + _md_cell(_caption(table, tex=False)) + "\n"
-
-
-_TEX_MARKERS = {"*": "*", "†": r"\dagger", "‡": r"\ddagger", "§": r"\S"}
-_TEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {
-    "~": r"\textasciitilde{}",
-    "\\": r"\textbackslash{}",
-}
-_TEX_TEXT = {
-    "—": "---",
-    "p-values": "$p$-values",
-    "q-values": "$q$-values",
-    "ΔAE_lobe": r"$\Delta AE_{lobe}$",
-    "Cohen's d": r"Cohen's $d$",
-}
-_NUMBER_MARKERS = re.compile(r"(-?\d+\.\d+)([*,†‡§]*)")
-
-
-def _tex_cell(text: str) -> str:
-    if text in _TEX_TEXT:
-        return _TEX_TEXT[text]
-    if text.startswith(("p < ", "q < ", "n<")):
-        return f"${text}$"
-    number = _NUMBER_MARKERS.fullmatch(text)
-    if number:
-        value, marks = number.groups()
-        sup = ",".join(_TEX_MARKERS[m] for m in marks.split(",")) if marks else ""
-        return f"${value}^{{{sup}}}$" if sup else f"${value}$"
-    text = "".join(_TEX_SPECIAL.get(c, c) for c in text)
-    return re.sub(r"(\d+)-(\d+) months", r"\1--\2 months", text)
-
-
-def table1_latex(table: pd.DataFrame) -> str:
-    """A ``table`` environment (plain ``tabular`` with ``\\hline``, no extra packages)."""
-    shown = _blank_repeated_groups(table)
-    spec = "ll" + "r" * (shown.shape[1] - 2)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{spec}}}", r"\hline"]
-    lines.append(" & ".join(_tex_cell(c) for c in shown.columns) + r" \\")
-    lines.append(r"\hline")
-    lines += [" & ".join(_tex_cell(c) for c in row) + r" \\" for row in shown.to_numpy()]
-    caption = _caption(table, tex=True)
-    lines += [r"\hline", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def write_table1(table: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, Path, Path]:
-    """Write ``table1.csv``, ``table1.md`` and ``table1.tex`` into ``out_dir``, each atomically."""
-    out = Path(out_dir)
-    paths = out / "table1.csv", out / "table1.md", out / "table1.tex"
-    texts = table.to_csv(index=False, lineterminator="\n"), table1_markdown(table)
-    for path, text in zip(paths, (*texts, table1_latex(table)), strict=True):
-        io.atomic_write_text(path, text)
-    return paths
-
-
-# ---- the paper's Table 1 as published -----------------------------------------------------------
-
-# Sawa et al. 2025, "Perturbation-based deep learning reveals dynamic spatiotemporal shifts in
-# pediatric brain development from CT imaging", Table 1, transcribed cell by cell:
-# (age group, lobe, ΔAE_lobe with markers, p-value, Cohen's d).
-_PAPER_ROWS = (
-    ("0-11", "frontal", "-0.207†", "0.233", "-0.211"),
-    ("0-11", "parietal", "-0.281", "0.357", "-0.163"),
-    ("0-11", "temporal", "-0.049", "0.838", "-0.036"),
-    ("0-11", "occipital", "-0.007", "0.957", "-0.009"),
-    ("12-23", "frontal", "-0.575†", "0.058", "-0.256"),
-    ("12-23", "parietal", "-0.203", "0.717", "-0.048"),
-    ("12-23", "temporal", "-0.045", "0.916", "-0.014"),
-    ("12-23", "occipital", "0.588*,†", "0.009", "0.361"),
-    ("24-35", "frontal", "0.142", "0.763", "0.041"),
-    ("24-35", "parietal", "2.443*,‡", "p < 0.001", "0.552"),
-    ("24-35", "temporal", "1.143†", "0.074", "0.246"),
-    ("24-35", "occipital", "0.291†", "0.133", "0.206"),
-    ("36-47", "frontal", "4.151*,§", "p < 0.001", "1.705"),
-    ("36-47", "parietal", "7.724*,§", "p < 0.001", "2.304"),
-    ("36-47", "temporal", "5.555*,§", "p < 0.001", "1.750"),
-    ("36-47", "occipital", "-0.318†", "0.067", "-0.249"),
-)
-
-
-def _paper_table1() -> pd.DataFrame:
-    rows = [(_group_label(g), _lobe_label(lobe), *cells) for g, lobe, *cells in _PAPER_ROWS]
-    table = pd.DataFrame(rows, columns=list(TABLE1_COLUMNS), dtype=str)
-    table.attrs.update(alpha=0.05, fdr=False, paper=True)
-    return table
-
-
-def _paper_table1_long() -> pd.DataFrame:
-    rows = []
-    for group, lobe, delta, p, d in _PAPER_ROWS:
-        value, marker = _NUMBER_MARKERS.fullmatch(delta).groups()
-        bound = p.startswith("p < ")
-        rows.append(
-            {
-                "group": group,
-                "lobe": lobe,
-                "mean_delta_ae": float(value),
-                "p": float(p.removeprefix("p < ")),
-                "p_upper_bound": bound,
-                "cohen_d": float(d),
-                "marker": marker,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-PAPER_TABLE1 = _paper_table1()  # Table 1's layout, cells as printed
-# The same numbers per row; where the paper prints "p < 0.001", p is that bound (p_upper_bound).
-PAPER_TABLE1_LONG = _paper_table1_long()

@@ -24,8 +24,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from ctbrainage import io as ctio
-from ctbrainage.lobes import LOBE_IDS
+from ctbrainage import ctio
+from ctbrainage.labels import LOBE_IDS
 from ctbrainage.preprocess import map_to_grid
 
 __all__ = [

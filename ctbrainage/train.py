@@ -1,11 +1,14 @@
-"""Fitting one cross-validation fold with PyTorch Lightning, and out-of-fold predictions."""
+"""Fitting one cross-validation fold with PyTorch Lightning, and its out-of-fold predictions
+(arrays in, a trained model and tables out; step 03 handles the files)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,10 +16,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ctbrainage import io
+from ctbrainage import ctio
 from ctbrainage.cohort import stratified_folds
 from ctbrainage.config import Profile
-from ctbrainage.data import AgeScaler, VolumeDataset, augmentation, load_volumes
+from ctbrainage.data import AgeScaler, VolumeDataset, augmentation
 from ctbrainage.models import build_model
 
 TRAIN_VERSION = 1  # bump when a change alters trained models or predictions
@@ -60,25 +63,6 @@ class AgeRegressor(pl.LightningModule):
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
-def make_folds(profile: Profile) -> pd.DataFrame:
-    """``folds.csv``: subject_id → fold, age-stratified and seeded (written once per run)."""
-    path = profile.run_path / "folds.csv"
-    cohort = pd.read_csv(profile.run_path / "preprocess.csv")
-    folds = pd.DataFrame(
-        {
-            "subject_id": cohort["subject_id"],
-            "age_months": cohort["age_months"],
-            "fold": stratified_folds(cohort["age_months"], profile.train.folds, profile.seed),
-        }
-    )
-    if path.exists():
-        old = pd.read_csv(path)
-        if old[["subject_id", "fold"]].equals(folds[["subject_id", "fold"]]):
-            return old
-    io.atomic_write_text(path, folds.to_csv(index=False))
-    return folds
-
-
 def inner_validation(train: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of the training subjects held out for validation: one of ``round(1 /
     fraction)`` age-stratified parts (so about ``fraction`` of them); none when 0."""
@@ -106,40 +90,49 @@ def _restored_determinism_flags():
         torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
-def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool = True):
-    """Train on every fold but ``fold``, predict ``fold``; skip when already done.
+@dataclasses.dataclass
+class FoldFit:
+    """A trained fold: its trainer (for the checkpoint) and the predictions of its test fold and
+    of its inner validation subjects (None without an inner validation split), in months."""
+
+    trainer: pl.Trainer
+    predictions: pd.DataFrame
+    validation: pd.DataFrame | None
+
+    def save_model(self, path) -> None:
+        """The weights as a Lightning checkpoint, written atomically."""
+        with ctio.atomic_path(path) as tmp:
+            self.trainer.save_checkpoint(tmp, weights_only=True)
+
+
+def fit_fold(
+    profile: Profile,
+    folds: pd.DataFrame,
+    fold: int,
+    load: Callable[[Sequence[str]], np.ndarray],
+    log_dir: Path,
+    log_name: str,
+    gpu: int | None = None,
+    progress: bool = True,
+) -> FoldFit:
+    """Train on every fold of ``folds`` (subject_id, age_months, fold) but ``fold``, then predict
+    ``fold``. ``load(ids)`` returns the subjects' model inputs [n, 1, x, y, z]; the loss curves
+    go to Lightning's CSV logger under ``log_dir/log_name``.
 
     With ``train.val_fraction`` > 0, an age-stratified part of the training subjects is held out
-    for the validation loss and predicted too (``fold<k>_validation.csv``, used for bias
-    correction). Writes ``models/fold<k>.ckpt``, ``models/fold<k>_predictions.csv`` and the loss
-    curves in ``logs/fold<k>/``. Deterministic on CPU for the profile's seed.
+    for the validation loss and predicted too (used for bias correction). Deterministic on CPU
+    for the profile's seed.
     """
-    run = profile.run_path
-    ckpt = run / "models" / f"fold{fold}.ckpt"
-    pred_path = run / "models" / f"fold{fold}_predictions.csv"
-    val_path = run / "models" / f"fold{fold}_validation.csv"
-    record = run / "models" / f"fold{fold}.json"
-    params = {
-        "model": profile.to_dict()["model"],
-        "train": profile.to_dict()["train"],
-        "seed": profile.seed,
-        "version": TRAIN_VERSION,
-    }
-    outputs = [ckpt, pred_path] + ([val_path] if profile.train.val_fraction > 0 else [])
-    if record.exists() and all(path.exists() for path in outputs):
-        if json.loads(record.read_text()).get("params") == params:
-            return pd.read_csv(pred_path)
-    folds = make_folds(profile)
     if not 0 <= fold < profile.train.folds:
         raise ValueError(f"fold must be in 0..{profile.train.folds - 1}, got {fold}")
-    pl.seed_everything(profile.seed + fold, workers=True)
+    pl.seed_everything(profile.seed + fold, workers=True, verbose=False)
     scaler = AgeScaler(*profile.age_range_months)
     test = folds[folds["fold"] == fold]
     train = folds[folds["fold"] != fold].reset_index(drop=True)
     held_out = inner_validation(train, profile.train.val_fraction, profile.seed + fold)
     val, train = train[held_out], train[~held_out]
     train_set = VolumeDataset(
-        load_volumes(run, train["subject_id"]),
+        load(train["subject_id"]),
         scaler.to_unit(train["age_months"]),
         augmentation() if profile.train.augment else None,
     )
@@ -151,9 +144,7 @@ def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool
     )
     val_loader = None
     if len(val):
-        val_set = VolumeDataset(
-            load_volumes(run, val["subject_id"]), scaler.to_unit(val["age_months"])
-        )
+        val_set = VolumeDataset(load(val["subject_id"]), scaler.to_unit(val["age_months"]))
         val_loader = DataLoader(val_set, batch_size=profile.train.batch_size)
     module = AgeRegressor(profile)
     with _restored_determinism_flags():
@@ -163,7 +154,7 @@ def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool
             devices=[gpu] if gpu is not None else 1,
             precision="bf16-mixed" if gpu is not None else "32-true",
             deterministic=gpu is None,
-            logger=pl.loggers.CSVLogger(run / "logs", name=f"fold{fold}", version=0),
+            logger=pl.loggers.CSVLogger(log_dir, name=log_name, version=0),
             enable_checkpointing=False,
             enable_progress_bar=progress,
             enable_model_summary=False,
@@ -178,52 +169,21 @@ def fit_fold(profile: Profile, fold: int, gpu: int | None = None, progress: bool
 
     def predict(subjects: pd.DataFrame) -> pd.DataFrame:
         with torch.no_grad():
-            volumes = torch.from_numpy(load_volumes(run, subjects["subject_id"]))
+            volumes = torch.from_numpy(load(subjects["subject_id"]))
             unit = torch.cat([module(batch).float() for batch in volumes.split(8)])[:, 0]
         return subjects[["subject_id", "fold", "age_months"]].assign(
             predicted_months=scaler.to_months(unit.numpy())
         )
 
-    predictions = predict(test)
-    with io.atomic_path(ckpt) as tmp:
-        trainer.save_checkpoint(tmp, weights_only=True)
-    io.atomic_write_text(pred_path, predictions.to_csv(index=False))
-    if len(val):
-        io.atomic_write_text(val_path, predict(val.assign(fold=fold)).to_csv(index=False))
-    io.atomic_write_text(record, json.dumps({"params": params}, indent=1))
-    return predictions
+    validation = predict(val.assign(fold=fold)) if len(val) else None
+    return FoldFit(trainer, predict(test), validation)
 
 
-def load_fold_model(profile: Profile, fold: int) -> torch.nn.Module:
-    """The trained network of ``fold`` (from ``models/fold<k>.ckpt``), in eval mode on CPU.
+def load_model(profile: Profile, path) -> torch.nn.Module:
+    """The network of a checkpoint written by :meth:`FoldFit.save_model`, in eval mode on CPU.
     Its output is age in [0, 1]; :class:`AgeScaler` over ``profile.age_range_months`` maps it to
     months."""
-    path = profile.run_path / "models" / f"fold{fold}.ckpt"
-    if not path.exists():
-        raise FileNotFoundError(f"no trained model for fold {fold}: {path} (run 03_train first)")
     module = AgeRegressor(profile)
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     return module.model.eval()
-
-
-def collect_predictions(profile: Profile) -> pd.DataFrame:
-    """Out-of-fold predictions of every fold → ``predictions.csv`` (months)."""
-    parts = [
-        pd.read_csv(profile.run_path / "models" / f"fold{k}_predictions.csv")
-        for k in range(profile.train.folds)
-    ]
-    table = pd.concat(parts, ignore_index=True).sort_values("subject_id", ignore_index=True)
-    io.atomic_write_text(profile.run_path / "predictions.csv", table.to_csv(index=False))
-    return table
-
-
-def collect_validation(profile: Profile) -> pd.DataFrame | None:
-    """Inner-validation predictions of every fold's model (``fold`` = the model's fold), or
-    None when the profile holds out no validation subjects."""
-    if profile.train.val_fraction <= 0:
-        return None
-    paths = [
-        profile.run_path / "models" / f"fold{k}_validation.csv" for k in range(profile.train.folds)
-    ]
-    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)

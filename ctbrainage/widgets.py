@@ -1,10 +1,11 @@
 """Interactive viewers for notebooks 02 and 05: a slice/lobe viewer and a perturbation viewer.
 
 Everything that decides what a picture shows is a pure function of arrays (:func:`plane`,
-:func:`render_slice`, :func:`perturbed_volume`, :func:`perturbation_panels`, ...), testable and
-usable without a browser. The widget classes only wire ipywidgets controls to those functions and
-show the result as PNG bytes in an ``ipywidgets.Image`` with an HTML caption, so they also work
-headless (no ``Output`` widget, no ``plt.show``).
+:func:`render_slice`, :func:`perturbation_panels`, ...), testable and usable without a browser.
+The arrays come from :mod:`ctbrainage.loaders` (the only reader of a run's files and the only
+builder of a lobe-filled volume). The widget classes only wire ipywidgets controls to those
+functions and show the result as PNG bytes in an ``ipywidgets.Image`` with an HTML caption, so
+they also work headless (no ``Output`` widget, no ``plt.show``).
 
 Orientation follows :func:`ctbrainage.plots.common.canonical_slices`: volumes are brought to the
 closest RAS orientation, and slices are shown with anterior up on axial planes and superior up on
@@ -13,25 +14,24 @@ coronal and sagittal planes (patient right on the image right, as in ``canonical
 
 from __future__ import annotations
 
-import functools
 import html
 import io as _io
-import json
 from collections.abc import Iterable
-from pathlib import Path
 
 import ipywidgets as w
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from matplotlib.colors import to_rgb
 
-from ctbrainage.lobes import LOBE_IDS, LOBES
+from ctbrainage import loaders
+from ctbrainage.config import Profile
+from ctbrainage.labels import LOBES
+from ctbrainage.layout import RunLayout
+from ctbrainage.loaders import SubjectImage, lobe_id
 from ctbrainage.plots.common import LOBE_COLOURS
 
 AXES = ("axial", "coronal", "sagittal")
 _AXIS_DIM = {"axial": 2, "coronal": 1, "sagittal": 0}
-DEFAULT_SEED = 42  # Profile.seed's default: used when neither the caller nor the run says
 DISPLAY_SIZE = 320  # pixels along the longer side of a shown slice
 
 
@@ -40,15 +40,6 @@ def _dim(axis: str) -> int:
     if axis not in _AXIS_DIM:
         raise ValueError(f"unknown axis {axis!r}; choose from {', '.join(AXES)}")
     return _AXIS_DIM[axis]
-
-
-def _lobe_id(lobe: int | str) -> int:
-    """The label of a lobe given by name or label."""
-    if isinstance(lobe, str) and lobe in LOBE_IDS:
-        return LOBE_IDS[lobe]
-    if not isinstance(lobe, str) and int(lobe) in LOBES:
-        return int(lobe)
-    raise ValueError(f"unknown lobe {lobe!r}; choose from {', '.join(LOBES.values())}")
 
 
 def plane(volume: np.ndarray, axis: str, index: int) -> np.ndarray:
@@ -95,7 +86,7 @@ def render_slice(
             raise ValueError(f"lobe labels {labels.shape} do not match the volume {volume.shape}")
         lab = plane(labels, axis, index).astype(np.int64)
         lobe = np.where(lab > 10, lab - 10, lab)
-        chosen = tuple(LOBES) if lobes_on is None else [_lobe_id(x) for x in lobes_on]
+        chosen = tuple(LOBES) if lobes_on is None else [lobe_id(x) for x in lobes_on]
         alpha = float(np.clip(opacity, 0.0, 1.0))
         for k in chosen:
             inside = lobe == k
@@ -120,30 +111,8 @@ def to_png(rgb: np.ndarray, aspect: float = 1.0, size: int = DISPLAY_SIZE) -> by
 def lobe_centre(labels: np.ndarray, lobe: int | str, axis: str) -> int:
     """Index of the slice along ``axis`` through the centre of ``lobe`` (the middle slice when
     the lobe is absent)."""
-    where = np.nonzero(labels == _lobe_id(lobe))[_dim(axis)]
+    where = np.nonzero(labels == lobe_id(lobe))[_dim(axis)]
     return int(round(where.mean())) if where.size else labels.shape[_dim(axis)] // 2
-
-
-def perturbed_volume(
-    volume: np.ndarray,
-    labels: np.ndarray,
-    lobe: int | str,
-    *,
-    subject_id: str,
-    seed: int,
-    fill: str = "noise",
-    repeat: int = 0,
-) -> np.ndarray:
-    """``volume`` with one lobe replaced by the fill of step 05 (the exact input the model saw
-    for this subject, lobe and repeat). Arrays in the on-disk voxel order: the noise is drawn in
-    that order."""
-    from ctbrainage.perturb import fill_baseline
-
-    k = _lobe_id(lobe)
-    filled = fill_baseline(
-        volume, labels, repeat, subject_id=subject_id, seed=seed, fill=fill, lobes=(k,)
-    )
-    return np.where(labels == k, filled[0].numpy(), volume).astype(np.float32)
 
 
 def perturbation_caption(
@@ -174,127 +143,45 @@ def perturbation_caption(
     return text
 
 
-# ---- run-directory access -------------------------------------------------------------------
-def _run_path(run_dir) -> Path:
-    """A run directory given as a path or a :class:`~ctbrainage.config.Profile`."""
-    return Path(getattr(run_dir, "run_path", run_dir))
-
-
-def _canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    return np.asarray(nib.as_closest_canonical(nib.Nifti1Image(array, affine)).dataobj)
-
-
-@functools.lru_cache(maxsize=8)
-def _read_subject(folder: str, subject_id: str, stamp: tuple):
-    run = Path(folder)
-    image = nib.load(run / "preprocessed" / f"{subject_id}.nii.gz")
-    volume = np.asarray(image.dataobj, np.float32)
-    path = run / "lobes" / f"{subject_id}.nii.gz"
-    labels = np.asarray(nib.load(path).dataobj).astype(np.uint8) if path.exists() else None
-    canon = nib.as_closest_canonical(image)
-    spacing = tuple(float(z) for z in canon.header.get_zooms()[:3])
-    return volume, labels, image.affine, spacing
-
-
-def load_subject(run_dir, subject_id: str):
-    """(volume, labels or None, affine, RAS spacing) of one subject of a run, in the on-disk
-    voxel order; cached while the files are unchanged."""
-    run = _run_path(run_dir)
-    path = run / "preprocessed" / f"{subject_id}.nii.gz"
-    if not path.exists():
-        raise ValueError(f"unknown subject {subject_id!r}: no preprocessed volume {path}")
-    lobes = run / "lobes" / f"{subject_id}.nii.gz"
-    stamp = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (path, lobes))
-    return _read_subject(str(run), subject_id, stamp)
-
-
-def load_perturbation(run_dir, perturbation=None, fill: str | None = None) -> pd.DataFrame | None:
-    """The perturbation table (a DataFrame, a CSV path, or by default the run's
-    ``perturbation_<fill>.csv`` or ``perturbation.csv``), restricted to ``fill`` when given;
-    None when the run has none."""
-    if isinstance(perturbation, pd.DataFrame):
-        table = perturbation.copy()
-    else:
-        run = _run_path(run_dir)
-        candidates = [Path(perturbation)] if perturbation is not None else []
-        if perturbation is None and fill:
-            candidates.append(run / f"perturbation_{fill}.csv")
-        candidates.append(run / "perturbation.csv")
-        found = next((p for p in candidates if p.exists()), None)
-        if found is None:
-            if perturbation is not None:
-                raise ValueError(f"no perturbation table {perturbation}")
-            return None
-        table = pd.read_csv(found, dtype={"subject_id": str})
-        table.attrs["path"] = str(found)
-    if fill and "fill" in table:
-        table = table[table["fill"] == fill]
-        if table.empty:
-            raise ValueError(f"the perturbation table has no rows with fill {fill!r}")
-    return table
-
-
-def _table_settings(table: pd.DataFrame | None, fill: str | None, seed: int | None):
-    """Fill and seed: the caller's, else the table's (its fill column and the ``.json`` record
-    beside its file), else ``noise`` and :data:`DEFAULT_SEED`."""
-    if fill is None and table is not None and "fill" in table and table["fill"].nunique() == 1:
-        fill = str(table["fill"].iloc[0])
-    path = Path(table.attrs.get("path", "")) if table is not None else None
-    if path is not None and path.suffix == ".csv" and path.with_suffix(".json").exists():
-        params = json.loads(path.with_suffix(".json").read_text()).get("params", {})
-        seed = params.get("seed") if seed is None else seed
-        fill = params.get("fill") if fill is None else fill
-    return fill or "noise", DEFAULT_SEED if seed is None else int(seed)
-
-
-def _predictions(run: Path) -> pd.DataFrame:
-    path = run / "predictions.csv"
-    if not path.exists():
-        raise ValueError(f"no predictions in {run} (predictions.csv; run step 03)")
-    return pd.read_csv(path, dtype={"subject_id": str}).set_index("subject_id")
-
-
 def perturbation_panels(
-    run_dir,
-    subject_id: str,
+    subject: SubjectImage,
+    filled: np.ndarray,
     lobe: int | str,
-    fill: str = "noise",
-    seed: int = DEFAULT_SEED,
-    perturbation_table: pd.DataFrame | None = None,
+    rows: pd.DataFrame | None,
+    age: float,
+    predicted: float,
+    fill: str,
+    seed: int,
     axis: str = "axial",
     index: int | None = None,
     repeat: int = 0,
     window: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """(original RGB, perturbed RGB, caption) of one subject with ``lobe`` filled: the slice
-    ``index`` along ``axis`` (default: through the lobe's centre) of the model input and of the
-    input of perturbation ``repeat``; the caption gives age, whole and masked prediction and
-    ΔAE from the table's row of that repeat (and the mean over repeats)."""
-    run = _run_path(run_dir)
-    predictions = _predictions(run)
-    if subject_id not in predictions.index:
-        raise ValueError(f"unknown subject {subject_id!r}: not in {run / 'predictions.csv'}")
-    volume, labels, affine, _ = load_subject(run, subject_id)
-    if labels is None:
-        raise ValueError(f"{subject_id}: lobe labels missing (lobes/{subject_id}.nii.gz)")
-    name = LOBES[_lobe_id(lobe)]
-    changed = perturbed_volume(
-        volume, labels, name, subject_id=subject_id, seed=seed, fill=fill, repeat=repeat
-    )
-    original, perturbed = _canonical(volume, affine), _canonical(changed, affine)
+    """(original RGB, perturbed RGB, caption) of one subject with ``lobe`` filled.
+
+    ``filled``: the subject's input with the lobe filled, in the on-disk voxel order of
+    ``subject.volume`` (:func:`ctbrainage.loaders.filled_volume`). The panels are slice
+    ``index`` along ``axis`` (default: through the lobe's centre, which needs
+    ``subject.labels``) of both volumes in RAS display orientation. ``rows``: perturbation-table
+    rows (kept here: this subject, lobe and ``fill``; None or empty: no results); the caption
+    gives ``age``, the whole and masked prediction and ΔAE of ``repeat`` (and the means over
+    repeats), or the whole prediction ``predicted`` when there are no rows."""
+    name = LOBES[lobe_id(lobe)]
+    filled = np.asarray(filled, np.float32)
+    if filled.shape != subject.volume.shape:
+        raise ValueError(
+            f"{subject.subject_id}: filled volume {filled.shape} does not match the input"
+            f" {subject.volume.shape}"
+        )
+    original, perturbed = subject.canonical(subject.volume), subject.canonical(filled)
     if index is None:
-        index = lobe_centre(_canonical(labels, affine), name, axis)
-    rows = pd.DataFrame(columns=["repeat", "pred_whole", "pred_masked", "delta_ae"])
-    if perturbation_table is not None:
-        table = perturbation_table
-        keep = (table["subject_id"].astype(str) == subject_id) & (table["lobe"] == name)
-        if "fill" in table:
-            keep &= table["fill"] == fill
-        rows = table[keep].sort_values("repeat")
-    age = float(predictions.loc[subject_id, "age_months"])
-    text = perturbation_caption(subject_id, age, name, fill, seed, rows, repeat)
-    if rows.empty:
-        text += f"; whole prediction {predictions.loc[subject_id, 'predicted_months']:.2f} months"
+        if subject.labels is None:
+            raise ValueError(f"{subject.subject_id}: lobe labels missing (run step 02)")
+        index = lobe_centre(subject.canonical(subject.labels), name, axis)
+    shown = _rows_of(rows, subject.subject_id, name, fill)
+    text = perturbation_caption(subject.subject_id, age, name, fill, seed, shown, repeat)
+    if shown.empty:
+        text += f"; whole prediction {predicted:.2f} months"
     return (
         render_slice(original, None, axis, index, window),
         render_slice(perturbed, None, axis, index, window),
@@ -302,7 +189,22 @@ def perturbation_panels(
     )
 
 
+def _rows_of(table: pd.DataFrame | None, subject_id: str, lobe: str, fill: str) -> pd.DataFrame:
+    """The rows of one subject, lobe and fill, by repeat (empty when there are none)."""
+    if table is None or table.empty:
+        return pd.DataFrame(columns=["repeat", "pred_whole", "pred_masked", "delta_ae"])
+    keep = (table["subject_id"].astype(str) == subject_id) & (table["lobe"] == lobe)
+    if "fill" in table:
+        keep &= table["fill"] == fill
+    return table[keep].sort_values("repeat")
+
+
 # ---- widgets --------------------------------------------------------------------------------
+def _layout(run) -> RunLayout:
+    """A run given as a :class:`RunLayout`, a run directory or a :class:`Profile`."""
+    return run if isinstance(run, RunLayout) else RunLayout(getattr(run, "run_path", run))
+
+
 def _caption_html(text: str) -> str:
     return "<br>".join(html.escape(line) for line in text.splitlines())
 
@@ -374,17 +276,25 @@ class SliceViewer(_Displayable):
         self.update()
 
     @classmethod
-    def from_run(cls, run_dir, subject_id: str, **kwargs) -> SliceViewer:
-        """The preprocessed volume of ``subject_id`` with its lobe labels (if made), in RAS
-        orientation."""
-        volume, labels, affine, spacing = load_subject(run_dir, subject_id)
+    def from_subject(cls, subject: SubjectImage, **kwargs) -> SliceViewer:
+        """A subject's model input with its lobe labels (if made), in RAS orientation; window
+        (0, 1) and the subject's id as title unless given."""
         return cls(
-            _canonical(volume, affine),
-            None if labels is None else _canonical(labels, affine),
-            spacing,
+            subject.canonical(subject.volume),
+            None if subject.labels is None else subject.canonical(subject.labels),
+            subject.spacing,
             window=kwargs.pop("window", (0.0, 1.0)),
-            title=kwargs.pop("title", subject_id),
+            title=kwargs.pop("title", subject.subject_id),
             **kwargs,
+        )
+
+    @classmethod
+    def from_run(cls, layout_or_run_dir, subject_id: str, **kwargs) -> SliceViewer:
+        """The preprocessed volume of ``subject_id`` with its lobe labels (if made), in RAS
+        orientation. The run: a :class:`~ctbrainage.layout.RunLayout`, a run directory or a
+        :class:`~ctbrainage.config.Profile`."""
+        return cls.from_subject(
+            loaders.subject_image(_layout(layout_or_run_dir), subject_id), **kwargs
         )
 
     @property
@@ -429,33 +339,37 @@ class SliceViewer(_Displayable):
 
 class PerturbationViewer(_Displayable):
     """One subject's model input beside its input with one lobe filled (step 05), with whole
-    vs masked prediction and ΔAE from the perturbation table. Subject, lobe, repeat, axis and
-    slice are controls; ``.original`` / ``.perturbed`` hold the PNGs, ``.original_rgb`` /
-    ``.perturbed_rgb`` the arrays and ``.caption`` the text."""
+    vs masked prediction and ΔAE from the perturbation table of ``fill`` (default: the
+    profile's). Subject, lobe, repeat, axis and slice are controls; ``.original`` /
+    ``.perturbed`` hold the PNGs, ``.original_rgb`` / ``.perturbed_rgb`` the arrays and
+    ``.text`` (``.caption``: as HTML) the caption. Without the fill's table (step 05 not run)
+    every predicted subject is shown, and the caption says there are no results."""
 
-    def __init__(
-        self,
-        run_dir,
-        perturbation=None,
-        fill: str | None = None,
-        seed: int | None = None,
-        size: int = DISPLAY_SIZE,
-    ):
-        self.run = _run_path(run_dir)
-        self.table = load_perturbation(self.run, perturbation, fill)
-        self.fill, self.seed = _table_settings(self.table, fill, seed)
-        self.size = size
-        predictions = _predictions(self.run)
-        ids = list(predictions.index)
+    def __init__(self, profile: Profile, fill: str | None = None, size: int = DISPLAY_SIZE):
+        if not isinstance(profile, Profile):
+            raise TypeError(
+                f"PerturbationViewer takes the run's Profile (config.load_profile), not {profile!r}"
+            )
+        self.profile = profile
+        self.layout = RunLayout(profile.run_path)
+        self.fill, self.seed, self.size = fill or profile.perturb.fill, int(profile.seed), size
+        self.table = None
+        if self.layout.perturbation(self.fill, profile.perturb.fill).exists():
+            self.table = loaders.perturbation(profile, self.fill)
+            if "fill" in self.table:
+                self.table = self.table[self.table["fill"] == self.fill]
+                if self.table.empty:
+                    raise ValueError(f"the perturbation table has no rows with fill {self.fill!r}")
+        self.predictions = loaders.predictions(self.layout)
+        ids = list(self.predictions.index)
+        repeats = 1
         if self.table is not None and not self.table.empty:
             done = set(self.table["subject_id"].astype(str))
             ids = [sid for sid in ids if sid in done]
-        if not ids:
-            raise ValueError(f"no subjects to show in {self.run}")
-        ages = predictions["age_months"]
-        repeats = 1
-        if self.table is not None and not self.table.empty:
             repeats = int(self.table["repeat"].max()) + 1
+        if not ids:
+            raise ValueError(f"no subjects to show in {self.layout.root}")
+        ages = self.predictions["age_months"]
         self.subject = w.Dropdown(
             options=[(f"{sid} ({ages[sid]:.1f} months)", sid) for sid in ids],
             description="subject",
@@ -470,6 +384,7 @@ class PerturbationViewer(_Displayable):
         self.caption = w.HTML()
         self.original_rgb = self.perturbed_rgb = np.zeros((0, 0, 3), np.uint8)
         self.text = ""
+        self._filled: tuple[tuple, np.ndarray] | None = None
         self._updating = False
         self._recentre()
         for control in (self.subject, self.lobe, self.axis):
@@ -482,12 +397,21 @@ class PerturbationViewer(_Displayable):
         self.widget = w.VBox([controls, panels, self.caption])
         self.update()
 
+    def _subject(self) -> SubjectImage:
+        return loaders.subject_image(self.layout, self.subject.value, need_labels=True)
+
+    def filled(self) -> np.ndarray:
+        """The shown subject's input with the shown lobe filled for the shown repeat (on-disk
+        voxel order; :func:`ctbrainage.loaders.filled_volume`)."""
+        key = (self.subject.value, self.lobe.value, self.repeat.value)
+        if self._filled is None or self._filled[0] != key:
+            volume = loaders.filled_volume(self.profile, *key[:2], self.fill, key[2])
+            self._filled = (key, volume)
+        return self._filled[1]
+
     def _recentre(self) -> None:
         """Slice range for the axis, and the slice through the chosen lobe's centre."""
-        _, labels, affine, self._spacing = load_subject(self.run, self.subject.value)
-        if labels is None:
-            raise ValueError(f"{self.subject.value}: lobe labels missing")
-        canon = _canonical(labels, affine)
+        canon = (subject := self._subject()).canonical(subject.labels)
         axis = self.axis.value
         self._updating = True
         try:
@@ -516,7 +440,7 @@ class PerturbationViewer(_Displayable):
                     + (", ..." if len(ids) > 5 else "")
                 )
         if lobe is not None:
-            lobe = LOBES[_lobe_id(lobe)]
+            lobe = LOBES[lobe_id(lobe)]
         self._updating = True
         try:
             if subject is not None:
@@ -531,18 +455,21 @@ class PerturbationViewer(_Displayable):
 
     def update(self) -> None:
         """Render both panels and the caption for the current controls."""
+        subject, sid = self._subject(), self.subject.value
         self.original_rgb, self.perturbed_rgb, self.text = perturbation_panels(
-            self.run,
-            self.subject.value,
+            subject,
+            self.filled(),
             self.lobe.value,
+            self.table,
+            age=float(self.predictions.loc[sid, "age_months"]),
+            predicted=float(self.predictions.loc[sid, "predicted_months"]),
             fill=self.fill,
             seed=self.seed,
-            perturbation_table=self.table,
             axis=self.axis.value,
             index=self.slice.value,
             repeat=self.repeat.value,
         )
-        aspect = pixel_aspect(self._spacing, self.axis.value)
+        aspect = pixel_aspect(subject.spacing, self.axis.value)
         self.original.value = to_png(self.original_rgb, aspect, self.size)
         self.perturbed.value = to_png(self.perturbed_rgb, aspect, self.size)
         self.caption.value = _caption_html(self.text)

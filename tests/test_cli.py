@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ctbrainage.synth.__main__ import main
-from ctbrainage.synth.cohort import CohortError, cohort_specs
+from ctbrainage.synth.generate import CohortError, cohort_specs
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ from ctbrainage.cohort import (
     validate_manifest,
     write_validated,
 )
-from ctbrainage.io import write_ct_dicom_series, write_nifti
+from ctbrainage.ctio import write_nifti
 from ctbrainage.synth import generate_cohort
+from ctbrainage.synth.dicom import write_ct_dicom_series
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
 

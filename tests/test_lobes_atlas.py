@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from ctbrainage import io
-from ctbrainage.lobes import LOBES, atlas_lobes, build_atlas, segment_lobes
+from ctbrainage import ctio
+from ctbrainage.labels import LOBES
+from ctbrainage.lobes import atlas_lobes, build_atlas, segment_lobes
 from ctbrainage.preprocess import map_to_grid, preprocess_scan
 from ctbrainage.synth.scoring import dice
 from ctbrainage.totalseg import TotalSegmentatorUnavailable
@@ -19,9 +20,9 @@ def subjects(cohort_dir):
     truth = pd.read_csv(cohort_dir / "truth.csv").sort_values("age_months")
     out = []
     for sid in truth["subject_id"].iloc[[0, len(truth) // 2, -1]]:
-        scan = io.read_ct(cohort_dir / "images" / f"{sid}.nii.gz")
+        scan = ctio.read_ct(cohort_dir / "images" / f"{sid}.nii.gz")
         result = preprocess_scan(scan.image, 3.0, 64, (0.5, 99.5))
-        reference = io.ras_to_sitk(result.image, result.affine)
+        reference = ctio.ras_to_sitk(result.image, result.affine)
         lobes = sitk.ReadImage(str(cohort_dir / "truth" / f"{sid}_lobes.nii.gz"))
         out.append((sid, result, map_to_grid(lobes, reference)))
     return out

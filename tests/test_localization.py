@@ -18,7 +18,7 @@ import torch
 
 from ctbrainage import stats
 from ctbrainage.config import ModelConfig
-from ctbrainage.lobes import LOBES
+from ctbrainage.labels import LOBES
 from ctbrainage.models import build_model
 from ctbrainage.perturb import delta_ae, level_targets, lobe_means, perturb_subject
 from ctbrainage.synth.schedule import LobeCurve, MaturationSchedule

@@ -12,11 +12,11 @@ import pytest
 import torch
 from captum.attr import FeatureAblation
 
-from ctbrainage import io
+from ctbrainage import ctio
 from ctbrainage.cohort import age_group
 from ctbrainage.config import ModelConfig, PerturbConfig
 from ctbrainage.data import load_volumes
-from ctbrainage.lobes import LOBES
+from ctbrainage.labels import LOBES
 from ctbrainage.models import build_model
 from ctbrainage.perturb import (
     COLUMNS,
@@ -323,7 +323,7 @@ def test_bad_lobe_files_fail_their_subject_only(tiny_run, tmp_path):
     (lobes / f"{ids[1]}.nii.gz").write_bytes(b"\x1f\x8b not a NIfTI")
     image = nib.load(lobes / f"{ids[2]}.nii.gz")
     labels = np.asarray(image.dataobj)
-    io.write_nifti(lobes / f"{ids[2]}.nii.gz", np.where(labels == 3, 0, labels), image.affine)
+    ctio.write_nifti(lobes / f"{ids[2]}.nii.gz", np.where(labels == 3, 0, labels), image.affine)
     table, failures = perturb_cohort(profile, progress=False)
     reasons = dict(zip(failures["subject_id"], failures["reason"], strict=True))
     assert set(reasons) == set(ids[:3])

@@ -15,7 +15,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from ctbrainage import io
+from ctbrainage import ctio
 from ctbrainage.config import load_profile
 from ctbrainage.pipeline import prepare_cohort, preprocess_cohort, preprocessed_paths
 from ctbrainage.synth import generate_cohort
@@ -69,7 +69,7 @@ def pipeline(tmp_path_factory):
     shutil.copytree(series, data / "truncated")
     slices = sorted((data / "truncated").iterdir())
     slices[len(slices) // 2].unlink()
-    io.write_nifti(data / "nohead.nii.gz", *_no_head_volume())
+    ctio.write_nifti(data / "nohead.nii.gz", *_no_head_volume())
 
     def row(sid, source, folder, image=None):
         return {
@@ -292,7 +292,7 @@ def interrupted(pipeline, tmp_path_factory):
     profile = _profile(run, pipeline["manifest"], **{"preprocess.size": 24})
     state = {"run": run, "paths": paths, "before": {k: p.read_bytes() for k, p in paths.items()}}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(io.gzip, "GzipFile", _FullDisk)
+        mp.setattr(ctio.gzip, "GzipFile", _FullDisk)
         state["failing"] = preprocess_cohort(profile, cohort, progress=False)
     state["after_failure"] = {k: p.read_bytes() for k, p in paths.items()}
     state["leftovers"] = [p for p in run.rglob("*") if p.name.startswith((".tmp-", ".old-"))]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from ctbrainage import io
+from ctbrainage import ctio
 from ctbrainage import preprocess as pp
 from ctbrainage.synth.scoring import dice, orientation_spread_deg, true_axes_in_grid
 
@@ -19,7 +19,7 @@ def processed(cohort_dir):
     picks = truth.iloc[np.linspace(0, len(truth) - 1, 6).astype(int)]
     out = []
     for row in picks.itertuples():
-        scan = io.read_ct(cohort_dir / "images" / f"{row.subject_id}.nii.gz")
+        scan = ctio.read_ct(cohort_dir / "images" / f"{row.subject_id}.nii.gz")
         result = pp.preprocess_scan(scan.image, spacing_mm=3.0, size=64, ptile=(0.5, 99.5))
         record = json.loads((cohort_dir / "truth" / f"{row.subject_id}.json").read_text())
         out.append((row.subject_id, result, record))
@@ -106,7 +106,7 @@ def test_native_labels_map_into_the_preprocessed_grid(processed, cohort_dir, tmp
     """The saved grid is the native → preprocessed transform: the true lobes, made in native
     space, land inside the preprocessed brain mask."""
     for sid, result, _ in processed[:3]:
-        io.write_nifti(tmp_path / f"{sid}.nii.gz", result.image, result.affine)
+        ctio.write_nifti(tmp_path / f"{sid}.nii.gz", result.image, result.affine)
         reference = sitk.ReadImage(str(tmp_path / f"{sid}.nii.gz"))
         lobes = sitk.ReadImage(str(cohort_dir / "truth" / f"{sid}_lobes.nii.gz"))
         mapped = pp.map_to_grid(lobes, reference)

@@ -349,7 +349,7 @@ def _notebook(path: Path, code: str) -> Path:
 )
 def test_timeouts_and_dead_kernels_are_reported_with_their_cell(tmp_path, code, kind, why):
     source = _notebook(tmp_path / "step.ipynb", code)
-    outcome = run.execute_step(str(source), str(tmp_path / "out.ipynb"), {"x": 2}, timeout=3)
+    outcome = run.execute_notebook(str(source), str(tmp_path / "out.ipynb"), {"x": 2}, timeout=3)
     assert outcome["status"] == "failed"
     error = outcome["error"]
     assert error["kind"] == kind and error["why"].startswith(why)

@@ -13,8 +13,9 @@ from scipy.spatial.transform import Rotation
 
 from ctbrainage import preprocess as pp
 from ctbrainage import totalseg as ts
-from ctbrainage.io import ras_to_sitk, write_ct_dicom_series, write_nifti
-from ctbrainage.lobes import LOBE_IDS
+from ctbrainage.ctio import ras_to_sitk, write_nifti
+from ctbrainage.labels import LOBE_IDS
+from ctbrainage.synth.dicom import write_ct_dicom_series
 
 # ---- label mapping ------------------------------------------------------------------------------
 

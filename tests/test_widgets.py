@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import re
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -14,9 +12,11 @@ import pytest
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from ctbrainage import widgets
-from ctbrainage.lobes import LOBE_IDS, LOBES
-from ctbrainage.perturb import fill_baseline, perturb_cohort
+from ctbrainage import ctio, loaders, widgets
+from ctbrainage.config import load_profile
+from ctbrainage.labels import LOBE_IDS, LOBES
+from ctbrainage.layout import RunLayout
+from ctbrainage.perturb import fill_baseline
 from ctbrainage.plots.common import LOBE_COLOURS, canonical_slices
 
 SHAPE = (20, 24, 28)
@@ -168,33 +168,91 @@ def test_viewer_without_labels_and_display(viewer):
 
 
 # ---- run-based viewers ------------------------------------------------------------------------
-def copy_run(profile, dest, **perturb):
-    """Step 05's inputs of ``profile``'s run copied to ``dest`` (the fixture stays intact)."""
-    for name in ("preprocessed", "lobes", "models"):
-        shutil.copytree(profile.run_path / name, dest / name)
-    for name in ("predictions.csv", "folds.csv", "exclusions.csv"):
-        if (profile.run_path / name).exists():
-            shutil.copy2(profile.run_path / name, dest / name)
-    settings = dataclasses.replace(profile.perturb, **perturb)
-    return dataclasses.replace(profile, run_dir=str(dest), perturb=settings)
+# A tiny run directory written through RunLayout: the phantom in a non-canonical grid (voxel i
+# runs right to left, j inferior to superior, k posterior to anterior; 2 x 1 x 1.5 mm), the
+# predictions and a perturbation table per fill (two repeats), and the group_level targets.
+AFFINE = np.array([[-2.0, 0, 0, 20], [0, 0, 1.5, -10], [0, 1.0, 0, 5], [0, 0, 0, 1]])
+IDS = ("sub-a", "sub-b", "sub-c", "sub-d")
+FILLS = ("noise", "zero", "mean", "group_level")
+REPEATS = 2
+
+
+def subject_volume(n: int) -> np.ndarray:
+    volume, _ = phantom()
+    return (0.2 + 0.6 * volume + 0.04 * n).astype(np.float32)
+
+
+def perturbation_table(fill: str) -> pd.DataFrame:
+    """Made-up step 05 results, different for every subject, lobe, repeat and fill."""
+    rows = []
+    for n, sid in enumerate(IDS):
+        age, whole = 6.0 + 10 * n, 7.5 + 10 * n
+        for k, lobe in LOBES.items():
+            for r in range(REPEATS):
+                masked = whole + 0.3 * k - 0.1 * r + 0.05 * FILLS.index(fill)
+                delta = abs(masked - age) - abs(whole - age)
+                rows.append(
+                    {"subject_id": sid, "fold": n % 2, "age_months": age, "lobe": lobe,
+                     "repeat": r, "fill": fill, "pred_whole": whole, "pred_masked": masked,
+                     "delta_ae": delta, "signed_change": masked - whole}
+                )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_run(root, tables: bool = True, main_fill: str = "noise") -> RunLayout:
+    """The run; ``main_fill``: the fill whose table is ``perturbation.csv``."""
+    layout = RunLayout(root)
+    _, labels = phantom()
+    levels = []
+    for n, sid in enumerate(IDS):
+        volume = subject_volume(n)
+        ctio.write_nifti(layout.preprocessed(sid), volume, AFFINE)
+        ctio.write_nifti(layout.lobes(sid), labels, AFFINE)
+        for k, lobe in LOBES.items():
+            mean = float(volume[labels == k].mean())
+            levels.append(
+                {"subject_id": sid, "lobe": lobe, "lobe_mean": mean, "group_level": mean + 0.05 * k}
+            )
+    predictions = pd.DataFrame(
+        {"subject_id": IDS, "fold": [n % 2 for n in range(len(IDS))],
+         "age_months": [6.0 + 10 * n for n in range(len(IDS))],
+         "predicted_months": [7.5 + 10 * n for n in range(len(IDS))]}
+    )  # fmt: skip
+    predictions.to_csv(layout.predictions, index=False)
+    if tables:
+        pd.DataFrame(levels).to_csv(layout.lobe_levels, index=False)
+        for fill in FILLS:
+            perturbation_table(fill).to_csv(layout.perturbation(fill, main_fill), index=False)
+    return layout
 
 
 @pytest.fixture(scope="module")
-def perturbed_run(tiny_run, tmp_path_factory):
-    profile = copy_run(tiny_run, tmp_path_factory.mktemp("widgets"), repeats=2)
-    table, failures = perturb_cohort(profile, progress=False)
-    assert failures.empty
-    return profile, table
+def run(tmp_path_factory):
+    """The profile of a written tiny run (its own fill: noise)."""
+    root = tmp_path_factory.mktemp("widgets_run")
+    write_run(root)
+    return load_profile("tiny", {"run_dir": str(root)})
 
 
-def expected_plane(profile, subject_id, lobe, repeat, axis, index):
+def canonical(array: np.ndarray) -> np.ndarray:
+    return np.asarray(nib.as_closest_canonical(nib.Nifti1Image(array, AFFINE)).dataobj)
+
+
+def expected_plane(profile, subject_id, lobe, repeat, axis, index, fill):
     """The perturbed slice computed independently: all lobes filled, then one lobe kept, then
     sliced like canonical_slices (origin lower → flipped)."""
-    run = profile.run_path
-    image = nib.load(run / "preprocessed" / f"{subject_id}.nii.gz")
+    layout = RunLayout(profile.run_path)
+    image = nib.load(layout.preprocessed(subject_id))
     volume = np.asarray(image.dataobj, np.float32)
-    labels = np.asarray(nib.load(run / "lobes" / f"{subject_id}.nii.gz").dataobj)
-    filled = fill_baseline(volume, labels, repeat, subject_id=subject_id, seed=profile.seed)
+    labels = np.asarray(nib.load(layout.lobes(subject_id)).dataobj)
+    levels = None
+    if fill == "group_level":
+        table = pd.read_csv(layout.lobe_levels)
+        table = table[table["subject_id"] == subject_id]
+        levels = dict(zip(table["lobe"].map(LOBE_IDS), table["group_level"], strict=True))
+    filled = fill_baseline(
+        volume, labels, repeat, subject_id=subject_id, seed=profile.seed, fill=fill, levels=levels
+    )
     changed = np.where(labels == LOBE_IDS[lobe], filled[0].numpy(), volume)
     canon = nib.as_closest_canonical(nib.Nifti1Image(changed, image.affine))
     centre = np.array(canon.shape) // 2
@@ -203,99 +261,174 @@ def expected_plane(profile, subject_id, lobe, repeat, axis, index):
     return np.flipud(slices[widgets.AXES.index(axis)][0])
 
 
-def check_view(viewer, profile, table):
+def check_view(viewer, profile, fill="noise"):
     """Panels differ only inside the chosen lobe, match the model's input, and the caption
-    quotes the table."""
+    quotes the fill's table."""
     sid, lobe, repeat = viewer.subject.value, viewer.lobe.value, viewer.repeat.value
-    _, labels, affine, _ = widgets.load_subject(profile.run_path, sid)
-    canon = widgets._canonical(labels, affine)
-    lab = widgets.plane(canon, viewer.axis.value, viewer.slice.value)
+    assert viewer.fill == fill
+    lab = widgets.plane(canonical(phantom()[1]), viewer.axis.value, viewer.slice.value)
     changed = (viewer.original_rgb != viewer.perturbed_rgb).any(-1)
     inside = lab == LOBE_IDS[lobe]
     assert inside.any() and changed.any()
     assert not changed[~inside].any()
-    assert changed[inside].mean() > 0.9  # noise changes nearly every voxel of the lobe
-    expected = expected_plane(profile, sid, lobe, repeat, viewer.axis.value, viewer.slice.value)
+    if fill == "noise":
+        assert changed[inside].mean() > 0.9  # noise changes nearly every voxel of the lobe
+    expected = expected_plane(
+        profile, sid, lobe, repeat, viewer.axis.value, viewer.slice.value, fill
+    )
     np.testing.assert_array_equal(
         viewer.perturbed_rgb[..., 0], widgets.window_grey(expected, (0, 1))
     )
+    table = perturbation_table(fill)
     rows = table[(table["subject_id"] == sid) & (table["lobe"] == lobe)]
     row = rows[rows["repeat"] == repeat].iloc[0]
     text = viewer.text
-    assert text.startswith(f"{sid} · age {row['age_months']:.2f} months · {lobe} lobe")
-    assert f"repeat {repeat} of 2" in text
+    assert text.startswith(
+        f"{sid} · age {row['age_months']:.2f} months · {lobe} lobe, {fill} fill"
+        f" (seed {profile.seed}), repeat {repeat} of {REPEATS}"
+    )
     assert f"whole prediction {row['pred_whole']:.2f} months" in text
     assert f"masked {row['pred_masked']:.2f} months, ΔAE {row['delta_ae']:+.2f}" in text
     assert f"ΔAE {rows['delta_ae'].mean():+.2f} months" in text.splitlines()[-1]
     assert "mean over 2 repeats" in viewer.caption.value
 
 
-def test_perturbation_viewer_follows_its_controls(perturbed_run):
-    profile, table = perturbed_run
-    viewer = widgets.PerturbationViewer(profile)
-    assert (viewer.fill, viewer.seed) == ("noise", profile.seed)
-    ids = list(
-        pd.read_csv(profile.run_path / "predictions.csv", dtype={"subject_id": str})["subject_id"]
-    )
-    assert [value for _, value in viewer.subject.options] == ids
+def test_perturbation_viewer_follows_its_controls(run):
+    viewer = widgets.PerturbationViewer(run)
+    assert (viewer.fill, viewer.seed) == ("noise", run.seed)
+    assert [value for _, value in viewer.subject.options] == list(IDS)
     assert re.fullmatch(r".+ \(\d+\.\d months\)", viewer.subject.options[0][0])
-    check_view(viewer, profile, table)
+    assert viewer.repeat.max == REPEATS - 1
+    check_view(viewer, run)
     first = viewer.text
 
     viewer.lobe.value = "occipital"
-    _, labels, affine, _ = widgets.load_subject(profile.run_path, ids[0])
-    canon = widgets._canonical(labels, affine)
-    assert viewer.slice.value == widgets.lobe_centre(canon, "occipital", "axial")
-    check_view(viewer, profile, table)
+    assert viewer.slice.value == widgets.lobe_centre(canonical(phantom()[1]), "occipital", "axial")
+    check_view(viewer, run)
     assert viewer.text != first
 
     before = viewer.perturbed_rgb.copy()
     viewer.repeat.value = 1
     assert not np.array_equal(before, viewer.perturbed_rgb)
-    check_view(viewer, profile, table)
+    check_view(viewer, run)
 
-    viewer.subject.value = ids[3]
+    viewer.subject.value = IDS[3]
     viewer.axis.value = "coronal"
-    check_view(viewer, profile, table)
+    check_view(viewer, run)
     viewer.slice.value -= 1
-    check_view(viewer, profile, table)
+    check_view(viewer, run)
 
-    viewer.show(subject=ids[1], lobe="temporal")
-    assert (viewer.subject.value, viewer.lobe.value) == (ids[1], "temporal")
-    check_view(viewer, profile, table)
+    viewer.show(subject=IDS[1], lobe="temporal")
+    assert (viewer.subject.value, viewer.lobe.value) == (IDS[1], "temporal")
+    check_view(viewer, run)
+    height, width = png_shape(viewer.perturbed.value)
+    assert height / width == pytest.approx(24 * 1.0 / (20 * 2.0), rel=0.02)  # coronal: z / x mm
 
 
-def test_bad_subject_is_named(perturbed_run):
-    profile, table = perturbed_run
-    viewer = widgets.PerturbationViewer(profile.run_path, perturbation=table)
+@pytest.mark.parametrize("fill", FILLS)
+def test_perturbation_viewer_shows_every_fill(run, fill):
+    viewer = widgets.PerturbationViewer(run, fill=fill).show(subject=IDS[2], lobe="parietal")
+    viewer.repeat.value = 1
+    check_view(viewer, run, fill)
+    subject = loaders.subject_image(RunLayout(run.run_path), IDS[2])
+    filled = loaders.filled_volume(run, IDS[2], "parietal", fill, 1)
+    shown = widgets.plane(subject.canonical(filled), "axial", viewer.slice.value)
+    np.testing.assert_array_equal(viewer.perturbed_rgb[..., 0], widgets.window_grey(shown, (0, 1)))
+    lobe = phantom()[1] == LOBE_IDS["parietal"]
+    volume = subject_volume(2)
+    if fill == "zero":
+        assert (filled[lobe] == 0).all()
+    elif fill == "mean":
+        np.testing.assert_allclose(filled[lobe], volume[lobe].mean(), rtol=1e-6)
+    elif fill == "group_level":  # the lobe moved by a constant to its target mean
+        target = volume[lobe].mean() + 0.05 * LOBE_IDS["parietal"]
+        shift = target - volume[lobe].mean()
+        np.testing.assert_allclose(filled[lobe] - volume[lobe], shift, atol=1e-6)
+        assert filled[lobe].mean() == pytest.approx(target, abs=1e-6)
+    np.testing.assert_array_equal(filled[~lobe], volume[~lobe])
+
+
+def test_group_level_viewer_equals_the_loader(tmp_path):
+    """The group_level panel is loaders.filled_volume (the lobe shifted by a constant to its
+    age group's mean), here with group_level as the profile's own fill (perturbation.csv)."""
+    layout = write_run(tmp_path, main_fill="group_level")
+    assert (
+        pd.read_csv(layout.perturbation("group_level", "group_level"))["fill"] == "group_level"
+    ).all()
+    profile = load_profile("tiny", {"run_dir": str(tmp_path), "perturb.fill": "group_level"})
+    viewer = widgets.PerturbationViewer(profile).show(subject=IDS[0], lobe="frontal")
+    check_view(viewer, profile, "group_level")
+    expected = loaders.filled_volume(profile, IDS[0], "frontal", "group_level", 0)
+    lobe = phantom()[1] == LOBE_IDS["frontal"]
+    shift = expected[lobe] - subject_volume(0)[lobe]
+    np.testing.assert_allclose(shift, 0.05 * LOBE_IDS["frontal"], atol=1e-6)
+    subject = loaders.subject_image(layout, IDS[0])
+    for axis in widgets.AXES:
+        viewer.axis.value = axis
+        shown = widgets.window_grey(
+            widgets.plane(subject.canonical(expected), axis, viewer.slice.value), (0, 1)
+        )
+        np.testing.assert_array_equal(viewer.perturbed_rgb, np.repeat(shown[..., None], 3, -1))
+        check_view(viewer, profile, "group_level")
+
+
+def test_group_level_needs_the_lobe_levels(tmp_path):
+    write_run(tmp_path, tables=False)
+    profile = load_profile("tiny", {"run_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="no lobe levels"):
+        widgets.PerturbationViewer(profile, fill="group_level")
+
+
+def test_bad_subject_is_named(run):
+    viewer = widgets.PerturbationViewer(run)
     with pytest.raises(ValueError, match="unknown subject 'nobody'"):
         viewer.show(subject="nobody")
     with pytest.raises(ValueError, match="unknown lobe 'insula'"):
         viewer.show(lobe="insula")
-    with pytest.raises(ValueError, match="unknown subject 'nobody'"):
-        widgets.perturbation_panels(profile, "nobody", "frontal", perturbation_table=table)
-    with pytest.raises(ValueError, match="unknown subject 'nobody'"):
-        widgets.SliceViewer.from_run(profile, "nobody")
+    with pytest.raises(ValueError, match="nobody: no preprocessed volume"):
+        widgets.SliceViewer.from_run(run, "nobody")
+    with pytest.raises(TypeError, match="takes the run's Profile"):
+        widgets.PerturbationViewer(run.run_path)
 
 
-def test_slice_viewer_from_run_is_in_canonical_orientation(tiny_run):
-    sid = pd.read_csv(tiny_run.run_path / "predictions.csv", dtype={"subject_id": str})[
-        "subject_id"
-    ][0]
-    viewer = widgets.SliceViewer.from_run(tiny_run, sid)
-    image = nib.load(tiny_run.run_path / "preprocessed" / f"{sid}.nii.gz")
+@pytest.mark.parametrize("given", ["layout", "path", "str", "profile"])
+def test_slice_viewer_from_run_is_in_canonical_orientation(run, given):
+    layout = RunLayout(run.run_path)
+    source = {"layout": layout, "path": run.run_path, "str": str(run.run_path), "profile": run}
+    viewer = widgets.SliceViewer.from_run(source[given], IDS[1])
+    image = nib.load(layout.preprocessed(IDS[1]))
     (axial, _), *_ = canonical_slices(image)
     viewer.opacity.value = 0.0
     np.testing.assert_array_equal(viewer.rgb[..., 0], widgets.window_grey(np.flipud(axial), (0, 1)))
-    assert viewer.caption.value.startswith(sid) and set(viewer.lobes_on) == set(LOBES.values())
+    assert viewer.caption.value.startswith(IDS[1]) and set(viewer.lobes_on) == set(LOBES.values())
+    assert viewer.spacing == (2.0, 1.5, 1.0)
+    np.testing.assert_array_equal(viewer.labels, canonical(phantom()[1]))
 
 
-def test_panels_without_a_table_say_so(tiny_run):
-    sid = pd.read_csv(tiny_run.run_path / "predictions.csv", dtype={"subject_id": str})[
-        "subject_id"
-    ][0]
-    original, perturbed, text = widgets.perturbation_panels(tiny_run, sid, 2, fill="zero")
+def test_panels_without_a_table_say_so(run):
+    subject = loaders.subject_image(RunLayout(run.run_path), IDS[0])
+    filled = loaders.filled_volume(run, IDS[0], 2, "zero")
+    original, perturbed, text = widgets.perturbation_panels(
+        subject, filled, 2, None, age=6.0, predicted=7.5, fill="zero", seed=run.seed
+    )
     assert original.shape == perturbed.shape
     assert (perturbed[(original != perturbed).any(-1)] == 0).all()  # the zero fill is black
     assert "parietal lobe, zero fill" in text and "no perturbation results" in text
-    assert "whole prediction" in text
+    assert text.endswith("whole prediction 7.50 months")
+    # rows of other subjects, lobes or fills are not this panel's
+    _, _, text = widgets.perturbation_panels(
+        subject, filled, 2, perturbation_table("noise"), 6.0, 7.5, "zero", run.seed
+    )
+    assert "no perturbation results" in text
+    with pytest.raises(ValueError, match="does not match the input"):
+        widgets.perturbation_panels(subject, filled[:-1], 2, None, 6.0, 7.5, "zero", run.seed)
+
+
+def test_viewer_without_a_table_shows_every_subject(tmp_path):
+    write_run(tmp_path, tables=False)
+    profile = load_profile("tiny", {"run_dir": str(tmp_path)})
+    viewer = widgets.PerturbationViewer(profile, fill="zero")
+    assert viewer.table is None and [v for _, v in viewer.subject.options] == list(IDS)
+    assert viewer.repeat.disabled
+    assert "no perturbation results" in viewer.text and "whole prediction 7.50" in viewer.text
+    assert (viewer.perturbed_rgb[(viewer.original_rgb != viewer.perturbed_rgb).any(-1)] == 0).all()

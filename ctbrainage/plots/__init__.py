@@ -1,14 +1,6 @@
 """Figures. Every function returns the Figure and saves it (atomically) when given an output
 path. Grouped by pipeline step; everything is importable from ``ctbrainage.plots``."""
 
-from ctbrainage.plots.cohort import (
-    brain_volume_vs_age,
-    lobe_overlay_montage,
-    lobe_volumes_vs_age,
-    preprocess_qc_figure,
-    qc_montage,
-    synthetic_cohort_figure,
-)
 from ctbrainage.plots.common import LOBE_COLOURS, canonical_slices, group_palette, save
 from ctbrainage.plots.evaluation import (
     bland_altman,
@@ -26,6 +18,14 @@ from ctbrainage.plots.importance import (
     perturbed_slices,
     planted_vs_measured,
     table1_heatmap,
+)
+from ctbrainage.plots.inputs import (
+    brain_volume_vs_age,
+    lobe_overlay_montage,
+    lobe_volumes_vs_age,
+    preprocess_qc_figure,
+    qc_montage,
+    synthetic_cohort_figure,
 )
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -106,12 +106,11 @@ def evaluation_figure(predictions: pd.DataFrame, edges, out=None):
     return save(fig, out)
 
 
-def learning_curves(run_dir: str | Path, folds, out=None):
-    """Training (and, when held out, inner-validation) MSE per epoch for each fold, from the
-    Lightning CSV logs in ``logs/fold<k>/``."""
+def learning_curves(logs: Mapping[int, pd.DataFrame], out=None):
+    """Training (and, when held out, inner-validation) MSE per epoch for each fold: ``logs``
+    maps a fold to its Lightning CSV log (``pd.read_csv(layout.learning_curve(k))``)."""
     fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
-    for k in folds:
-        log = pd.read_csv(Path(run_dir) / "logs" / f"fold{k}" / "version_0" / "metrics.csv")
+    for k, log in logs.items():
         colour = f"C{k}"
         for column, style in (("train_loss", "-"), ("val_loss", ":")):
             if column in log:

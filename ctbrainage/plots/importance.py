@@ -3,15 +3,30 @@ and how it compares with the importance planted in a synthetic cohort."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ctbrainage.lobes import LOBES
+from ctbrainage.labels import LOBES
 from ctbrainage.plots.common import LOBE_COLOURS, canonical_slices, group_palette, save
+
+if TYPE_CHECKING:
+    from ctbrainage.loaders import SubjectImage
+
+
+def _labels(subject: SubjectImage) -> np.ndarray:
+    if subject.labels is None:
+        raise ValueError(f"{subject.subject_id}: lobe labels missing (run step 02)")
+    return subject.labels
+
+
+def _anatomical_grid(subject: SubjectImage) -> np.ndarray:
+    """The subject's voxel sizes as a diagonal affine: slices along the voxel axes."""
+    return np.diag([*np.linalg.norm(subject.affine[:3, :3], axis=0), 1.0])
 
 
 def _grid(table: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -88,16 +103,15 @@ def delta_ae_distributions(errors: pd.DataFrame, edges, out=None):
     return save(fig, out)
 
 
-def importance_on_brain(run_dir: str | Path, subject_id: str, table: pd.DataFrame, out=None):
-    """The lobes of one subject's axial slice painted by their mean ΔAE, one panel per age
-    group: where the model's age information sits as children grow."""
-    run = Path(run_dir)
-    image = nib.load(run / "preprocessed" / f"{subject_id}.nii.gz")
-    lobes = np.asarray(nib.load(run / "lobes" / f"{subject_id}.nii.gz").dataobj)
-    grid = np.diag([*np.linalg.norm(image.affine[:3, :3], axis=0), 1.0])
+def importance_on_brain(subject: SubjectImage, table: pd.DataFrame, out=None):
+    """The lobes of one subject's axial slice painted by their mean ΔAE (``table``: the long
+    Table 1, one panel per age group): where the model's age information sits as children
+    grow. ``subject``: :func:`ctbrainage.loaders.subject_image`, with lobe labels."""
+    lobes = _labels(subject)
+    grid = _anatomical_grid(subject)
     centre = np.argwhere(lobes > 0).mean(axis=0)
     centre[2] += 0.15 * np.ptp(np.argwhere(lobes > 0)[:, 2])  # above the temporal poles
-    (plane, aspect), *_ = canonical_slices(nib.Nifti1Image(np.asarray(image.dataobj), grid), centre)
+    (plane, aspect), *_ = canonical_slices(nib.Nifti1Image(subject.volume, grid), centre)
     (labels, _), *_ = canonical_slices(nib.Nifti1Image(lobes, grid), centre)
     values = _grid(table, "mean_delta_ae")
     limit = np.nanmax(np.abs(values.to_numpy())) or 1.0
@@ -174,28 +188,29 @@ def planted_vs_measured(measured: pd.DataFrame, expected: pd.DataFrame, out=None
     return save(fig, out)
 
 
-def perturbed_slices(run_dir: str | Path, subject_id: str, fill: str, seed: int, out=None):
-    """One subject's model input and its four lobe-masked variants (the first noise repeat),
-    axial slice through the brain: what the model sees in step 05."""
-    from ctbrainage.perturb import fill_baseline
-
-    run = Path(run_dir)
-    image = nib.load(run / "preprocessed" / f"{subject_id}.nii.gz")
-    volume = np.asarray(image.dataobj, np.float32)
-    labels = np.asarray(nib.load(run / "lobes" / f"{subject_id}.nii.gz").dataobj)
-    filled = fill_baseline(volume[None], labels, 0, subject_id=subject_id, seed=seed, fill=fill)
-    panels = {"original": volume}
-    for index, name in LOBES.items():
-        panels[f"{name} masked"] = np.where(labels == index, filled[0].numpy(), volume)
-    grid = np.diag([*np.linalg.norm(image.affine[:3, :3], axis=0), 1.0])
+def perturbed_slices(subject: SubjectImage, filled: Mapping[str, np.ndarray], title: str, out=None):
+    """One subject's model input and its lobe-masked variants, axial slice through the brain:
+    what the model sees in step 05. ``filled``: lobe name → the input with that lobe filled
+    (on-disk voxel order; :func:`ctbrainage.loaders.filled_volumes`, e.g. the first repeat);
+    ``title``: the figure's title, e.g. ``f"{subject_id}: {fill} fill"``."""
+    labels = _labels(subject)
+    panels = {"original": subject.volume}
+    for name, volume in filled.items():
+        if np.shape(volume) != subject.volume.shape:
+            raise ValueError(
+                f"{subject.subject_id}: the {name} volume {np.shape(volume)} does not match"
+                f" the input {subject.volume.shape}"
+            )
+        panels[f"{name} masked"] = np.asarray(volume)
+    grid = _anatomical_grid(subject)
     centre = np.argwhere(labels > 0).mean(axis=0)
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3), layout="constrained")
-    for ax, (title, array) in zip(axes, panels.items(), strict=True):
+    for ax, (name, array) in zip(np.atleast_1d(axes), panels.items(), strict=True):
         (plane, aspect), *_ = canonical_slices(nib.Nifti1Image(array, grid), centre)
         ax.imshow(plane, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(name, fontsize=9)
         ax.set_axis_off()
-    fig.suptitle(f"{subject_id}: {fill} fill", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return save(fig, out)
 
 

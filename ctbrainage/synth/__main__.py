@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from ctbrainage.config import ProfileError, load_profile
-from ctbrainage.synth.cohort import AGE_LIMITS, CohortError, generate_cohort
+from ctbrainage.layout import RunLayout, SyntheticLayout
+from ctbrainage.synth.generate import AGE_LIMITS, CohortError, generate_cohort
 from ctbrainage.synth.schedule import ScheduleError
 
 
@@ -63,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = load_profile(args.profile)
         synth = profile.synth
-        out = args.out or profile.synthetic_dir
+        out = SyntheticLayout(args.out) if args.out else RunLayout(profile.run_path).synthetic
         start = time.perf_counter()
         manifest = generate_cohort(
-            out,
+            out.root,
             n=args.n if args.n is not None else synth.n,
             seed=args.seed if args.seed is not None else profile.seed,
             schedule=args.schedule or synth.schedule,
@@ -84,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(
-        f"{len(manifest)} subjects in {out} ({time.perf_counter() - start:.1f} s); "
-        f"manifest {Path(out) / 'cohort.csv'}"
+        f"{len(manifest)} subjects in {out.root} ({time.perf_counter() - start:.1f} s); "
+        f"manifest {out.manifest}"
     )
     if args.figure:
         from ctbrainage.plots import synthetic_cohort_figure

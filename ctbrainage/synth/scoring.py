@@ -11,6 +11,10 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
+from ctbrainage.labels import LOBES
+from ctbrainage.layout import RunLayout
+from ctbrainage.preprocess import map_to_grid
+
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
@@ -45,15 +49,15 @@ def orientation_spread_deg(rotations: list[np.ndarray]) -> np.ndarray:
     return np.degrees((stack * mean.inv()).magnitude())
 
 
-def score_preprocessing(run_dir: str | Path, cohort_dir: str | Path) -> pd.DataFrame:
-    """Per subject: brain-mask Dice, orientation error, and measured / true brain volume."""
-    run, cohort = Path(run_dir), Path(cohort_dir)
-    table = pd.read_csv(run / "preprocess.csv")
+def score_preprocessing(layout: RunLayout) -> pd.DataFrame:
+    """Per subject of a synthetic run: brain-mask Dice, orientation error, and measured / true
+    brain volume."""
+    cohort = layout.synthetic
+    table = pd.read_csv(layout.preprocess_table, dtype={"subject_id": str})
     rows, rotations = [], []
     for rec in table.itertuples():
-        truth = json.loads((cohort / "truth" / f"{rec.subject_id}.json").read_text())
-        pre = run / "preprocessed"
-        affine = nib.load(pre / f"{rec.subject_id}.nii.gz").affine
+        truth = json.loads(cohort.truth(rec.subject_id).read_text())
+        affine = nib.load(layout.preprocessed(rec.subject_id)).affine
         rotations.append(true_axes_in_grid(affine, truth))
         rows.append(
             {
@@ -61,8 +65,7 @@ def score_preprocessing(run_dir: str | Path, cohort_dir: str | Path) -> pd.DataF
                 "age_months": truth["age_months"],
                 "site": truth["site"],
                 "dice": brain_mask_dice(
-                    pre / f"{rec.subject_id}_brain_native.nii.gz",
-                    cohort / "truth" / f"{rec.subject_id}_brain.nii.gz",
+                    layout.brain_native(rec.subject_id), cohort.truth_map(rec.subject_id, "brain")
                 ),
                 "volume_ratio": rec.brain_volume_ml / truth["brain_volume_ml"],
             }
@@ -72,21 +75,16 @@ def score_preprocessing(run_dir: str | Path, cohort_dir: str | Path) -> pd.DataF
     return scores
 
 
-def score_lobes(run_dir: str | Path, cohort_dir: str | Path) -> pd.DataFrame:
-    """Dice of every subject's lobe labels against the true lobes (carried from the native grid
-    into the preprocessed grid): one row per subject and lobe."""
-    from ctbrainage.lobes import LOBES
-    from ctbrainage.preprocess import map_to_grid
-
-    run, cohort = Path(run_dir), Path(cohort_dir)
-    rows = []
-    for rec in pd.read_csv(run / "lobes.csv").itertuples():
-        reference = sitk.ReadImage(str(run / "preprocessed" / f"{rec.subject_id}.nii.gz"))
-        truth = map_to_grid(
-            sitk.ReadImage(str(cohort / "truth" / f"{rec.subject_id}_lobes.nii.gz")), reference
-        )
-        ours = np.asarray(nib.load(run / "lobes" / f"{rec.subject_id}.nii.gz").dataobj)
-        age = json.loads((cohort / "truth" / f"{rec.subject_id}.json").read_text())["age_months"]
+def score_lobes(layout: RunLayout) -> pd.DataFrame:
+    """Dice of every subject's lobe labels in a synthetic run against the true lobes (carried
+    from the native grid into the preprocessed grid): one row per subject and lobe."""
+    cohort, rows = layout.synthetic, []
+    for rec in pd.read_csv(layout.lobes_table, dtype={"subject_id": str}).itertuples():
+        sid = rec.subject_id
+        reference = sitk.ReadImage(str(layout.preprocessed(sid)))
+        truth = map_to_grid(sitk.ReadImage(str(cohort.truth_map(sid, "lobes"))), reference)
+        ours = np.asarray(nib.load(layout.lobes(sid)).dataobj)
+        age = json.loads(cohort.truth(sid).read_text())["age_months"]
         for idx, name in LOBES.items():
             rows.append(
                 {
@@ -174,32 +172,17 @@ def _mean_within(cells: pd.DataFrame) -> float:
     return float(np.mean(within)) if within else float("nan")
 
 
-def recovery_by_fill(profile, expected: pd.DataFrame) -> pd.DataFrame:
-    """:func:`score_importance` of every fill perturbed in ``profile``'s run (the main
-    ``perturbation.csv`` first, then each ``perturbation_<fill>.csv``): one row per fill with
-    the overall and signal-group scores."""
-    from ctbrainage import stats
-    from ctbrainage.perturb import FILLS, perturbation_path
-
-    fills = [profile.perturb.fill] + [f for f in FILLS if f != profile.perturb.fill]
-    rows = []
-    for fill in fills:
-        path = perturbation_path(profile, fill)
-        if not path.exists():
-            continue
-        table = stats.lobe_age_table_for(profile, pd.read_csv(path, dtype={"subject_id": str}))
-        score = score_importance(table, expected)
-        rows.append(
-            {
-                "fill": fill,
-                "spearman_rho": score["spearman_rho"],
-                "within_group_rho": score["within_group_spearman_rho"],
-                "top_lobe": f"{score['top_lobe_matches']}/{score['groups']}",
-                "signal_rho": score["signal_spearman_rho"],
-                "signal_within_group_rho": score["signal_within_group_spearman_rho"],
-                "signal_top_lobe": f"{score['signal_top_lobe_matches']}/"
-                f"{len(score['signal_groups'])}",
-                "significant_cells": int(table["significant"].sum()),
-            }
-        )
-    return pd.DataFrame(rows)
+def recovery_row(fill: str, measured: pd.DataFrame, expected: pd.DataFrame) -> dict:
+    """One fill's :func:`score_importance` in brief (a row of the by-fill comparison):
+    overall and signal-group scores and the number of significant cells of ``measured``."""
+    score = score_importance(measured, expected)
+    return {
+        "fill": fill,
+        "spearman_rho": score["spearman_rho"],
+        "within_group_rho": score["within_group_spearman_rho"],
+        "top_lobe": f"{score['top_lobe_matches']}/{score['groups']}",
+        "signal_rho": score["signal_spearman_rho"],
+        "signal_within_group_rho": score["signal_within_group_spearman_rho"],
+        "signal_top_lobe": f"{score['signal_top_lobe_matches']}/{len(score['signal_groups'])}",
+        "significant_cells": int(measured["significant"].sum()),
+    }

@@ -1,17 +1,21 @@
-"""Figures of steps 01-02: the synthetic cohort, preprocessing QC, brain and lobe volumes."""
+"""Figures of the pipeline's inputs (steps 01-02): the synthetic cohort, preprocessing QC, lobe
+overlays, brain and lobe volumes vs age."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ctbrainage import io
-from ctbrainage.lobes import LOBES
+from ctbrainage import ctio
+from ctbrainage.labels import LOBES
+from ctbrainage.layout import SyntheticLayout
 from ctbrainage.plots.common import (
     BRAIN_WINDOW,
     LOBE_COLOURS,
@@ -20,16 +24,22 @@ from ctbrainage.plots.common import (
     save,
 )
 
+if TYPE_CHECKING:
+    from ctbrainage.loaders import SubjectImage
 
-def synthetic_cohort_figure(cohort_dir: str | Path, out=None, ages=(1, 6, 12, 24, 36, 47)):
+
+def synthetic_cohort_figure(
+    cohort: SyntheticLayout | str | Path, out=None, ages=(1, 6, 12, 24, 36, 47)
+):
     """Subjects across the age range (three planes, brain window), planted vs measured lobe
-    white-matter attenuation, and brain volume vs the normative curve."""
+    white-matter attenuation, and brain volume vs the normative curve. ``cohort``: a generated
+    cohort's :class:`~ctbrainage.layout.SyntheticLayout` (or its folder)."""
     from ctbrainage.synth.schedule import MaturationSchedule
 
-    cohort = Path(cohort_dir)
-    truth = pd.read_csv(cohort / "truth.csv")
-    manifest = pd.read_csv(cohort / "cohort.csv")
-    schedule = MaturationSchedule.from_dict(json.loads((cohort / "schedule.json").read_text()))
+    layout = cohort if isinstance(cohort, SyntheticLayout) else SyntheticLayout(Path(cohort))
+    truth = pd.read_csv(layout.truth_table)
+    manifest = pd.read_csv(layout.manifest)
+    schedule = MaturationSchedule.from_dict(json.loads(layout.schedule.read_text()))
     picks = []
     for age in ages:
         row = truth.iloc[(truth["age_months"] - age).abs().argsort().iloc[0]]
@@ -41,8 +51,8 @@ def synthetic_cohort_figure(cohort_dir: str | Path, out=None, ages=(1, 6, 12, 24
     for col, sid in enumerate(picks):
         rec = truth.set_index("subject_id").loc[sid]
         image_path = manifest.set_index("subject_id").loc[sid, "image"]
-        image = nib.load(cohort / image_path)
-        brain = nib.as_closest_canonical(nib.load(cohort / "truth" / f"{sid}_brain.nii.gz"))
+        image = nib.load(layout.root / image_path)
+        brain = nib.as_closest_canonical(nib.load(layout.truth_map(sid, "brain")))
         centre = np.argwhere(np.asarray(brain.dataobj) > 0).mean(axis=0)
         for row, (plane, aspect) in enumerate(canonical_slices(image, centre)):
             ax = fig.add_subplot(grid[row, col])
@@ -102,8 +112,8 @@ def preprocess_qc_figure(native, result, title: str = "", out=None):
 
     fig, axes = plt.subplots(2, 3, figsize=(9, 6.2), layout="constrained")
     hu = sitk.Resample(native, result.work_mask, sitk.Transform(), sitk.sitkLinear, -1024.0)
-    hu_array, affine = io.sitk_to_ras(hu)
-    mask_array, _ = io.sitk_to_ras(result.work_mask)
+    hu_array, affine = ctio.sitk_to_ras(hu)
+    mask_array, _ = ctio.sitk_to_ras(result.work_mask)
     _planes_with_outline(
         axes[0],
         nib.Nifti1Image(hu_array.astype(np.float32), affine),
@@ -127,16 +137,16 @@ def preprocess_qc_figure(native, result, title: str = "", out=None):
     return save(fig, out, dpi=80)
 
 
-def qc_montage(run_dir: str | Path, subject_ids, ncols: int = 3, out=None):
-    """Tile the per-subject QC images (``qc/<id>.png``) of a run."""
-    run = Path(run_dir)
-    ids = list(subject_ids)
-    nrows = max(1, -(-len(ids) // ncols))
+def qc_montage(images: Iterable[str | Path | tuple[str, str | Path]], ncols: int = 3, out=None):
+    """Tile per-subject QC images: their paths (e.g. ``[layout.qc(s) for s in ids]``) or
+    (subject id, path) pairs."""
+    paths = [item[1] if isinstance(item, tuple) else item for item in images]
+    nrows = max(1, -(-len(paths) // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.7 * nrows), layout="constrained")
     for ax in np.atleast_1d(axes).ravel():
         ax.set_axis_off()
-    for ax, sid in zip(np.atleast_1d(axes).ravel(), ids, strict=False):
-        ax.imshow(plt.imread(run / "qc" / f"{sid}.png"))
+    for ax, path in zip(np.atleast_1d(axes).ravel(), paths, strict=False):
+        ax.imshow(plt.imread(path))
     return save(fig, out)
 
 
@@ -169,21 +179,25 @@ def brain_volume_vs_age(table: pd.DataFrame, out=None, ax=None, label="skull-str
     return ax.figure if out is None else save(ax.figure, out)
 
 
-def lobe_overlay_montage(run_dir: str | Path, subject_ids, ages=None, out=None, alpha=0.45):
-    """Lobe labels over the model input, three planes per subject (rows)."""
+def lobe_overlay_montage(
+    subjects: Iterable[SubjectImage], ages: Mapping[str, float] | None = None, out=None, alpha=0.45
+):
+    """Lobe labels over the model input, three planes per subject (rows). ``subjects``:
+    :func:`ctbrainage.loaders.subject_image` with lobe labels; ``ages``: months by subject id,
+    shown in the row titles."""
     from matplotlib.patches import Patch
 
-    run = Path(run_dir)
-    ids = list(subject_ids)
+    subjects = list(subjects)
     fig, axes = plt.subplots(
-        len(ids), 3, figsize=(7.5, 2.6 * len(ids)), layout="constrained", squeeze=False
+        len(subjects), 3, figsize=(7.5, 2.6 * len(subjects)), layout="constrained", squeeze=False
     )
-    for row, sid in zip(axes, ids, strict=True):
-        image = nib.load(run / "preprocessed" / f"{sid}.nii.gz")
-        grid = np.diag([*np.linalg.norm(image.affine[:3, :3], axis=0), 1.0])  # anatomical axes
-        lobes = np.asarray(nib.load(run / "lobes" / f"{sid}.nii.gz").dataobj)
+    for row, subject in zip(axes, subjects, strict=True):
+        sid, lobes = subject.subject_id, subject.labels
+        if lobes is None:
+            raise ValueError(f"{sid}: lobe labels missing (run step 02)")
+        grid = np.diag([*np.linalg.norm(subject.affine[:3, :3], axis=0), 1.0])  # anatomical axes
         centre = np.argwhere(lobes > 0).mean(axis=0)
-        planes = canonical_slices(nib.Nifti1Image(np.asarray(image.dataobj), grid), centre)
+        planes = canonical_slices(nib.Nifti1Image(subject.volume, grid), centre)
         labels = canonical_slices(nib.Nifti1Image(lobes, grid), centre)
         for ax, (plane, aspect), (label, _) in zip(row, planes, labels, strict=True):
             ax.imshow(plane, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect)

@@ -13,8 +13,8 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import RLELossless
 
-from ctbrainage import io
-from ctbrainage.io import (
+from ctbrainage import ctio
+from ctbrainage.ctio import (
     ImageError,
     parse_dicom_age,
     ras_to_sitk,
@@ -351,4 +351,4 @@ def test_no_identifier_reaches_the_scan(dicom_cohort):
 
 def test_dicom_tags_read_are_only_geometry_age_and_sex():
     identifying = {"PatientName", "PatientID", "PatientBirthDate", "StudyDate", "InstitutionName"}
-    assert not identifying & set(io._DICOM_TAGS)
+    assert not identifying & set(ctio._DICOM_TAGS)

@@ -1,36 +1,13 @@
-"""Run one step over many subjects: in parallel, with a progress bar, skipping finished work,
-and turning one subject's failure into an exclusion reason instead of a stopped run."""
+"""One job over many subjects: in worker processes, with a progress bar, turning one subject's
+failure into a reason instead of a stopped run."""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
 
 from tqdm.auto import tqdm
-
-from ctbrainage import io
-
-
-def is_current(record_path: Path, params: dict, outputs: Iterable[Path]) -> bool:
-    """True when ``record_path`` holds these ``params`` and every output exists."""
-    if not record_path.exists() or not all(Path(p).exists() for p in outputs):
-        return False
-    try:
-        return json.loads(record_path.read_text()).get("params") == params
-    except (OSError, ValueError):
-        return False
-
-
-def write_record(record_path: Path, params: dict, result: dict) -> None:
-    """The per-subject sidecar that marks a step done (written last, atomically)."""
-    io.atomic_write_text(record_path, json.dumps({"params": params, "result": result}, indent=1))
-
-
-def read_result(record_path: Path) -> dict:
-    return json.loads(Path(record_path).read_text())["result"]
 
 
 def map_subjects(

@@ -1,6 +1,6 @@
 """A synthetic cohort: subjects, parallel generation, files on disk, manifest and ground truth.
 
-Layout of a cohort folder::
+Layout of a cohort folder (:class:`~ctbrainage.layout.SyntheticLayout`)::
 
     cohort.csv                    manifest (DESIGN.md): subject_id, age_months, sex, site, image
     images/<id>.nii.gz            int16 HU (or dicom/<id>/IM0001.dcm ... with --format dicom)
@@ -11,6 +11,7 @@ Layout of a cohort folder::
     truth.csv                     one row per subject: planted and measured values
     schedule.json                 the maturation schedule
     expected_importance.csv       expected lobe importance per age group (from the schedule)
+    records/<id>.json             what each subject was generated from (``freshness``)
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctbrainage import io
+from ctbrainage import ctio
 from ctbrainage.cohort import PAPER_AGE_EDGES
-from ctbrainage.lobes import LOBES
-from ctbrainage.runner import map_subjects
+from ctbrainage.freshness import Record
+from ctbrainage.labels import LOBES
+from ctbrainage.layout import SyntheticLayout
+from ctbrainage.parallel import map_subjects
+from ctbrainage.synth.dicom import write_ct_dicom_series
 from ctbrainage.synth.head import (
     ACQUISITIONS,
     GENERATOR_VERSION,
@@ -113,9 +117,9 @@ def generate_cohort(
         raise CohortError(f"unknown format {fmt!r}; choose nifti or dicom")
     schedule = MaturationSchedule.parse(schedule)
     specs = cohort_specs(n, seed, age_range, tilt_fraction)
-    out = Path(out_dir)
-    (out / "truth").mkdir(parents=True, exist_ok=True)
-    io.atomic_write_text(out / "schedule.json", json.dumps(schedule.to_dict(), indent=2))
+    out = SyntheticLayout(Path(out_dir))
+    out.truth_dir.mkdir(parents=True, exist_ok=True)
+    ctio.atomic_write_text(out.schedule, json.dumps(schedule.to_dict(), indent=2))
 
     todo = [s for s in specs if not _is_done(out, s, schedule, mode, fmt)]
     if todo:
@@ -138,7 +142,7 @@ def generate_cohort(
         detail = "; ".join(f"{sid}: {msg}" for sid, msg in sorted(errors.items()))
         raise RuntimeError(f"{len(errors)} of {len(specs)} subjects failed: {detail}")
 
-    truths = [json.loads((out / "truth" / f"{s.subject_id}.json").read_text()) for s in specs]
+    truths = [json.loads(out.truth(s.subject_id).read_text()) for s in specs]
     manifest = pd.DataFrame(
         {
             "subject_id": [t["subject_id"] for t in truths],
@@ -148,11 +152,11 @@ def generate_cohort(
             "image": [t["image"] for t in truths],
         }
     )
-    io.atomic_write_text(out / "cohort.csv", manifest.to_csv(index=False))
-    io.atomic_write_text(out / "truth.csv", _truth_table(truths).to_csv(index=False))
+    ctio.atomic_write_text(out.manifest, manifest.to_csv(index=False))
+    ctio.atomic_write_text(out.truth_table, _truth_table(truths).to_csv(index=False))
     shares = _wm_shares(out, specs)
     importance = schedule.expected_importance(age_group_edges, shares)
-    io.atomic_write_text(out / "expected_importance.csv", importance.to_csv(index=False))
+    ctio.atomic_write_text(out.expected_importance, importance.to_csv(index=False))
     return manifest
 
 
@@ -167,23 +171,20 @@ def _identity(spec: SubjectSpec) -> dict:
     }
 
 
-def _record(spec: SubjectSpec, schedule: MaturationSchedule, mode: str, fmt: str) -> dict:
-    return {
-        "spec": asdict(spec),
-        "schedule": schedule.to_dict(),
-        "mode": mode,
-        "format": fmt,
-        "generator_version": GENERATOR_VERSION,
-    }
+def _settings(spec: SubjectSpec, schedule: MaturationSchedule, mode: str, fmt: str) -> dict:
+    return {"spec": asdict(spec), "schedule": schedule.to_dict(), "mode": mode, "format": fmt}
 
 
-def _is_done(out: Path, spec, schedule, mode, fmt) -> bool:
-    path = out / "truth" / f"{spec.subject_id}.json"
-    if not path.exists():
-        return False
-    truth = json.loads(path.read_text())
-    image = out / truth.get("image", "")
-    return truth.get("record") == _record(spec, schedule, mode, fmt) and image.exists()
+def _made(out: SyntheticLayout, sid: str, fmt: str) -> list[Path]:
+    maps = [out.truth_map(sid, name) for name in ("lobes", "brain", "wm")]
+    return [out.root / out.image(sid, fmt), out.truth(sid), *maps]
+
+
+def _is_done(out: SyntheticLayout, spec, schedule, mode, fmt) -> bool:
+    record = Record(out.record(spec.subject_id), out.root)
+    settings = _settings(spec, schedule, mode, fmt)
+    made = _made(out, spec.subject_id, fmt)
+    return record.fresh(settings, GENERATOR_VERSION, outputs=made) is not None
 
 
 def _write_subject_job(job: dict) -> dict:
@@ -191,16 +192,15 @@ def _write_subject_job(job: dict) -> dict:
     return {"subject_id": job["subject_id"]}
 
 
-def _write_subject(out: Path, spec, schedule, mode, fmt) -> None:
+def _write_subject(out: SyntheticLayout, spec, schedule, mode, fmt) -> None:
     head = simulate_head(spec, schedule, mode)
     sid = spec.subject_id
+    image = out.image(sid, fmt)
     if fmt == "nifti":
-        image = Path("images") / f"{sid}.nii.gz"
-        io.write_nifti(out / image, head.hu, head.affine)
+        ctio.write_nifti(out.root / image, head.hu, head.affine)
     else:
-        image = Path("dicom") / sid
-        io.write_ct_dicom_series(
-            out / image,
+        write_ct_dicom_series(
+            out.root / image,
             head.hu,
             head.affine,
             age_months=spec.age_months,
@@ -209,7 +209,7 @@ def _write_subject(out: Path, spec, schedule, mode, fmt) -> None:
             **_identity(spec),
         )
     for name, labels in (("lobes", head.lobes), ("brain", head.brain), ("wm", head.wm_core)):
-        io.write_nifti(out / "truth" / f"{sid}_{name}.nii.gz", labels, head.affine)
+        ctio.write_nifti(out.truth_map(sid, name), labels, head.affine)
     voxel_ml = float(abs(np.linalg.det(head.affine[:3, :3]))) / 1000.0
     truth = {
         **head.truth,
@@ -220,9 +220,10 @@ def _write_subject(out: Path, spec, schedule, mode, fmt) -> None:
             n: float((head.wm_core == i).sum()) * voxel_ml for i, n in LOBES.items()
         },
         "wm_hu_measured": measure_lobe_wm_hu(head.hu, head.wm_core),
-        "record": _record(spec, schedule, mode, fmt),
     }
-    io.atomic_write_text(out / "truth" / f"{sid}.json", json.dumps(truth, indent=1))
+    ctio.atomic_write_text(out.truth(sid), json.dumps(truth, indent=1))
+    settings = _settings(spec, schedule, mode, fmt)
+    Record(out.record(sid), out.root).write(settings, GENERATOR_VERSION, {})
 
 
 def _truth_table(truths: list[dict]) -> pd.DataFrame:
@@ -254,11 +255,11 @@ def _truth_table(truths: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _wm_shares(out: Path, specs) -> dict[str, float]:
+def _wm_shares(out: SyntheticLayout, specs) -> dict[str, float]:
     """Each lobe's mean share of lobar white-matter core volume across the cohort."""
     totals = dict.fromkeys(LOBES.values(), 0.0)
     for spec in specs:
-        volumes = json.loads((out / "truth" / f"{spec.subject_id}.json").read_text())
+        volumes = json.loads(out.truth(spec.subject_id).read_text())
         for name, ml in volumes["wm_core_volume_ml"].items():
             totals[name] += ml
     grand = sum(totals.values()) or 1.0

@@ -1,0 +1,262 @@
+"""The run directory: every path of a run, derived in one place.
+
+``RunLayout(run_dir)`` names each file and folder a run holds (DESIGN.md, "Data contracts");
+``SyntheticLayout`` does the same for the embedded synthetic cohort generated inside a run. No
+other module builds a run-directory path, so renaming a file is a change to this module alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+NIFTI = ".nii.gz"
+
+
+@dataclass(frozen=True)
+class SyntheticLayout:
+    """A generated cohort: images, the planted truth and the maturation schedule."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "cohort.csv"
+
+    @property
+    def truth_table(self) -> Path:
+        return self.root / "truth.csv"
+
+    @property
+    def schedule(self) -> Path:
+        return self.root / "schedule.json"
+
+    @property
+    def expected_importance(self) -> Path:
+        return self.root / "expected_importance.csv"
+
+    @property
+    def truth_dir(self) -> Path:
+        return self.root / "truth"
+
+    def image(self, subject_id: str, fmt: str = "nifti") -> Path:
+        """The scan, relative to ``root`` (as the manifest lists it): a NIfTI file or a DICOM
+        series folder."""
+        if fmt == "nifti":
+            return Path("images") / f"{subject_id}{NIFTI}"
+        return Path("dicom") / subject_id
+
+    def truth(self, subject_id: str) -> Path:
+        """The subject's truth record (age, sex, planted attenuation, generator settings)."""
+        return self.truth_dir / f"{subject_id}.json"
+
+    def record(self, subject_id: str) -> Path:
+        """The freshness record of one generated subject."""
+        return self.root / "records" / f"{subject_id}.json"
+
+    def truth_map(self, subject_id: str, name: str) -> Path:
+        """A label map in the native grid: ``lobes``, ``brain`` or ``wm`` (white-matter cores)."""
+        return self.truth_dir / f"{subject_id}_{name}{NIFTI}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of one run directory."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    # ---- the cohort --------------------------------------------------------------------------
+    @property
+    def synthetic(self) -> SyntheticLayout:
+        return SyntheticLayout(self.root / "synthetic")
+
+    @property
+    def cohort(self) -> Path:
+        """The validated manifest."""
+        return self.root / "cohort.csv"
+
+    @property
+    def exclusions(self) -> Path:
+        """Every excluded subject once: step and reason."""
+        return self.root / "exclusions.csv"
+
+    @property
+    def profile(self) -> Path:
+        """The profile with the command line's overrides (written by run_all.py)."""
+        return self.root / "profile.yaml"
+
+    # ---- step 01: preprocessing --------------------------------------------------------------
+    @property
+    def preprocessed_dir(self) -> Path:
+        return self.root / "preprocessed"
+
+    def preprocessed(self, subject_id: str) -> Path:
+        """The model input, float32 in [0, 1] inside the brain."""
+        return self.preprocessed_dir / f"{subject_id}{NIFTI}"
+
+    def brain(self, subject_id: str) -> Path:
+        """The brain mask in the model's grid."""
+        return self.preprocessed_dir / f"{subject_id}_brain{NIFTI}"
+
+    def brain_native(self, subject_id: str) -> Path:
+        """The brain mask in the scan's own grid (for scoring the skull strip)."""
+        return self.preprocessed_dir / f"{subject_id}_brain_native{NIFTI}"
+
+    def qc(self, subject_id: str) -> Path:
+        return self.qc_dir / f"{subject_id}.png"
+
+    @property
+    def qc_dir(self) -> Path:
+        return self.root / "qc"
+
+    @property
+    def preprocess_table(self) -> Path:
+        return self.root / "preprocess.csv"
+
+    # ---- step 02: lobes ----------------------------------------------------------------------
+    @property
+    def lobes_dir(self) -> Path:
+        return self.root / "lobes"
+
+    def lobes(self, subject_id: str) -> Path:
+        """Lobe labels (1-4) in the model's grid."""
+        return self.lobes_dir / f"{subject_id}{NIFTI}"
+
+    @property
+    def totalseg_dir(self) -> Path:
+        """TotalSegmentator's working files."""
+        return self.lobes_dir / "totalsegmentator"
+
+    @property
+    def lobes_table(self) -> Path:
+        return self.root / "lobes.csv"
+
+    # ---- step 03: training -------------------------------------------------------------------
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds.csv"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def model(self, fold: int) -> Path:
+        return self.models_dir / f"fold{fold}.ckpt"
+
+    def fold_predictions(self, fold: int) -> Path:
+        """The test fold's predictions by this fold's model."""
+        return self.models_dir / f"fold{fold}_predictions.csv"
+
+    def fold_validation(self, fold: int) -> Path:
+        """The inner validation subjects' predictions by this fold's model."""
+        return self.models_dir / f"fold{fold}_validation.csv"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    def fold_log_name(self, fold: int) -> str:
+        """The CSV logger's name of a fold (its folder below ``logs_dir``)."""
+        return f"fold{fold}"
+
+    def learning_curve(self, fold: int) -> Path:
+        """The loss per epoch of one fold (Lightning's CSV logger, version 0)."""
+        return self.logs_dir / self.fold_log_name(fold) / "version_0" / "metrics.csv"
+
+    @property
+    def predictions(self) -> Path:
+        """Out-of-fold predictions of every subject (finalised by step 03)."""
+        return self.root / "predictions.csv"
+
+    # ---- step 04: evaluation -----------------------------------------------------------------
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def brain_age_gaps(self) -> Path:
+        """Raw and bias-corrected brain-age gaps."""
+        return self.root / "brain_age_gap.csv"
+
+    @property
+    def bias_lines(self) -> Path:
+        """The fitted bias-correction lines (one per fold)."""
+        return self.root / "bias_correction.csv"
+
+    # ---- step 05: perturbation ---------------------------------------------------------------
+    def perturbation(self, fill: str, main_fill: str) -> Path:
+        """The table of the profile's fill (``main_fill``): ``perturbation.csv``; of another
+        ``fill``, a comparison: ``perturbation_<fill>.csv``."""
+        name = "perturbation.csv" if fill == main_fill else f"perturbation_{fill}.csv"
+        return self.root / name
+
+    @property
+    def lobe_levels(self) -> Path:
+        """Each subject's lobe means and its age group's lobe means (``group_level`` targets)."""
+        return self.root / "lobe_levels.csv"
+
+    # ---- step 06: statistics -----------------------------------------------------------------
+    @property
+    def lobe_age_table(self) -> Path:
+        """Every lobe x age-group test (the long form of Table 1)."""
+        return self.root / "lobe_age_tests.csv"
+
+    @property
+    def trajectory(self) -> Path:
+        """The same tests over sliding age windows."""
+        return self.root / "lobe_age_windows.csv"
+
+    def table1(self, suffix: str) -> Path:
+        """Table 1 as ``.csv``, ``.md`` or ``.tex``."""
+        return self.root / f"table1{suffix}"
+
+    @property
+    def recovery(self) -> Path:
+        """Synthetic runs: how well the readouts recover the planted schedule."""
+        return self.root / "recovery.json"
+
+    # ---- what the notebooks and the driver leave -----------------------------------------------
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    def figure(self, name: str) -> Path:
+        return self.figures_dir / f"{name}.png"
+
+    @property
+    def records_dir(self) -> Path:
+        return self.root / "records"
+
+    def record(self, step: str) -> Path:
+        """A step's freshness record (:mod:`ctbrainage.freshness`)."""
+        return self.records_dir / f"{step}.json"
+
+    def subject_record(self, step: str, subject_id: str) -> Path:
+        """The freshness record of one subject's work inside a step."""
+        return self.records_dir / step / f"{subject_id}.json"
+
+    @property
+    def notebooks_dir(self) -> Path:
+        return self.root / "notebooks"
+
+    def notebook(self, name: str) -> Path:
+        return self.notebooks_dir / f"{name}.ipynb"
+
+    @property
+    def html_dir(self) -> Path:
+        return self.root / "html"
+
+    def html(self, name: str, suffix: str = ".html") -> Path:
+        return self.html_dir / f"{name}{suffix}"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index.html"
+
+    @property
+    def manifest(self) -> Path:
+        """Parameters, versions, timings and status of every notebook (run_all.py)."""
+        return self.root / "manifest.json"

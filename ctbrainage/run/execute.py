@@ -1,0 +1,419 @@
+"""Executing a checked plan: each notebook with papermill, then the run's HTML report.
+
+Phases run in turn, the notebook runs of a phase at once: 01 → 02 → 03 once per fold (one per
+GPU, bounded by cores on CPU, or as SLURM jobs through submitit) → 04 → 05 → 06. A notebook run
+that the manifest records as done with the same parameters and profile, whose executed notebook
+exists, is skipped (unless ``force``, or an earlier one ran in this invocation).
+Exit codes: 0 done, 1 a notebook failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from tqdm.auto import tqdm
+
+from ctbrainage import ctio, report
+from ctbrainage.config import REPO_ROOT, ProfileError
+from ctbrainage.run.manifest import Manifest, iso, plain, run_header, sha256
+from ctbrainage.run.plan import (
+    FOLD_STEP,
+    NOTEBOOK_DIR,
+    NotebookRun,
+    Options,
+    Plan,
+    UsageError,
+    make_plan,
+)
+
+USAGE, FAILED = 2, 1
+
+
+# ---------------------------------------------------------------- executing one notebook
+
+
+class _QuietPapermill(logging.Filter):
+    """Drop papermill's own parameter-cell warnings: its line parser misreads commented
+    defaults, and the driver has checked every name against the cell already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not text.startswith(("Passed unknown parameter", "Unable to parse line"))
+
+
+def _quiet_papermill() -> None:
+    for name in ("papermill", "papermill.translators"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietPapermill) for f in logger.filters):
+            logger.addFilter(_QuietPapermill())
+
+
+def execute_notebook(
+    source: str, output: str, parameters: dict[str, Any], timeout: float | None = None
+) -> dict[str, Any]:
+    """Execute one notebook with papermill; never raises. Returns status (done/failed),
+    start/end/duration and, on failure, an error summary. Module level: submitit pickles it."""
+    import papermill as pm
+
+    _quiet_papermill()
+    started = time.time()
+    error = None
+    try:
+        pm.execute_notebook(
+            source,
+            output,
+            parameters=parameters,
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=False,
+            log_output=False,
+            execution_timeout=timeout,
+        )
+    except Exception as err:  # a failed notebook is a result, reported by the caller
+        error = _error_summary(err, Path(output))
+    ended = time.time()
+    return {
+        "status": "failed" if error else "done",
+        "started": iso(started),
+        "ended": iso(ended),
+        "duration_s": round(ended - started, 2),
+        "error": error,
+    }
+
+
+def _error_summary(err: Exception, output: Path) -> dict[str, Any]:
+    """Which cell failed and why, from papermill's error or the partly executed notebook."""
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(err, PapermillExecutionError):
+        kind, index, count = "cell error", err.cell_index, err.exec_count
+        source, why = err.source, f"{err.ename}: {err.evalue}"
+    else:
+        kind = (
+            "timeout"
+            if isinstance(err, TimeoutError)
+            else "dead kernel"
+            if isinstance(err, DeadKernelError)
+            else "error"
+        )
+        index, count, source = _last_started_cell(output)
+        why = (
+            f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        )
+    return {
+        "kind": kind,
+        "cell_index": index,
+        "execution_count": count,
+        "cell_source": (source or "").strip().splitlines()[0] if (source or "").strip() else "",
+        "why": why,
+    }
+
+
+def _last_started_cell(output: Path) -> tuple[int | None, int | None, str]:
+    try:
+        nb = nbformat.read(output, as_version=4)
+    except Exception:  # not written: the kernel never started
+        return None, None, ""
+    started = [
+        (i, c)
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and c.get("metadata", {}).get("papermill", {}).get("start_time")
+    ]
+    if not started:
+        return None, None, ""
+    index, cell = started[-1]
+    return index, cell.get("execution_count"), cell.source
+
+
+# ---------------------------------------------------------------- executors
+
+Launcher = Callable[[NotebookRun], dict[str, Any]]
+
+
+def local_launcher(timeout: float | None) -> Launcher:
+    """Run the notebook here (papermill starts its own kernel process)."""
+
+    def launch(step: NotebookRun) -> dict[str, Any]:
+        return execute_notebook(str(step.source), str(step.output), step.parameters, timeout)
+
+    return launch
+
+
+def submitit_launcher(plan: Plan) -> Launcher:
+    """Run the notebook as a job through submitit (SLURM, or "local" for tests); blocks until
+    the job ends, so callers treat it like the local launcher."""
+    import submitit
+
+    options = plan.options
+    executor = submitit.AutoExecutor(
+        folder=plan.run_path / "slurm", cluster=options.submitit_cluster
+    )
+    parameters = {"timeout_min": 24 * 60, "name": f"ctbrainage-{plan.profile.name}"}
+    if options.gpus:
+        parameters["gpus_per_node"] = 1
+    executor.update_parameters(**{**parameters, **options.submitit_parameters})
+    lock = threading.Lock()
+
+    def launch(step: NotebookRun) -> dict[str, Any]:
+        args = (str(step.source), str(step.output), step.parameters, options.timeout)
+        with lock:
+            job = executor.submit(execute_notebook, *args)
+        try:
+            return {**job.result(), "job_id": job.job_id}
+        except Exception as err:  # the job itself died (preempted, out of memory, ...)
+            now = iso(time.time())
+            why = f"{type(err).__name__}: {str(err).strip()[-500:]}"
+            error = {"kind": "job failed", "cell_index": None, "execution_count": None}
+            return {
+                "status": "failed",
+                "started": now,
+                "ended": now,
+                "duration_s": 0.0,
+                "job_id": job.job_id,
+                "error": {**error, "cell_source": "", "why": why, "log": str(job.paths.stderr)},
+            }
+
+    return launch
+
+
+@contextlib.contextmanager
+def _threads_per_kernel(n: int | None) -> Iterator[None]:
+    """Cap torch/BLAS threads of the kernels started meanwhile (concurrent folds on one CPU);
+    a value the user set in the environment wins."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    added = [name for name in names if n and name not in os.environ]
+    for name in added:
+        os.environ[name] = str(n)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+# ---------------------------------------------------------------- running the plan
+
+
+def _is_finished(
+    entry: dict[str, Any] | None, step: NotebookRun, profile_sha: str, upstream_end: str
+) -> bool:
+    """Done with these parameters and this profile, the notebook is there, and it started after
+    every earlier step last ended (ISO UTC times compare as text)."""
+    return (
+        entry is not None
+        and entry.get("status") in ("done", "skipped")
+        and entry.get("parameters") == plain(step.parameters)
+        and entry.get("profile_sha256") == profile_sha
+        and str(entry.get("started", "")) >= upstream_end
+        and step.output.exists()
+    )
+
+
+def _upstream_end(steps: dict[str, dict[str, Any]], number: int) -> str:
+    """When the latest finished step of an earlier notebook ended ("" if none)."""
+    ends = [
+        str(entry.get("ended", ""))
+        for name, entry in steps.items()
+        if name[:2].isdigit()
+        and int(name[:2]) < number
+        and entry.get("status") in ("done", "skipped")
+    ]
+    return max(ends, default="")
+
+
+def _entry(step: NotebookRun, profile_sha: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "notebook": str(step.source.relative_to(REPO_ROOT)),
+        "output": str(step.output),
+        "parameters": plain(step.parameters),
+        "profile_sha256": profile_sha,
+        **fields,
+    }
+
+
+class _PhaseExecutor:
+    """Runs a plan's phases in turn, the steps of a phase concurrently."""
+
+    def __init__(self, plan: Plan, manifest: Manifest, bar: tqdm) -> None:
+        self.plan, self.manifest, self.bar = plan, manifest, bar
+        self.profile_sha = sha256(plan.profile.to_dict())
+        self.local = local_launcher(plan.options.timeout)
+        self.remote = submitit_launcher(plan) if plan.options.executor == "slurm" else None
+        self.ran = False  # a step executed in this invocation: later ones cannot be skipped
+        self.failed: list[str] = []
+
+    def run(self) -> None:
+        for index, phase in enumerate(self.plan.phases):
+            if self.failed:
+                self._not_run([s for p in self.plan.phases[index:] for s in p])
+                return
+            todo = [step for step in phase if not self._skip(step)]
+            if todo:
+                self._run_phase(todo)
+
+    def _skip(self, step: NotebookRun) -> bool:
+        entry = self.manifest.entry(step.name)
+        upstream = _upstream_end(self.manifest.data["steps"], step.number)
+        finished = _is_finished(entry, step, self.profile_sha, upstream)
+        if self.plan.options.force or self.ran or not finished:
+            return False
+        self.manifest.set_step(step.name, {**entry, "status": "skipped"})
+        self.bar.update()
+        return True
+
+    def _run_phase(self, steps: list[NotebookRun]) -> None:
+        folds = steps[0].number == FOLD_STEP
+        launch = self.remote if folds and self.remote else self.local
+        workers = len(steps) if launch is self.remote else min(self.plan.jobs, len(steps))
+        cap = self.plan.threads if folds and launch is self.local else None
+        with _threads_per_kernel(cap), cf.ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(self._run_step, launch, step): step for step in steps}
+            for future in cf.as_completed(futures):
+                if future.result() == "failed":
+                    for other in futures:
+                        other.cancel()
+        cancelled = [step for future, step in futures.items() if future.cancelled()]
+        self._not_run(cancelled)
+        self.ran = True
+
+    def _run_step(self, launch: Launcher, step: NotebookRun) -> str:
+        step.output.parent.mkdir(parents=True, exist_ok=True)
+        self.manifest.set_step(
+            step.name, _entry(step, self.profile_sha, status="running", started=iso(time.time()))
+        )
+        self.bar.set_postfix_str(step.name)
+        outcome = launch(step)
+        self.manifest.set_step(step.name, _entry(step, self.profile_sha, **outcome))
+        if outcome["status"] == "failed":
+            self.failed.append(step.name)
+        tqdm.write(f"{step.name}: {outcome['status']} in {outcome['duration_s']:.1f} s")
+        self.bar.update()
+        return outcome["status"]
+
+    def _not_run(self, steps: list[NotebookRun]) -> None:
+        reason = f"after {', '.join(self.failed)} failed"
+        for step in steps:
+            entry = _entry(step, self.profile_sha, status="not run", reason=reason)
+            self.manifest.set_step(step.name, entry)
+
+
+def execute(plan: Plan) -> int:
+    """Run a checked plan; returns the exit code (0 done, 1 a step failed)."""
+    run = plan.run_path
+    (run / "notebooks").mkdir(parents=True, exist_ok=True)
+    if plan.profile_yaml:
+        ctio.atomic_write_text(run / "profile.yaml", plan.profile_yaml)
+    manifest = Manifest(run / "manifest.json", run_header(plan))
+    manifest.write()
+    started = time.time()
+    bar = tqdm(
+        total=len(plan.steps), desc="run_all", unit="step", disable=not plan.options.progress
+    )
+    phases = _PhaseExecutor(plan, manifest, bar)
+    try:
+        phases.run()
+    except BaseException:
+        manifest.finish("interrupted", _invocation(started, "interrupted"))
+        raise
+    finally:
+        bar.close()
+    status = "failed" if phases.failed else "done"
+    manifest.finish(status, _invocation(started, status))
+    print(timing_table(plan, manifest))
+    index = _report(run)
+    if phases.failed:
+        print(failure_summary(plan, manifest), file=sys.stderr)
+        return FAILED
+    if index is None:
+        return FAILED
+    print(f"done in {time.time() - started:.0f} s: {run} (manifest.json, notebooks/, {index.name})")
+    return 0
+
+
+def _report(run: Path) -> Path | None:
+    """HTML of the executed notebooks and the run's index page; None (and why) if it failed."""
+    try:
+        index = report.write_report(run)
+    except Exception as err:  # the run's results stand; say clearly that its report does not
+        print(f"run_all: error: the HTML report of {run} failed: {err!r}", file=sys.stderr)
+        return None
+    print(f"report: {index}")
+    return index
+
+
+def _invocation(started: float, status: str) -> dict[str, Any]:
+    ended = time.time()
+    return {
+        "argv": sys.argv,
+        "started": iso(started),
+        "ended": iso(ended),
+        "duration_s": round(ended - started, 2),
+        "status": status,
+    }
+
+
+def timing_table(plan: Plan, manifest: Manifest) -> str:
+    """Per-step status and duration (of the run that produced the notebook, when skipped)."""
+    rows = [("step", "status", "seconds")]
+    for step in plan.steps:
+        entry = manifest.entry(step.name) or {}
+        seconds = entry.get("duration_s")
+        rows.append(
+            (step.name, entry.get("status", "?"), "" if seconds is None else f"{seconds:.1f}")
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def failure_summary(plan: Plan, manifest: Manifest) -> str:
+    """Which notebook and cell failed, why, and where the executed notebook is."""
+    lines = []
+    for step in plan.steps:
+        entry = manifest.entry(step.name) or {}
+        error = entry.get("error")
+        if entry.get("status") != "failed" or not error:
+            continue
+        cell = (
+            f"cell {error['cell_index']} (In [{error['execution_count']}]): {error['cell_source']}"
+            if error.get("cell_index") is not None
+            else "before any cell ran"
+        )
+        lines += [
+            f"FAILED {step.name} ({error['kind']})",
+            f"  notebook: {entry['notebook']}, {cell}",
+            f"  why: {error['why']}",
+            f"  executed notebook with the traceback: {entry['output']}",
+        ]
+        if error.get("log"):
+            lines.append(f"  job log: {error['log']}")
+    not_run = [
+        s.name for s in plan.steps if (manifest.entry(s.name) or {}).get("status") == "not run"
+    ]
+    if not_run:
+        lines.append(f"not run: {', '.join(not_run)}")
+    lines.append(f"manifest: {manifest.path}")
+    return "\n".join(lines)
+
+
+def run_all(options: Options | None = None, **changes: Any) -> int:
+    """Check, then run; returns the exit code (0 done, 1 a step failed, 2 usage error).
+    Keyword arguments replace fields of ``options`` (see ``Options``)."""
+    options = dataclasses.replace(options or Options(), **changes)
+    try:
+        plan = make_plan(options)
+    except (UsageError, ProfileError) as err:
+        print(f"run_all: error: {err}", file=sys.stderr)
+        return USAGE
+    return execute(plan)

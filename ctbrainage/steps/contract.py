@@ -1,0 +1,120 @@
+"""The step contract: what a step reads, what it writes, when it reruns, which subjects it uses.
+
+A step module (``sNN_name.py``) declares a :class:`Step` (its name, the profile settings it reads
+and the version of its code), the files it reads (``inputs``) and writes (``outputs``), and one
+entry function ``run(profile, ...)`` that the notebook calls. The step's record (one freshness
+mechanism, :mod:`ctbrainage.freshness`) holds its settings, code version and input fingerprints:
+a step whose record matches and whose outputs exist is not computed again, and a change
+anywhere upstream changes the inputs of everything downstream.
+
+Subjects flow from step to step: a step works on the validated cohort less everyone an earlier
+step excluded, and writes its own exclusions (step and reason) into the one ``exclusions.csv``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ctbrainage import ctio
+from ctbrainage.config import Profile
+from ctbrainage.freshness import Record
+from ctbrainage.layout import RunLayout
+
+EXCLUSION_COLUMNS = ["subject_id", "step", "reason"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """A pipeline step: ``name`` (``NN_name``, the notebook's), the dotted profile settings it
+    reads, and the version of its code (bump it when a change alters the outputs)."""
+
+    name: str
+    settings: tuple[str, ...]
+    version: int
+
+    @property
+    def number(self) -> int:
+        return int(self.name[:2])
+
+    def settings_of(self, profile: Profile, **extra: Any) -> dict[str, Any]:
+        """The values of the settings this step reads (and ``extra`` that also decide its
+        outputs, such as the subjects it works on)."""
+        tree = profile.to_dict()
+        values = {}
+        for key in self.settings:
+            value: Any = tree
+            for part in key.split("."):
+                value = value[part]
+            values[key] = value
+        return {**values, **extra}
+
+    def record(self, layout: RunLayout, part: str = "") -> Record:
+        """The step's record (``part``: one of several, e.g. a fold)."""
+        return Record(layout.record(self.name + part), layout.root)
+
+    def subject_record(self, layout: RunLayout, subject_id: str, part: str = "") -> Record:
+        """The record of one subject's work inside the step (``part``: e.g. a fill)."""
+        return Record(layout.subject_record(self.name + part, subject_id), layout.root)
+
+
+def read_exclusions(layout: RunLayout) -> pd.DataFrame:
+    """``exclusions.csv`` (empty with its columns when there is none)."""
+    if not layout.exclusions.exists():
+        return pd.DataFrame(columns=EXCLUSION_COLUMNS)
+    return pd.read_csv(layout.exclusions, dtype=str, keep_default_na=False)
+
+
+def kept_subjects(layout: RunLayout, step: Step) -> list[str]:
+    """The validated cohort's subjects that no step before ``step`` excluded, in cohort order."""
+    if not layout.cohort.exists():
+        raise FileNotFoundError(f"no validated cohort {layout.cohort}: run step 01 first")
+    cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str})
+    excluded = read_exclusions(layout)
+    earlier = excluded["step"].map(lambda name: int(str(name)[:2])) < step.number
+    gone = set(excluded.loc[earlier, "subject_id"])
+    return [sid for sid in cohort["subject_id"] if sid not in gone]
+
+
+def write_exclusions(
+    layout: RunLayout, step: Step, failures: pd.DataFrame | dict[str, str] | None
+) -> pd.DataFrame:
+    """Replace ``step``'s rows of ``exclusions.csv`` by ``failures`` (subject_id → reason, or a
+    table with those columns and any others); later steps' rows are dropped for the subjects
+    excluded now, so every subject is listed once. Returns this step's rows."""
+    if isinstance(failures, dict) or failures is None:
+        failures = pd.DataFrame(
+            {"subject_id": list(failures or {}), "reason": list((failures or {}).values())}
+        )
+    mine = failures.assign(step=step.name)
+    mine = mine[EXCLUSION_COLUMNS + [c for c in mine.columns if c not in EXCLUSION_COLUMNS]]
+    old = read_exclusions(layout)
+    numbers = old["step"].map(lambda name: int(str(name)[:2]))
+    kept = old[
+        (numbers < step.number)
+        | ((numbers > step.number) & ~old["subject_id"].isin(mine["subject_id"]))
+    ]
+    table = pd.concat([kept, mine.astype(str)], ignore_index=True)
+    table = table.sort_values("step", kind="stable", ignore_index=True)
+    ctio.atomic_write_text(layout.exclusions, table.to_csv(index=False))
+    return mine.reset_index(drop=True)
+
+
+def write_table(path: Path, table: pd.DataFrame, **to_csv: Any) -> None:
+    """A table as CSV, atomically."""
+    ctio.atomic_write_text(path, table.to_csv(index=False, **to_csv))
+
+
+def paths_exist(paths: Iterable[Path]) -> bool:
+    return all(Path(p).exists() for p in paths)
+
+
+def ordered(subjects: Sequence[str], table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``table`` for ``subjects``, in that order."""
+    order = {sid: i for i, sid in enumerate(subjects)}
+    rows = table[table["subject_id"].isin(order)]
+    return rows.sort_values("subject_id", key=lambda s: s.map(order), ignore_index=True)

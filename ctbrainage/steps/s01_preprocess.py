@@ -1,0 +1,188 @@
+"""Step 01: the cohort and its preprocessing.
+
+Reads the user's manifest (``data``) or generates the embedded synthetic cohort, validates it into
+``cohort.csv`` (invalid rows go to ``exclusions.csv`` with their reason), then preprocesses every
+valid subject: ``preprocessed/<id>`` (model input, brain masks), ``qc/<id>.png`` and the table
+``preprocess.csv`` (brain volume, orientation, P-tile HU, gantry tilt, seconds). A subject that
+fails is excluded with its reason; the others go on. Subjects already preprocessed from the same
+image with the same settings are not redone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ctbrainage import cohort as manifest
+from ctbrainage import ctio
+from ctbrainage.config import Profile
+from ctbrainage.layout import RunLayout
+from ctbrainage.parallel import map_subjects
+from ctbrainage.preprocess import PREPROCESS_VERSION, preprocess_scan
+from ctbrainage.steps.contract import Step, read_exclusions, write_exclusions, write_table
+
+STEP = Step(
+    "01_preprocess",
+    settings=(
+        "data",
+        "seed",
+        "age_range_months",
+        "age_group_edges",
+        "synth.n",
+        "synth.mode",
+        "synth.format",
+        "synth.schedule",
+        "synth.gantry_tilt_fraction",
+        "preprocess",
+    ),
+    version=f"1/preprocess{PREPROCESS_VERSION}",
+)
+SUBJECT_VERSION = f"preprocess{PREPROCESS_VERSION}"  # what one subject's outputs depend on
+
+
+@dataclass(frozen=True)
+class Result:
+    cohort: pd.DataFrame  # valid subjects with their age group
+    table: pd.DataFrame  # preprocess.csv: one row per preprocessed subject
+    excluded: pd.DataFrame  # this step's exclusions (validation and preprocessing)
+
+
+def manifest_path(profile: Profile) -> Path:
+    """The input manifest: the user's ``data`` or the synthetic cohort's."""
+    if profile.data:
+        return Path(profile.data)
+    return RunLayout(profile.run_path).synthetic.manifest
+
+
+def inputs(profile: Profile) -> list[Path]:
+    """The manifest and every image it lists (a DICOM folder counts as its files)."""
+    path = manifest_path(profile)
+    if not path.exists():
+        return [path]
+    images = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    base = path.absolute().parent
+    given = images["image"].str.strip() if "image" in images else pd.Series(dtype=str)
+    return [path, *(base / p for p in given if p)]
+
+
+def outputs(profile: Profile) -> list[Path]:
+    layout = RunLayout(profile.run_path)
+    return [layout.cohort, layout.preprocess_table, layout.exclusions]
+
+
+def is_fresh(profile: Profile) -> bool:
+    """True when :func:`run` would compute nothing."""
+    record = STEP.record(RunLayout(profile.run_path))
+    done = record.fresh(STEP.settings_of(profile), STEP.version, inputs(profile), outputs(profile))
+    return done is not None
+
+
+def run(profile: Profile, progress: bool = True) -> Result:
+    """Generate (synthetic runs), validate and preprocess the cohort; see the module docstring."""
+    layout = RunLayout(profile.run_path)
+    if not profile.data:
+        _generate(profile, progress)
+    record, settings, files = STEP.record(layout), STEP.settings_of(profile), inputs(profile)
+    if record.fresh(settings, STEP.version, files, outputs(profile)) is not None:
+        return _read(profile)
+    prints = record.fingerprints(files)
+    valid, invalid = manifest.validate_manifest(manifest_path(profile), profile.age_range_months)
+    write_table(layout.cohort, valid)
+    failures = _preprocess(profile, valid, progress)
+    excluded = pd.concat([invalid, failures], ignore_index=True)
+    write_exclusions(layout, STEP, excluded)
+    record.write(settings, STEP.version, prints)
+    return _read(profile)
+
+
+def _read(profile: Profile) -> Result:
+    layout = RunLayout(profile.run_path)
+    cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str})
+    cohort["age_group"] = manifest.age_group(cohort["age_months"], profile.age_group_edges)
+    table = pd.read_csv(layout.preprocess_table, dtype={"subject_id": str})
+    excluded = read_exclusions(layout)
+    return Result(cohort, table, excluded[excluded["step"] == STEP.name].reset_index(drop=True))
+
+
+def _generate(profile: Profile, progress: bool) -> None:
+    from ctbrainage.synth import generate_cohort
+
+    synth = profile.synth
+    generate_cohort(
+        RunLayout(profile.run_path).synthetic.root,
+        n=synth.n,
+        seed=profile.seed,
+        schedule=synth.schedule,
+        mode=synth.mode,
+        fmt=synth.format,
+        tilt_fraction=synth.gantry_tilt_fraction,
+        workers=synth.workers,
+        age_group_edges=profile.age_group_edges,
+        progress=progress,
+    )
+
+
+def _preprocess(profile: Profile, cohort: pd.DataFrame, progress: bool) -> pd.DataFrame:
+    """Preprocess every subject of ``cohort`` → ``preprocess.csv``; returns the failures."""
+    layout = RunLayout(profile.run_path)
+    settings = {"preprocess": STEP.settings_of(profile)["preprocess"]}
+    items = [
+        {
+            "subject_id": r.subject_id,
+            "image_path": r.image_path,
+            "root": str(layout.root),
+            "settings": settings,
+        }
+        for r in cohort.itertuples()
+    ]
+    results, errors = map_subjects(
+        _preprocess_subject, items, profile.synth.workers, desc="preprocess", progress=progress
+    )
+    table = pd.DataFrame(results)
+    if not table.empty:
+        table = cohort[["subject_id", "age_months"]].merge(table, on="subject_id")
+    write_table(layout.preprocess_table, table)
+    return pd.DataFrame({"subject_id": list(errors), "reason": list(errors.values())})
+
+
+def _preprocess_subject(item: dict) -> dict:
+    import matplotlib.pyplot as plt
+
+    from ctbrainage.plots import preprocess_qc_figure
+
+    layout, sid, settings = RunLayout(item["root"]), item["subject_id"], item["settings"]
+    made = [layout.preprocessed(sid), layout.brain(sid), layout.brain_native(sid), layout.qc(sid)]
+    record = STEP.subject_record(layout, sid)
+    done = record.fresh(settings, SUBJECT_VERSION, [item["image_path"]], made)
+    if done is not None:
+        return done
+    prints = record.fingerprints([item["image_path"]])
+    start = time.perf_counter()
+    config = settings["preprocess"]
+    try:
+        scan = ctio.read_ct(item["image_path"])
+        ptile = (config["ptile_low"], config["ptile_high"])
+        result = preprocess_scan(scan.image, config["spacing_mm"], config["size"], ptile)
+    except ValueError as err:
+        raise ValueError(f"{sid}: {err}") from None
+    ctio.write_nifti(layout.preprocessed(sid), result.image, result.affine)
+    ctio.write_nifti(layout.brain(sid), result.brain, result.affine)
+    ctio.write_nifti(layout.brain_native(sid), *ctio.sitk_to_ras(result.work_mask))
+    plt.close(preprocess_qc_figure(scan.image, result, title=sid, out=layout.qc(sid)))
+    roll, pitch, yaw = result.orientation.angles_deg()
+    summary = {
+        "subject_id": sid,
+        "brain_volume_ml": round(result.brain_volume_ml, 2),
+        "roll_deg": round(roll, 2),
+        "pitch_deg": round(pitch, 2),
+        "yaw_deg": round(yaw, 2),
+        "ptile_low_hu": round(result.ptile_hu[0], 2),
+        "ptile_high_hu": round(result.ptile_hu[1], 2),
+        "gantry_tilt_deg": round(scan.gantry_tilt_deg, 2),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    record.write(settings, SUBJECT_VERSION, prints, summary)
+    return summary

@@ -1,0 +1,133 @@
+"""Step 02: lobe labels in the model's grid.
+
+For every subject kept by step 01: ``lobes/<id>`` (1 frontal, 2 parietal, 3 temporal,
+4 occipital; 0 elsewhere) by atlas registration or TotalSegmentator (``lobes.method``), and the
+table ``lobes.csv`` (the method that made each map, lobe volumes in ml, seconds). A subject that
+fails is excluded with its reason; the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ctbrainage import ctio
+from ctbrainage.config import Profile
+from ctbrainage.labels import LOBES
+from ctbrainage.layout import RunLayout
+from ctbrainage.parallel import map_subjects
+from ctbrainage.steps.contract import (
+    Step,
+    kept_subjects,
+    read_exclusions,
+    write_exclusions,
+    write_table,
+)
+
+LOBES_VERSION = 2  # bump when a change alters the lobe labels
+STEP = Step("02_lobes", settings=("lobes.method",), version=f"1/lobes{LOBES_VERSION}")
+
+
+@dataclass(frozen=True)
+class Result:
+    table: pd.DataFrame  # lobes.csv: method and lobe volumes per subject
+    excluded: pd.DataFrame  # this step's exclusions
+
+
+def subjects(profile: Profile) -> list[str]:
+    return kept_subjects(RunLayout(profile.run_path), STEP)
+
+
+def inputs(profile: Profile) -> list[Path]:
+    layout = RunLayout(profile.run_path)
+    ids = subjects(profile)
+    return [layout.cohort] + [p for s in ids for p in (layout.preprocessed(s), layout.brain(s))]
+
+
+def outputs(profile: Profile) -> list[Path]:
+    return [RunLayout(profile.run_path).lobes_table]
+
+
+def is_fresh(profile: Profile) -> bool:
+    """True when :func:`run` would compute nothing."""
+    record = STEP.record(RunLayout(profile.run_path))
+    settings = STEP.settings_of(profile, subjects=subjects(profile))
+    return record.fresh(settings, STEP.version, inputs(profile), outputs(profile)) is not None
+
+
+def run(profile: Profile, progress: bool = True) -> Result:
+    """Lobe labels for every kept subject; see the module docstring."""
+    from ctbrainage.totalseg import licence
+
+    layout = RunLayout(profile.run_path)
+    ids = subjects(profile)
+    record, settings = STEP.record(layout), STEP.settings_of(profile, subjects=ids)
+    files = inputs(profile)
+    if record.fresh(settings, STEP.version, files, outputs(profile)) is None:
+        prints = record.fingerprints(files)
+        cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str}).set_index("subject_id")
+        common = {
+            "root": str(layout.root),
+            "method": profile.lobes.method,
+            "licence": licence(profile.lobes.totalseg_license),
+        }
+        items = [
+            {"subject_id": sid, "image_path": cohort.loc[sid, "image_path"], **common}
+            for sid in ids
+        ]
+        results, errors = map_subjects(
+            _lobes_subject, items, profile.synth.workers, desc="lobe labels", progress=progress
+        )
+        write_table(layout.lobes_table, pd.DataFrame(results))
+        write_exclusions(layout, STEP, errors)
+        record.write(settings, STEP.version, prints)
+    excluded = read_exclusions(layout)
+    return Result(
+        pd.read_csv(layout.lobes_table, dtype={"subject_id": str}),
+        excluded[excluded["step"] == STEP.name].reset_index(drop=True),
+    )
+
+
+def _lobes_subject(item: dict) -> dict:
+    import nibabel as nib
+    import numpy as np
+
+    from ctbrainage.lobes import segment_lobes
+
+    layout, sid = RunLayout(item["root"]), item["subject_id"]
+    settings = {"method": item["method"]}
+    sources = [layout.preprocessed(sid), layout.brain(sid)]
+    if item["method"] != "atlas":
+        sources.append(Path(item["image_path"]))  # TotalSegmentator reads the native scan
+    record = STEP.subject_record(layout, sid)
+    done = record.fresh(settings, STEP.version, sources, [layout.lobes(sid)])
+    if done is not None:
+        return done
+    prints = record.fingerprints(sources)
+    start = time.perf_counter()
+    image = nib.load(layout.preprocessed(sid))
+    labels, method = segment_lobes(
+        np.asarray(image.dataobj),
+        np.asarray(nib.load(layout.brain(sid)).dataobj),
+        image.affine,
+        item["method"],
+        native_path=item["image_path"],
+        licence_number=item["licence"],
+        work_dir=layout.totalseg_dir,
+    )
+    ctio.write_nifti(layout.lobes(sid), labels, image.affine)
+    voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
+    summary = {
+        "subject_id": sid,
+        "method": method,
+        **{
+            f"{name}_ml": round(float((labels == i).sum()) * voxel_ml, 2)
+            for i, name in LOBES.items()
+        },
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    record.write(settings, STEP.version, prints, summary)
+    return summary

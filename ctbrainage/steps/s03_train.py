@@ -1,0 +1,150 @@
+"""Step 03: one cross-validation fold (run once per fold, folds in parallel).
+
+Age-stratified folds over the subjects kept by steps 01-02 (``folds.csv``); fold *k*'s model is
+trained on the other folds (an inner validation part held out when ``train.val_fraction`` > 0)
+and predicts fold *k*: ``models/fold<k>.ckpt``, ``models/fold<k>_predictions.csv``,
+``models/fold<k>_validation.csv`` and the loss curves in ``logs/``. When every fold is done,
+the step writes the out-of-fold ``predictions.csv`` that the later steps read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ctbrainage import train
+from ctbrainage.cohort import stratified_folds
+from ctbrainage.config import Profile
+from ctbrainage.data import load_volumes
+from ctbrainage.layout import RunLayout
+from ctbrainage.steps.contract import Step, kept_subjects, write_table
+
+STEP = Step(
+    "03_train",
+    settings=("seed", "age_range_months", "model", "train"),
+    version=f"1/train{train.TRAIN_VERSION}",
+)
+
+
+def subjects(profile: Profile) -> list[str]:
+    return kept_subjects(RunLayout(profile.run_path), STEP)
+
+
+def make_folds(profile: Profile) -> pd.DataFrame:
+    """``folds.csv``: subject_id, age_months → fold, age-stratified and seeded (rewritten only
+    when it changes)."""
+    layout = RunLayout(profile.run_path)
+    ids = subjects(profile)
+    cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str}).set_index("subject_id")
+    ages = cohort.loc[ids, "age_months"].reset_index()
+    folds = ages.assign(
+        fold=stratified_folds(ages["age_months"], profile.train.folds, profile.seed)
+    )
+    if not layout.folds.exists() or not pd.read_csv(layout.folds, dtype={"subject_id": str}).equals(
+        folds
+    ):
+        write_table(layout.folds, folds)
+    return folds
+
+
+def inputs(profile: Profile) -> list[Path]:
+    layout = RunLayout(profile.run_path)
+    return [layout.preprocessed(s) for s in subjects(profile)]
+
+
+def outputs(profile: Profile, fold: int) -> list[Path]:
+    layout = RunLayout(profile.run_path)
+    paths = [layout.model(fold), layout.fold_predictions(fold), layout.learning_curve(fold)]
+    return paths + ([layout.fold_validation(fold)] if profile.train.val_fraction > 0 else [])
+
+
+def _check(profile: Profile, fold: int):
+    if not 0 <= fold < profile.train.folds:
+        raise ValueError(f"fold must be in 0..{profile.train.folds - 1}, got {fold}")
+    layout = RunLayout(profile.run_path)
+    settings = STEP.settings_of(profile, subjects=subjects(profile), fold=fold)
+    return STEP.record(layout, f"_fold{fold}"), settings
+
+
+def is_fresh(profile: Profile, fold: int | None = None) -> bool:
+    """True when fold ``fold`` (default: every fold) is trained on today's inputs and settings."""
+    folds = range(profile.train.folds) if fold is None else [fold]
+    files = inputs(profile)
+    for k in folds:
+        record, settings = _check(profile, k)
+        if record.fresh(settings, STEP.version, files, outputs(profile, k)) is None:
+            return False
+    return True
+
+
+def run(profile: Profile, fold: int, gpu: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train and predict fold ``fold`` unless it is up to date; returns its predictions."""
+    layout = RunLayout(profile.run_path)
+    record, settings = _check(profile, fold)
+    folds, files = make_folds(profile), inputs(profile)
+    if record.fresh(settings, STEP.version, files, outputs(profile, fold)) is None:
+        prints = record.fingerprints(files)
+        fitted = train.fit_fold(
+            profile,
+            folds,
+            fold,
+            lambda ids: load_volumes([layout.preprocessed(s) for s in ids]),
+            log_dir=layout.logs_dir,
+            log_name=layout.fold_log_name(fold),
+            gpu=gpu,
+            progress=progress,
+        )
+        fitted.save_model(layout.model(fold))
+        write_table(layout.fold_predictions(fold), fitted.predictions)
+        if fitted.validation is not None:
+            write_table(layout.fold_validation(fold), fitted.validation)
+        record.write(settings, STEP.version, prints)
+    finalise(profile)
+    return pd.read_csv(layout.fold_predictions(fold), dtype={"subject_id": str})
+
+
+def finalise(profile: Profile) -> bool:
+    """Write ``predictions.csv`` (every fold's out-of-fold predictions, by subject) when every
+    fold is up to date; returns whether it did."""
+    if not is_fresh(profile):
+        return False
+    layout = RunLayout(profile.run_path)
+    parts = [
+        pd.read_csv(layout.fold_predictions(k), dtype={"subject_id": str})
+        for k in range(profile.train.folds)
+    ]
+    table = pd.concat(parts, ignore_index=True).sort_values("subject_id", ignore_index=True)
+    write_table(layout.predictions, table)
+    return True
+
+
+def predictions(profile: Profile) -> pd.DataFrame:
+    """``predictions.csv``; a clear error naming the folds still to train when it is missing
+    or older than a fold."""
+    layout = RunLayout(profile.run_path)
+    missing = [k for k in range(profile.train.folds) if not is_fresh(profile, k)]
+    if missing or not layout.predictions.exists():
+        raise FileNotFoundError(
+            f"out-of-fold predictions are not complete: fold(s) {missing or 'all'} need step 03 "
+            f"(python run_all.py --from 3 --to 3 --folds {','.join(map(str, missing))})"
+        )
+    return pd.read_csv(layout.predictions, dtype={"subject_id": str})
+
+
+def validation(profile: Profile) -> pd.DataFrame | None:
+    """Inner-validation predictions of every fold's model (``fold`` = the model's fold), or None
+    when the profile holds out no validation subjects."""
+    if profile.train.val_fraction <= 0:
+        return None
+    layout = RunLayout(profile.run_path)
+    paths = [layout.fold_validation(k) for k in range(profile.train.folds)]
+    return pd.concat([pd.read_csv(p, dtype={"subject_id": str}) for p in paths], ignore_index=True)
+
+
+def load_model(profile: Profile, fold: int):
+    """Fold ``fold``'s trained network in eval mode on CPU (output: age in [0, 1])."""
+    path = RunLayout(profile.run_path).model(fold)
+    if not path.exists():
+        raise FileNotFoundError(f"no trained model for fold {fold}: {path} (run step 03 first)")
+    return train.load_model(profile, path)

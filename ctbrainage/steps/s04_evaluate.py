@@ -1,0 +1,108 @@
+"""Step 04: how good the brain-age model is.
+
+From ``predictions.csv``: metrics per fold, their mean and SD and pooled (``metrics.csv``), the
+bias-corrected brain-age gap (``brain_age_gap.csv``, with the fitted lines in
+``bias_correction.csv``; fitted on the other folds or on each fold's inner validation,
+``evaluate.bias_source``), and for display bootstrap CIs, the error per age group and two
+baselines refitted per fold (the training mean age; a ridge regression on image features).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ctbrainage import evaluate
+from ctbrainage.config import Profile
+from ctbrainage.layout import RunLayout
+from ctbrainage.steps import s03_train
+from ctbrainage.steps.contract import Step, write_table
+
+STEP = Step(
+    "04_evaluate",
+    settings=("seed", "age_group_edges", "train.folds", "train.val_fraction", "evaluate"),
+    version="1",
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    predictions: pd.DataFrame  # out-of-fold predictions (step 03)
+    metrics: pd.DataFrame  # per fold, mean, sd, pooled
+    confidence: pd.DataFrame  # pooled metrics with bootstrap CIs
+    by_age_group: pd.DataFrame  # MAE, mean error and n per age group
+    gaps: pd.DataFrame  # predictions with raw and bias-corrected gaps
+    bias_lines: pd.DataFrame  # the correction fitted for each fold
+    baselines: pd.DataFrame  # the CNN against the baselines, mean and SD over folds
+
+
+def inputs(profile: Profile) -> list[Path]:
+    layout = RunLayout(profile.run_path)
+    ids = (
+        pd.read_csv(layout.predictions, dtype={"subject_id": str})["subject_id"]
+        if layout.predictions.exists()
+        else []
+    )
+    validation = (
+        [layout.fold_validation(k) for k in range(profile.train.folds)]
+        if profile.train.val_fraction > 0
+        else []
+    )
+    volumes = [p for s in ids for p in (layout.preprocessed(s), layout.lobes(s))]
+    return [layout.predictions, layout.preprocess_table, layout.lobes_table, *validation, *volumes]
+
+
+def outputs(profile: Profile) -> list[Path]:
+    layout = RunLayout(profile.run_path)
+    return [layout.metrics, layout.brain_age_gaps, layout.bias_lines]
+
+
+def is_fresh(profile: Profile) -> bool:
+    """True when the outputs were made from today's inputs and settings."""
+    record = STEP.record(RunLayout(profile.run_path))
+    done = record.fresh(STEP.settings_of(profile), STEP.version, inputs(profile), outputs(profile))
+    return done is not None
+
+
+def run(profile: Profile) -> Result:
+    """Evaluate the out-of-fold predictions; writes ``metrics.csv``, ``brain_age_gap.csv`` and
+    ``bias_correction.csv`` (cheap: computed on every call)."""
+    layout = RunLayout(profile.run_path)
+    record = STEP.record(layout)
+    predictions = s03_train.predictions(profile)
+    prints = record.fingerprints(inputs(profile))
+    metrics = evaluate.fold_metrics(predictions)
+    source = profile.evaluate.bias_source
+    validation = s03_train.validation(profile) if source == "validation" else None
+    if source == "validation" and validation is None:
+        raise ValueError("evaluate.bias_source 'validation' needs train.val_fraction > 0")
+    gaps, lines = evaluate.brain_age_gap(predictions, validation)
+    features = evaluate.image_features(
+        pd.read_csv(layout.preprocess_table, dtype={"subject_id": str}),
+        pd.read_csv(layout.lobes_table, dtype={"subject_id": str}),
+        {sid: _arrays(layout, sid) for sid in predictions["subject_id"]},
+    )
+    baselines = evaluate.baseline_predictions(features, predictions)
+    ctio_tables = ((layout.metrics, metrics, True), (layout.brain_age_gaps, gaps, False))
+    for path, table, index in ctio_tables:
+        write_table(path, table.reset_index() if index else table)
+    write_table(layout.bias_lines, lines)
+    record.write(STEP.settings_of(profile), STEP.version, prints)
+    return Result(
+        predictions,
+        metrics,
+        evaluate.bootstrap_ci(predictions, seed=profile.seed),
+        evaluate.error_by_age_group(predictions, profile.age_group_edges),
+        gaps,
+        lines,
+        evaluate.compare_with_baselines(predictions, baselines),
+    )
+
+
+def _arrays(layout: RunLayout, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(nib.load(layout.preprocessed(subject_id)).dataobj)
+    return image, np.asarray(nib.load(layout.lobes(subject_id)).dataobj)

@@ -1,0 +1,208 @@
+"""Step 05: lobe-wise perturbation (the paper's section 3.4) with every fill.
+
+Every subject of ``predictions.csv`` that no earlier step excluded is predicted by its
+out-of-fold model whole and with each lobe filled (``perturb.fill``; and every fill of
+``perturb.compare_fills`` beside it): ``perturbation.csv`` for the profile's fill,
+``perturbation_<fill>.csv`` for the others, and ``lobe_levels.csv`` (each subject's lobe means
+and its age group's, the targets of the ``group_level`` fill). Subjects are resumable: one
+whose inputs, model and settings are unchanged is not perturbed again. A subject that fails
+(missing or damaged lobe labels, an empty lobe) is excluded with its reason; the others go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ctbrainage import loaders, perturb
+from ctbrainage.config import Profile
+from ctbrainage.data import AgeScaler
+from ctbrainage.labels import LOBES
+from ctbrainage.layout import RunLayout
+from ctbrainage.loaders import group_levels, subject_arrays
+from ctbrainage.steps import s03_train
+from ctbrainage.steps.contract import (
+    Step,
+    kept_subjects,
+    read_exclusions,
+    write_exclusions,
+    write_table,
+)
+
+STEP = Step(
+    "05_perturbation",
+    settings=("seed", "age_range_months", "age_group_edges", "perturb"),
+    version=f"1/perturb{perturb.PERTURB_VERSION}",
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    tables: dict[str, pd.DataFrame]  # fill → perturbation table (the profile's fill first)
+    excluded: pd.DataFrame  # this step's exclusions
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The profile's fill."""
+        return next(iter(self.tables.values()))
+
+
+def fills(profile: Profile) -> list[str]:
+    """The profile's fill, then the other fills to compare."""
+    main = profile.perturb.fill
+    return [main] + [f for f in profile.perturb.compare_fills if f != main]
+
+
+def perturbation_path(profile: Profile, fill: str) -> Path:
+    """Where the table of ``fill`` lies."""
+    return RunLayout(profile.run_path).perturbation(fill, profile.perturb.fill)
+
+
+def subjects(profile: Profile) -> pd.DataFrame:
+    """Rows of ``predictions.csv`` (subject_id, fold, age_months) of the subjects kept so far
+    (none before step 03 has written it)."""
+    layout = RunLayout(profile.run_path)
+    if not layout.predictions.exists():
+        return pd.DataFrame(columns=["subject_id", "fold", "age_months"])
+    table = pd.read_csv(layout.predictions, dtype={"subject_id": str})
+    kept = set(kept_subjects(layout, STEP))
+    return table[table["subject_id"].isin(kept)].reset_index(drop=True)
+
+
+def inputs(profile: Profile) -> list[Path]:
+    layout = RunLayout(profile.run_path)
+    ids = subjects(profile)["subject_id"]
+    models = [layout.model(k) for k in range(profile.train.folds)]
+    volumes = [p for s in ids for p in (layout.preprocessed(s), layout.lobes(s))]
+    return [layout.predictions, *models, *volumes]
+
+
+def outputs(profile: Profile) -> list[Path]:
+    return [perturbation_path(profile, f) for f in fills(profile)] + [
+        RunLayout(profile.run_path).lobe_levels
+    ]
+
+
+def _settings(profile: Profile) -> dict:
+    return STEP.settings_of(profile, subjects=list(subjects(profile)["subject_id"]))
+
+
+def is_fresh(profile: Profile) -> bool:
+    """True when every fill's table was made from today's inputs and settings."""
+    record = STEP.record(RunLayout(profile.run_path))
+    done = record.fresh(_settings(profile), STEP.version, inputs(profile), outputs(profile))
+    return done is not None
+
+
+def run(
+    profile: Profile, gpu: int | None = None, progress: bool = True, batch_size: int = 16
+) -> Result:
+    """Perturb every kept subject with every fill; see the module docstring."""
+    layout = RunLayout(profile.run_path)
+    s03_train.predictions(profile)  # a clear error when a fold is missing or out of date
+    record, settings, files = STEP.record(layout), _settings(profile), inputs(profile)
+    if record.fresh(settings, STEP.version, files, outputs(profile)) is None:
+        prints = record.fingerprints(files)
+        table = subjects(profile)
+        levels = _lobe_levels(profile, table, progress)
+        device = torch.device("cpu" if gpu is None else f"cuda:{gpu}")
+        errors: dict[str, str] = {}
+        for fill in fills(profile):
+            rows, failed = _perturb_fill(profile, table, fill, levels, device, batch_size, progress)
+            write_table(perturbation_path(profile, fill), rows)
+            errors.update({sid: why for sid, why in failed.items() if sid not in errors})
+        write_exclusions(layout, STEP, errors)
+        record.write(settings, STEP.version, prints)
+    excluded = read_exclusions(layout)
+    tables = {fill: loaders.perturbation(profile, fill) for fill in fills(profile)}
+    return Result(tables, excluded[excluded["step"] == STEP.name].reset_index(drop=True))
+
+
+def _lobe_levels(profile: Profile, table: pd.DataFrame, progress: bool) -> pd.DataFrame:
+    """``lobe_levels.csv``: per subject and lobe its mean input and its age group's mean (the
+    target of a ``group_level`` fill). Subjects whose inputs cannot be read get none."""
+    layout = RunLayout(profile.run_path)
+    means = {}
+    for sid in tqdm(table["subject_id"], desc="lobe levels", unit="subject", disable=not progress):
+        try:
+            volume, labels = subject_arrays(layout, sid)
+            means[sid] = perturb.lobe_means(volume, labels)
+        except Exception:  # noqa: BLE001 - reported when the subject itself is perturbed
+            continue
+    ages = table.set_index("subject_id")["age_months"]
+    targets = perturb.level_targets(means, ages, profile.age_group_edges)
+    rows = [
+        {
+            "subject_id": sid,
+            "lobe": LOBES[k],
+            "lobe_mean": mean,
+            "group_level": targets.get(sid, {}).get(k, np.nan),
+        }
+        for sid, lobes in means.items()
+        for k, mean in lobes.items()
+    ]
+    levels = pd.DataFrame(rows, columns=["subject_id", "lobe", "lobe_mean", "group_level"])
+    write_table(layout.lobe_levels, levels)
+    return levels
+
+
+def _perturb_fill(profile, table, fill, levels, device, batch_size, progress):
+    """Every subject with one fill: (rows of all subjects, failures subject → reason)."""
+    layout = RunLayout(profile.run_path)
+    scaler = AgeScaler(*profile.age_range_months)
+    settings = {k: v for k, v in STEP.settings_of(profile).items() if k != "perturb"}
+    settings |= {"fill": fill, "repeats": profile.perturb.repeats}
+    parts, errors = {}, {}
+    bar = tqdm(
+        total=len(table), desc=f"perturbation ({fill})", unit="subject", disable=not progress
+    )
+    for fold, group in table.groupby("fold", sort=True):
+        model = None
+        for row in group.itertuples(index=False):
+            sid = row.subject_id
+            target = group_levels(levels, sid) if fill == "group_level" else {}
+            mine = {**settings, "fold": int(fold), "age_months": row.age_months, "levels": target}
+            sources = [layout.model(int(fold)), layout.preprocessed(sid), layout.lobes(sid)]
+            record = STEP.subject_record(layout, sid, f"_{fill}")
+            done = record.fresh(mine, STEP.version, sources)
+            if done is not None:
+                parts[sid] = pd.DataFrame(done["rows"], columns=perturb.COLUMNS)
+                bar.update()
+                continue
+            try:
+                prints = record.fingerprints(sources)
+                if model is None:
+                    model = perturb.prepare_model(s03_train.load_model(profile, int(fold)), device)
+                volume, labels = subject_arrays(layout, sid)
+                result = perturb.perturb_subject(
+                    model,
+                    volume,
+                    labels,
+                    subject_id=sid,
+                    seed=profile.seed,
+                    repeats=profile.perturb.repeats,
+                    fill=fill,
+                    batch_size=batch_size,
+                    device=device,
+                    levels=target,
+                )
+                parts[sid] = perturb.subject_rows(result, row, fill, scaler)
+                record.write(mine, STEP.version, prints, {"rows": parts[sid].to_dict("records")})
+            except Exception as err:  # one bad subject never stops the others
+                text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+                errors[sid] = f"{sid}: {text}"
+            bar.update()
+        del model
+    bar.close()
+    order = [sid for sid in table["subject_id"] if sid in parts]
+    rows = (
+        pd.concat([parts[s] for s in order], ignore_index=True)
+        if order
+        else pd.DataFrame(columns=perturb.COLUMNS)
+    )
+    return rows, errors

@@ -1,0 +1,104 @@
+"""Step 06: paired statistics per lobe and age group, the paper's Table 1, and (synthetic runs)
+how well each fill's readout recovers the planted maturation schedule.
+
+From step 05's tables: every lobe × age-group test (``lobe_age_tests.csv``), the same over
+sliding windows (``lobe_age_windows.csv``, ``stats.window_months`` wide every
+``stats.window_step``), Table 1 as ``table1.csv`` / ``.md`` / ``.tex``, and for the embedded
+synthetic cohort ``recovery.json`` (the profile's fill scored against the planted importance,
+and every fill of step 05 under ``by_fill``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ctbrainage import ctio, loaders, stats, table1
+from ctbrainage.config import Profile
+from ctbrainage.layout import RunLayout
+from ctbrainage.steps import s05_perturbation
+from ctbrainage.steps.contract import Step, write_table
+from ctbrainage.synth.scoring import recovery_row, score_importance
+
+STEP = Step(
+    "06_stats_figures",
+    settings=("seed", "data", "age_group_edges", "perturb.fill", "perturb.compare_fills", "stats"),
+    version="1",
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    perturbation: pd.DataFrame  # step 05's table of the profile's fill
+    tests: pd.DataFrame  # one row per age group × lobe (the long form of Table 1)
+    table1: pd.DataFrame  # the paper's Table 1 for this run
+    windows: pd.DataFrame  # the tests over sliding age windows
+    expected: pd.DataFrame | None  # synthetic runs: the planted importance
+    recovery: dict | None  # synthetic runs: the profile's fill against the planted truth
+    by_fill: pd.DataFrame | None  # synthetic runs: every fill's recovery, one row each
+
+
+def inputs(profile: Profile) -> list[Path]:
+    layout = RunLayout(profile.run_path)
+    tables = [
+        s05_perturbation.perturbation_path(profile, f) for f in s05_perturbation.fills(profile)
+    ]
+    return tables + ([] if profile.data else [layout.synthetic.expected_importance])
+
+
+def outputs(profile: Profile) -> list[Path]:
+    layout = RunLayout(profile.run_path)
+    made = [layout.lobe_age_table, layout.trajectory, *(layout.table1(s) for s in table1.SUFFIXES)]
+    return made + ([] if profile.data else [layout.recovery])
+
+
+def is_fresh(profile: Profile) -> bool:
+    """True when the outputs were made from today's inputs and settings."""
+    record = STEP.record(RunLayout(profile.run_path))
+    done = record.fresh(STEP.settings_of(profile), STEP.version, inputs(profile), outputs(profile))
+    return done is not None
+
+
+def tests(profile: Profile, perturbation: pd.DataFrame, windows: bool = False) -> pd.DataFrame:
+    """:func:`stats.lobe_age_table` with the profile's groups (or windows), alpha, FDR, seed."""
+    config = profile.stats
+    return stats.lobe_age_table(
+        perturbation,
+        edges=profile.age_group_edges,
+        windows=(config.window_months, config.window_step) if windows else None,
+        alpha=config.alpha,
+        fdr=config.fdr,
+        seed=profile.seed,
+    )
+
+
+def run(profile: Profile) -> Result:
+    """The statistics of step 05's tables; writes the files in the module docstring (cheap:
+    computed on every call)."""
+    layout = RunLayout(profile.run_path)
+    record = STEP.record(layout)
+    prints = record.fingerprints(inputs(profile))
+    perturbation = loaders.perturbation(profile, profile.perturb.fill)
+    long = tests(profile, perturbation)
+    ours = table1.table1(long)
+    windows = tests(profile, perturbation, windows=True)
+    write_table(layout.lobe_age_table, long)
+    write_table(layout.trajectory, windows)
+    for suffix, text in table1.render(ours).items():
+        ctio.atomic_write_text(layout.table1(suffix), text)
+    expected = recovery = by_fill = None
+    if not profile.data:
+        expected = pd.read_csv(layout.synthetic.expected_importance)
+        recovery = score_importance(long, expected)
+        rows = [
+            recovery_row(fill, tests(profile, loaders.perturbation(profile, fill)), expected)
+            for fill in s05_perturbation.fills(profile)
+        ]
+        by_fill = pd.DataFrame(rows)
+        recovery["by_fill"] = by_fill.to_dict("records")
+        ctio.atomic_write_text(layout.recovery, json.dumps(recovery, indent=1))
+    record.write(STEP.settings_of(profile), STEP.version, prints)
+    return Result(perturbation, long, ours, windows, expected, recovery, by_fill)
