@@ -155,19 +155,6 @@ def validate_manifest(
     return pd.DataFrame(valid, columns=valid_cols), pd.DataFrame(excluded, columns=excluded_cols)
 
 
-def write_validated(
-    valid: pd.DataFrame, exclusions: pd.DataFrame, run_dir: str | os.PathLike
-) -> tuple[Path, Path]:
-    """Write ``cohort.csv`` and ``exclusions.csv`` (always, header only when none) atomically."""
-    run = Path(run_dir)
-    if exclusions.empty and exclusions.columns.empty:
-        exclusions = pd.DataFrame(columns=["subject_id", "reason"])
-    paths = run / "cohort.csv", run / "exclusions.csv"
-    ctio.atomic_write_text(paths[0], valid.to_csv(index=False))
-    ctio.atomic_write_text(paths[1], exclusions.to_csv(index=False))
-    return paths
-
-
 def window_label(lo: float, hi: float) -> str:
     """Label "12-23" for integer edges (lower edge to upper - 1 months), else "[6.5, 12)"."""
     if float(lo).is_integer() and float(hi).is_integer():

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NIFTI = ".nii.gz"
+NOTEBOOK_SOURCES = Path(__file__).resolve().parent.parent / "notebooks"  # what a run executes
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,17 @@ class SyntheticLayout:
         """The freshness record of one generated subject."""
         return self.root / "records" / f"{subject_id}.json"
 
-    def truth_map(self, subject_id: str, name: str) -> Path:
-        """A label map in the native grid: ``lobes``, ``brain`` or ``wm`` (white-matter cores)."""
-        return self.truth_dir / f"{subject_id}_{name}{NIFTI}"
+    def truth_lobes(self, subject_id: str) -> Path:
+        """The true lobe labels (1-4) in the scan's native grid."""
+        return self.truth_dir / f"{subject_id}_lobes{NIFTI}"
+
+    def truth_brain(self, subject_id: str) -> Path:
+        """The true brain mask in the native grid."""
+        return self.truth_dir / f"{subject_id}_brain{NIFTI}"
+
+    def truth_wm(self, subject_id: str) -> Path:
+        """The lobes' white-matter cores (labels 1-4) in the native grid."""
+        return self.truth_dir / f"{subject_id}_wm{NIFTI}"
 
 
 @dataclass(frozen=True)
@@ -226,6 +235,11 @@ class RunLayout:
     def figure(self, name: str) -> Path:
         return self.figures_dir / f"{name}.png"
 
+    def figure_paths(self, name: str, also: str | Path | None = None) -> list[Path]:
+        """Where a figure is saved: the run's ``figures/`` and, if given, the folder ``also``
+        (e.g. the repository's ``figures/`` for the reference run)."""
+        return [self.figure(name)] + ([Path(also) / self.figure(name).name] if also else [])
+
     @property
     def records_dir(self) -> Path:
         return self.root / "records"
@@ -251,6 +265,11 @@ class RunLayout:
 
     def html(self, name: str, suffix: str = ".html") -> Path:
         return self.html_dir / f"{name}{suffix}"
+
+    @property
+    def nbval_dir(self) -> Path:
+        """``ctbrainage.nbcheck``'s copies of the notebooks it re-executes here."""
+        return self.root / "nbval"
 
     @property
     def index(self) -> Path:

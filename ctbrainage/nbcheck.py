@@ -26,6 +26,7 @@ import nbformat
 
 from ctbrainage import run
 from ctbrainage.config import REPO_ROOT, load_profile
+from ctbrainage.layout import RunLayout
 
 SANITIZE = Path(__file__).with_name("nbval.cfg")
 INJECTED = "injected-parameters"
@@ -106,9 +107,10 @@ def check(notebook_dir: str | Path, run_dir: str | Path, pytest_args: list[str] 
     stored = sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
     if not stored:
         raise FileNotFoundError(f"no numbered notebooks in {notebook_dir}")
-    copies = dict(retarget(nb, run_dir, run_dir / "nbval") for nb in stored)
+    work = RunLayout(run_dir).nbval_dir
+    copies = dict(retarget(nb, run_dir, work) for nb in stored)
     originals = {p["run_dir"] for p in copies.values() if p.get("run_dir")}
-    sanitize = sanitize_file(originals, run_dir, run_dir / "nbval" / "nbval.cfg")
+    sanitize = sanitize_file(originals, run_dir, work / "nbval.cfg")
     before = [c for c in copies if int(c.name[:2]) <= run.FOLD_STEP]
     after = [c for c in copies if int(c.name[:2]) > run.FOLD_STEP]
     code = nbval(before, sanitize, list(pytest_args))
@@ -146,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Re-execute executed notebooks into a fresh run directory with nbval and "
         "compare every output with the stored one.",
     )
-    parser.add_argument("notebooks", help="folder of executed notebooks (e.g. notebooks/)")
+    parser.add_argument("notebook_dir", help="folder of executed notebooks (e.g. notebooks/)")
     parser.add_argument("--run-dir", required=True, help="fresh run directory for the re-run")
     args, pytest_args = parser.parse_known_args(argv)
-    return check(args.notebooks, args.run_dir, pytest_args)
+    return check(args.notebook_dir, args.run_dir, pytest_args)
 
 
 if __name__ == "__main__":

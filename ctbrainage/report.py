@@ -17,6 +17,7 @@ import pandas as pd
 from nbconvert import HTMLExporter
 
 from ctbrainage import ctio
+from ctbrainage.layout import RunLayout
 
 VARIANTS = {".html": False, ".noinput.html": True}  # suffix -> exclude the code
 
@@ -41,14 +42,14 @@ def export_notebook(notebook: str | Path, html_dir: str | Path) -> list[Path]:
 
 def export_notebooks(run_dir: str | Path) -> list[Path]:
     """Export every executed notebook of the run whose HTML is missing or older than it."""
-    run = Path(run_dir)
+    layout = RunLayout(run_dir)
     written = []
-    for notebook in sorted((run / "notebooks").glob("*.ipynb")):
-        targets = [run / "html" / f"{notebook.stem}{suffix}" for suffix in VARIANTS]
+    for notebook in sorted(layout.notebooks_dir.glob("*.ipynb")):
+        targets = [layout.html(notebook.stem, suffix) for suffix in VARIANTS]
         mtime = notebook.stat().st_mtime
         if all(t.exists() and t.stat().st_mtime >= mtime for t in targets):
             continue
-        written += export_notebook(notebook, run / "html")
+        written += export_notebook(notebook, layout.html_dir)
     return written
 
 
@@ -74,27 +75,25 @@ figcaption { font-size: 0.8em; color: #555; text-align: center; }
 
 def write_index(run_dir: str | Path) -> Path:
     """Write ``<run>/index.html`` from what the run directory holds (absent parts are skipped)."""
-    run = Path(run_dir)
-    manifest = _read_json(run / "manifest.json")
+    layout = RunLayout(run_dir)
+    manifest = _read_json(layout.manifest)
     sections = [
-        _header(run, manifest),
-        _steps(run, manifest),
-        _csv_section(run / "metrics.csv", "Age prediction (months), per fold and pooled"),
-        _csv_section(run / "table1.csv", "Table 1: ΔAE per lobe and age group", index=False),
-        _recovery(run / "recovery.json"),
-        _figures(run),
-        _exclusions(run / "exclusions.csv"),
-        _qc(run),
+        _header(layout, manifest),
+        _steps(layout, manifest),
+        _csv_section(layout.metrics, "Age prediction (months), per fold and pooled"),
+        _csv_section(layout.table1(".csv"), "Table 1: ΔAE per lobe and age group", index=False),
+        _recovery(layout.recovery),
+        _figures(layout),
+        _exclusions(layout.exclusions),
+        _qc(layout),
     ]
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>ctbrainage run {_e(run.name)}</title><style>{STYLE}</style></head><body>\n"
-        + "\n".join(s for s in sections if s)
-        + "\n</body></html>\n"
+        f"<title>ctbrainage run {_e(layout.root.name)}</title><style>{STYLE}</style></head>"
+        "<body>\n" + "\n".join(s for s in sections if s) + "\n</body></html>\n"
     )
-    out = run / "index.html"
-    ctio.atomic_write_text(out, page)
-    return out
+    ctio.atomic_write_text(layout.index, page)
+    return layout.index
 
 
 def _e(value) -> str:
@@ -105,7 +104,12 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _header(run: Path, manifest: dict) -> str:
+def _href(layout: RunLayout, path: Path) -> str:
+    """A link from the index page to a file of the run (relative: the run can be moved)."""
+    return _e(path.relative_to(layout.root).as_posix())
+
+
+def _header(layout: RunLayout, manifest: dict) -> str:
     profile = manifest.get("profile", {})
     git = manifest.get("git") or {}
     runs = manifest.get("invocations") or [{}]
@@ -118,12 +122,13 @@ def _header(run: Path, manifest: dict) -> str:
     ]
     meta = " · ".join(f"{_e(k)}: <b>{_e(v)}</b>" for k, v in facts)
     return (
-        f"<h1>ctbrainage run <code>{_e(run.name)}</code></h1><p class='meta'>{meta}</p>"
-        "<p class='meta'>Full record: <a href='manifest.json'>manifest.json</a>.</p>"
+        f"<h1>ctbrainage run <code>{_e(layout.root.name)}</code></h1><p class='meta'>{meta}</p>"
+        f"<p class='meta'>Full record: <a href='{_href(layout, layout.manifest)}'>"
+        f"{_e(layout.manifest.name)}</a>.</p>"
     )
 
 
-def _steps(run: Path, manifest: dict) -> str:
+def _steps(layout: RunLayout, manifest: dict) -> str:
     steps = manifest.get("steps") or {}
     if not steps:
         return ""
@@ -132,13 +137,13 @@ def _steps(run: Path, manifest: dict) -> str:
         status = entry.get("status", "?")
         seconds = entry.get("duration_s")
         links = [
-            f"<a href='{_e(href)}'>{label}</a>"
-            for href, label in (
-                (f"html/{name}.noinput.html", "results"),
-                (f"html/{name}.html", "with code"),
-                (f"notebooks/{name}.ipynb", "ipynb"),
+            f"<a href='{_href(layout, path)}'>{label}</a>"
+            for path, label in (
+                (layout.html(name, ".noinput.html"), "results"),
+                (layout.html(name, ".html"), "with code"),
+                (layout.notebook(name), "ipynb"),
             )
-            if (run / href).exists()
+            if path.exists()
         ]
         why = (entry.get("error") or {}).get("why") or entry.get("reason") or ""
         rows.append(
@@ -177,19 +182,19 @@ def _recovery(path: Path) -> str:
     )
 
 
-def _gallery(run: Path, folder: str) -> tuple[int, str]:
-    """Linked images of ``<run>/<folder>/*.png`` (loaded lazily), captioned by file name."""
-    images = sorted((run / folder).glob("*.png"))
+def _gallery(layout: RunLayout, folder: Path) -> tuple[int, str]:
+    """Linked images of ``folder/*.png`` (loaded lazily), captioned by file name."""
+    images = sorted(folder.glob("*.png"))
     items = "".join(
-        f"<figure><a href='{folder}/{_e(p.name)}'><img loading='lazy' src='{folder}/{_e(p.name)}' "
+        f"<figure><a href='{_href(layout, p)}'><img loading='lazy' src='{_href(layout, p)}' "
         f"alt='{_e(p.stem)}'></a><figcaption>{_e(p.stem)}</figcaption></figure>"
         for p in images
     )
     return len(images), items
 
 
-def _figures(run: Path) -> str:
-    count, items = _gallery(run, "figures")
+def _figures(layout: RunLayout) -> str:
+    count, items = _gallery(layout, layout.figures_dir)
     return f"<h2>Figures</h2>{items}" if count else ""
 
 
@@ -202,8 +207,8 @@ def _exclusions(path: Path) -> str:
     return f"<h2>Exclusions ({len(table)})</h2>" + table.to_html(index=False, na_rep="")
 
 
-def _qc(run: Path) -> str:
-    count, items = _gallery(run, "qc")
+def _qc(layout: RunLayout) -> str:
+    count, items = _gallery(layout, layout.qc_dir)
     if not count:
         return ""
     return (

@@ -24,16 +24,16 @@ def null_cohort_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """The tiny profile run through steps 01–03: preprocessed, lobes, both folds trained, with
-    out-of-fold predictions. Tests may add outputs but must leave these as they found them."""
+    out-of-fold predictions. Tests may add outputs but must leave these as they found them
+    (copy the run directory with ``shutil.copytree`` before changing anything in it)."""
     from ctbrainage.config import load_profile
-    from ctbrainage.pipeline import lobes_cohort, prepare_cohort, preprocess_cohort
-    from ctbrainage.train import collect_predictions, fit_fold
+    from ctbrainage.layout import RunLayout
+    from ctbrainage.steps import s01_preprocess, s02_lobes, s03_train
 
     profile = load_profile("tiny", {"run_dir": str(tmp_path_factory.mktemp("tiny_run"))})
-    cohort = prepare_cohort(profile, progress=False)
-    preprocess_cohort(profile, cohort, progress=False)
-    lobes_cohort(profile, cohort, progress=False)
+    s01_preprocess.run(profile, progress=False)
+    s02_lobes.run(profile, progress=False)
     for fold in range(profile.train.folds):
-        fit_fold(profile, fold, progress=False)
-    collect_predictions(profile)
+        s03_train.run(profile, fold, progress=False)
+    assert RunLayout(profile.run_path).predictions.exists()  # the last fold finalised step 03
     return profile

@@ -3,6 +3,8 @@
 import pytest
 
 from ctbrainage.config import REPO_ROOT, ProfileError, available_profiles, load_profile
+from ctbrainage.layout import RunLayout
+from ctbrainage.steps import s01_preprocess
 
 
 def test_shipped_profiles_load_with_their_settings():
@@ -70,15 +72,39 @@ def test_unknown_profile_suggests_the_nearest():
         load_profile("dem")
 
 
+def test_settings_of_the_later_steps_have_defaults_and_are_checked():
+    tiny = load_profile("tiny")
+    assert tiny.evaluate.bias_source == "other folds"
+    assert tiny.perturb.compare_fills == ("noise", "zero", "mean", "group_level")
+    assert (tiny.stats.window_months, tiny.stats.window_step) == (12.0, 3.0)
+    p = load_profile(
+        "tiny",
+        {
+            "evaluate.bias_source": "validation",
+            "perturb.compare_fills": ["zero"],
+            "stats.window_months": 6,
+        },
+    )
+    assert p.evaluate.bias_source == "validation" and p.perturb.compare_fills == ("zero",)
+    assert p.stats.window_months == 6.0 and isinstance(p.stats.window_months, float)
+    with pytest.raises(ProfileError, match="evaluate.bias_source: 'test fold' is not one of"):
+        load_profile("tiny", {"evaluate.bias_source": "test fold"})
+    with pytest.raises(ProfileError, match="perturb.compare_fills: 'blur' is not one of"):
+        load_profile("tiny", {"perturb.compare_fills": ["blur"]})
+
+
 def test_run_and_manifest_paths(tmp_path):
     demo = load_profile("demo")
     assert demo.run_path == REPO_ROOT / "runs" / "demo"
-    assert demo.manifest_path == REPO_ROOT / "runs" / "demo" / "synthetic" / "cohort.csv"
+    synthetic = RunLayout(demo.run_path).synthetic
+    assert synthetic.root == REPO_ROOT / "runs" / "demo" / "synthetic"
+    assert s01_preprocess.manifest_path(demo) == synthetic.manifest
+    assert synthetic.manifest == REPO_ROOT / "runs" / "demo" / "synthetic" / "cohort.csv"
     assert load_profile("demo", run_dir="elsewhere").run_path == REPO_ROOT / "elsewhere"
     custom = load_profile("demo", run_dir=str(tmp_path), data=str(tmp_path / "mine.csv"))
     assert custom.run_path == tmp_path
-    assert custom.synthetic_dir == tmp_path / "synthetic"
-    assert custom.manifest_path == tmp_path / "mine.csv"
+    assert RunLayout(custom.run_path).synthetic.root == tmp_path / "synthetic"
+    assert s01_preprocess.manifest_path(custom) == tmp_path / "mine.csv"
 
 
 def test_profile_from_an_explicit_yaml_path(tmp_path):

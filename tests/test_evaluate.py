@@ -8,6 +8,9 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from ctbrainage import evaluate as ev
+from ctbrainage import loaders
+from ctbrainage.labels import LOBES
+from ctbrainage.layout import RunLayout
 
 
 def _predictions(n=100, folds=5, slope=0.7, intercept=7.0, noise=2.0, seed=0):
@@ -132,10 +135,23 @@ def test_baselines_are_refitted_per_fold_on_training_subjects_only():
 
 
 def test_image_features_of_a_run(tiny_run):
-    features = ev.image_features(tiny_run.run_path)
+    layout = RunLayout(tiny_run.run_path)
+    preprocess = pd.read_csv(layout.preprocess_table, dtype={"subject_id": str})
+    lobes = pd.read_csv(layout.lobes_table, dtype={"subject_id": str})
+    ids = list(pd.read_csv(layout.predictions, dtype={"subject_id": str})["subject_id"])
+    arrays = {sid: loaders.subject_arrays(layout, sid) for sid in ids}
+    features = ev.image_features(preprocess, lobes, arrays)
     assert len(features) == 12 and not features.isna().any().any()
     assert {"brain_volume_ml", "ptile_high_hu", "frontal_ml", "occipital_intensity"} <= set(
         features.columns
     )
     intensities = features[[c for c in features.columns if c.endswith("_intensity")]]
     assert ((intensities > 0) & (intensities < 1)).all().all()
+    # each intensity is the lobe's mean model input; only the subjects given are featured
+    sid = features["subject_id"].iloc[3]
+    volume, labels = arrays[sid]
+    for k, name in LOBES.items():
+        row = features.set_index("subject_id").loc[sid]
+        assert row[f"{name}_intensity"] == pytest.approx(float(volume[labels == k].mean()))
+    some = ev.image_features(preprocess, lobes, {s: arrays[s] for s in ids[:5]})
+    assert sorted(some["subject_id"]) == sorted(ids[:5])

@@ -1,4 +1,5 @@
-"""Lobe-wise perturbation: fills, seeding, batching, the Captum cross-check, perturbation.csv."""
+"""Lobe-wise perturbation: fills, seeding, batching, the Captum cross-check (``perturb``), and
+step 05 on a run (``s05_perturbation``): perturbation tables, lobe levels, exclusions, resuming."""
 
 from __future__ import annotations
 
@@ -12,22 +13,16 @@ import pytest
 import torch
 from captum.attr import FeatureAblation
 
-from ctbrainage import ctio
+from ctbrainage import ctio, perturb
 from ctbrainage.cohort import age_group
-from ctbrainage.config import ModelConfig, PerturbConfig
+from ctbrainage.config import ModelConfig, ProfileError, load_profile
 from ctbrainage.data import load_volumes
 from ctbrainage.labels import LOBES
+from ctbrainage.layout import RunLayout
 from ctbrainage.models import build_model
-from ctbrainage.perturb import (
-    COLUMNS,
-    delta_ae,
-    fill_baseline,
-    noise_seed,
-    perturb_cohort,
-    perturb_subject,
-    perturbation_path,
-)
-from ctbrainage.train import load_fold_model
+from ctbrainage.perturb import COLUMNS, delta_ae, fill_baseline, noise_seed, perturb_subject
+from ctbrainage.steps import s03_train, s05_perturbation
+from ctbrainage.steps.s05_perturbation import perturbation_path
 
 SIZE = 32
 
@@ -216,36 +211,65 @@ def test_delta_ae_and_signed_change_arithmetic():
     assert delta_ae(30.0, 25.0, 36.0) == pytest.approx(1.0)
 
 
-# ---- the cohort step on the tiny run ------------------------------------------------------------
-def copy_run(profile, dest, **perturb):
-    """The inputs of step 05 of ``profile``'s run, copied to ``dest`` (the fixture stays intact)."""
-    src = profile.run_path
-    for name in ("preprocessed", "lobes", "models"):
-        shutil.copytree(src / name, dest / name)
-    for name in ("predictions.csv", "folds.csv", "exclusions.csv"):
-        if (src / name).exists():
-            shutil.copy2(src / name, dest / name)
-    settings = dataclasses.replace(profile.perturb, **perturb) if perturb else profile.perturb
-    return dataclasses.replace(profile, run_dir=str(dest), perturb=settings)
+# ---- step 05 on the tiny run ---------------------------------------------------------------------
+def copy_run(profile, dest, **perturb_settings):
+    """``profile`` on a copy of its run directory (the source stays intact), with ``perturb.*``
+    settings replaced (default here: the profile's fill alone, no comparison fills)."""
+    shutil.copytree(profile.run_path, dest)
+    settings = {"compare_fills": (), **perturb_settings}
+    return dataclasses.replace(
+        profile,
+        run_dir=str(dest),
+        perturb=dataclasses.replace(profile.perturb, **settings),
+    )
+
+
+def read(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"subject_id": str})
+
+
+def mtimes(folder) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
 
 
 @pytest.fixture(scope="module")
 def tiny_copy(tiny_run, tmp_path_factory):
-    profile = copy_run(tiny_run, tmp_path_factory.mktemp("perturb"), repeats=2)
-    table, failures = perturb_cohort(profile, progress=False)
-    return profile, table, failures
+    profile = copy_run(tiny_run, tmp_path_factory.mktemp("perturb") / "run", repeats=2)
+    return profile, s05_perturbation.run(profile, progress=False)
+
+
+@pytest.fixture(scope="module")
+def more_fills(tiny_copy, tmp_path_factory):
+    """A copy of ``tiny_copy``'s run, rerun with the zero and group_level fills to compare."""
+    profile, first = tiny_copy
+    dest = tmp_path_factory.mktemp("more_fills") / "run"
+    shutil.copytree(profile.run_path, dest)
+    moved = dataclasses.replace(profile, run_dir=str(dest))
+    layout = RunLayout(dest)
+    before = {
+        "main": perturbation_path(moved, "noise").read_bytes(),
+        "records": mtimes(layout.records_dir / "05_perturbation_noise"),
+    }
+    more = dataclasses.replace(
+        moved, perturb=dataclasses.replace(profile.perturb, compare_fills=("zero", "group_level"))
+    )
+    return more, first, s05_perturbation.run(more, progress=False), before
 
 
 def test_cohort_table_columns_rows_and_out_of_fold_models(tiny_copy):
-    profile, table, failures = tiny_copy
-    assert failures.empty
-    written = pd.read_csv(profile.run_path / "perturbation.csv", dtype={"subject_id": str})
+    profile, result = tiny_copy
+    layout = RunLayout(profile.run_path)
+    assert result.excluded.empty
+    assert list(result.tables) == ["noise"]
+    written = read(layout.perturbation("noise", "noise"))
+    assert layout.perturbation("noise", "noise").name == "perturbation.csv"
+    pd.testing.assert_frame_equal(result.table, written)
     assert list(written.columns) == COLUMNS
-    predictions = pd.read_csv(profile.run_path / "predictions.csv", dtype={"subject_id": str})
+    predictions = read(layout.predictions)
     assert len(written) == len(predictions) * len(LOBES) * 2
     assert set(written["lobe"]) == set(LOBES.values()) and set(written["repeat"]) == {0, 1}
     assert (written["fill"] == "noise").all()
-    folds = pd.read_csv(profile.run_path / "folds.csv", dtype={"subject_id": str})
+    folds = read(layout.folds)
     merged = written.merge(folds[["subject_id", "fold"]], on="subject_id", suffixes=("", "_cv"))
     assert len(merged) == len(written) and (merged["fold"] == merged["fold_cv"]).all()
     # the whole prediction is the out-of-fold one of step 03 (the other fold's model differs)
@@ -256,16 +280,16 @@ def test_cohort_table_columns_rows_and_out_of_fold_models(tiny_copy):
     np.testing.assert_allclose(written["delta_ae"], (pm - age).abs() - (pw - age).abs())
     np.testing.assert_allclose(written["signed_change"], pm - pw)
     assert written[COLUMNS[-4:]].notna().all().all()
+    assert s05_perturbation.is_fresh(profile)
 
 
 def test_cohort_agrees_with_captum_on_the_trained_model(tiny_copy):
-    profile, table, _ = tiny_copy
+    profile, result = tiny_copy
+    table, layout = result.table, RunLayout(profile.run_path)
     row = table.iloc[0]
-    model = load_fold_model(profile, int(row["fold"]))
-    volume = load_volumes(profile.run_path, [row["subject_id"]])[0]
-    labels = np.asarray(
-        nib.load(profile.run_path / "lobes" / f"{row['subject_id']}.nii.gz").dataobj
-    )
+    model = s03_train.load_model(profile, int(row["fold"]))
+    volume = load_volumes([layout.preprocessed(row["subject_id"])])[0]
+    labels = np.asarray(nib.load(layout.lobes(row["subject_id"])).dataobj)
     theirs = captum_masked(model, volume, labels, 1, profile.seed, row["subject_id"])
     ours = table[(table["subject_id"] == row["subject_id"]) & (table["repeat"] == 1)]
     span = profile.age_range_months[1] - profile.age_range_months[0]
@@ -273,38 +297,57 @@ def test_cohort_agrees_with_captum_on_the_trained_model(tiny_copy):
     np.testing.assert_allclose(ours["pred_masked"], lo + theirs * span, atol=1e-4)
 
 
-def test_rerun_skips_and_a_changed_setting_reruns(tiny_copy, tmp_path):
-    profile, table, _ = tiny_copy
-    out = profile.run_path / "perturbation.csv"
+def test_rerun_skips_and_a_changed_setting_reruns(tiny_copy, tmp_path, monkeypatch):
+    profile, result = tiny_copy
+    table = result.table
+    out = perturbation_path(profile, "noise")
     before = out.stat().st_mtime_ns
-    again, failures = perturb_cohort(profile, progress=False)
-    assert out.stat().st_mtime_ns == before and failures.empty
-    pd.testing.assert_frame_equal(again, table)
-    shutil.copytree(profile.run_path, tmp_path / "run")  # the module's run stays as it is
-    moved = dataclasses.replace(profile, run_dir=str(tmp_path / "run"))
-    zero = dataclasses.replace(moved, perturb=PerturbConfig(repeats=1, fill="zero"))
-    redone, _ = perturb_cohort(zero, progress=False)
+    with monkeypatch.context() as mp:  # a fresh step does not even load a model
+        mp.setattr(s03_train, "load_model", _no_model)
+        again = s05_perturbation.run(profile, progress=False)
+    assert out.stat().st_mtime_ns == before and again.excluded.empty
+    pd.testing.assert_frame_equal(again.table, table)
+    dest = tmp_path / "run"
+    shutil.copytree(profile.run_path, dest)  # the module's run stays as it is
+    zero = dataclasses.replace(
+        profile,
+        run_dir=str(dest),
+        perturb=dataclasses.replace(profile.perturb, repeats=1, fill="zero"),
+    )
+    assert not s05_perturbation.is_fresh(zero)
+    redone = s05_perturbation.run(zero, progress=False).table
     assert (redone["fill"] == "zero").all() and len(redone) == len(table) // 2
+    pd.testing.assert_frame_equal(read(perturbation_path(zero, "zero")), redone)
+    assert perturbation_path(zero, "zero").name == "perturbation.csv"  # the main fill now
 
 
-def test_another_fill_is_written_beside_the_main_analysis(tiny_copy):
-    profile, table, _ = tiny_copy
-    main = profile.run_path / "perturbation.csv"
-    before = main.stat().st_mtime_ns
-    zero, _ = perturb_cohort(profile, progress=False, fill="zero")
+def test_an_unknown_fill_is_refused_by_the_profile():
+    with pytest.raises(ProfileError, match="perturb.fill: 'blur' is not one of"):
+        load_profile("tiny", {"perturb.fill": "blur"})
+    with pytest.raises(ProfileError, match="perturb.compare_fills: 'blur' is not one of"):
+        load_profile("tiny", {"perturb.compare_fills": ["zero", "blur"]})
+
+
+def test_another_fill_is_written_beside_the_main_analysis(more_fills):
+    profile, first, result, before = more_fills
+    layout = RunLayout(profile.run_path)
+    assert list(result.tables) == ["noise", "zero", "group_level"] and result.excluded.empty
     assert perturbation_path(profile, "zero").name == "perturbation_zero.csv"
-    written = pd.read_csv(profile.run_path / "perturbation_zero.csv")
-    assert (written["fill"] == "zero").all() and len(written) == len(table)
-    assert main.stat().st_mtime_ns == before  # the noise analysis is left alone
-    assert not np.allclose(zero["pred_masked"], table["pred_masked"])
-    with pytest.raises(ValueError, match="unknown fill"):
-        perturb_cohort(profile, progress=False, fill="blur")
+    written = read(layout.root / "perturbation_zero.csv")
+    assert (written["fill"] == "zero").all() and len(written) == len(first.table)
+    pd.testing.assert_frame_equal(result.tables["zero"], written)
+    # the noise analysis is left alone: the same bytes, its subjects not perturbed again
+    assert perturbation_path(profile, "noise").read_bytes() == before["main"]
+    assert mtimes(layout.records_dir / "05_perturbation_noise") == before["records"]
+    pd.testing.assert_frame_equal(result.table, first.table)
+    assert not np.allclose(written["pred_masked"], first.table["pred_masked"])
 
 
-def test_group_level_fill_moves_each_lobe_to_its_age_groups_mean(tiny_copy):
-    profile, _, _ = tiny_copy
-    table, failures = perturb_cohort(profile, progress=False, fill="group_level")
-    assert failures.empty and (table["fill"] == "group_level").all()
+def test_group_level_fill_moves_each_lobe_to_its_age_groups_mean(more_fills):
+    profile, _, result, _ = more_fills
+    table = result.tables["group_level"].copy()
+    assert (table["fill"] == "group_level").all()
+    assert read(perturbation_path(profile, "group_level")).equals(result.tables["group_level"])
     table["group"] = age_group(table["age_months"], profile.age_group_edges).astype(str)
     levels = table[table["repeat"] == 0].groupby(["group", "lobe"])["lobe_mean"].mean()
     expected = levels.loc[list(zip(table["group"], table["lobe"], strict=True))].to_numpy()
@@ -313,30 +356,84 @@ def test_group_level_fill_moves_each_lobe_to_its_age_groups_mean(tiny_copy):
     # repeats agree (to float rounding across batch positions): the fill is deterministic
     pivot = table.pivot_table(index=["subject_id", "lobe"], columns="repeat", values="pred_masked")
     np.testing.assert_allclose(pivot[0], pivot[1], atol=1e-4)
+    # lobe_levels.csv holds each subject's lobe means and those targets
+    stored = read(RunLayout(profile.run_path).lobe_levels)
+    assert list(stored.columns) == ["subject_id", "lobe", "lobe_mean", "group_level"]
+    first = table[table["repeat"] == 0].merge(stored, on=["subject_id", "lobe"])
+    assert len(first) == len(stored) == table["subject_id"].nunique() * len(LOBES)
+    np.testing.assert_allclose(first["lobe_mean_y"], first["lobe_mean_x"], atol=1e-6)
+    np.testing.assert_allclose(first["group_level"], first["fill_mean"], atol=1e-5)
+    np.testing.assert_allclose(first["group_level"], expected[table["repeat"] == 0], atol=1e-6)
+
+
+def _no_model(profile, fold):
+    raise AssertionError(f"fold {fold}'s model was loaded")
+
+
+def test_a_killed_perturbation_resumes_from_its_subjects(tiny_copy, tmp_path, monkeypatch):
+    profile, result = tiny_copy
+    dest = tmp_path / "run"
+    shutil.copytree(profile.run_path, dest)
+    killed = dataclasses.replace(profile, run_dir=str(dest))
+    layout, table = RunLayout(dest), perturbation_path(killed, "noise")
+    done = table.read_bytes()
+    # killed after every subject was perturbed, before the table and the step's record
+    table.unlink()
+    layout.record(s05_perturbation.STEP.name).unlink()
+    assert not s05_perturbation.is_fresh(killed)
+    with monkeypatch.context() as mp:
+        mp.setattr(s03_train, "load_model", _no_model)
+        again = s05_perturbation.run(killed, progress=False)
+    assert again.excluded.empty
+    assert table.read_bytes() == done
+    assert s05_perturbation.is_fresh(killed)
+    # killed half-way: only the subjects without a record are perturbed, with their own model
+    last = result.table.drop_duplicates("subject_id").iloc[-1]
+    table.unlink()
+    layout.record(s05_perturbation.STEP.name).unlink()
+    s05_perturbation.STEP.subject_record(layout, last["subject_id"], "_noise").path.unlink()
+    loaded = []
+
+    def spy(profile, fold):
+        loaded.append(fold)
+        return s03_train.train.load_model(profile, layout.model(fold))
+
+    with monkeypatch.context() as mp:
+        mp.setattr(s03_train, "load_model", spy)
+        resumed = s05_perturbation.run(killed, progress=False)
+    assert loaded == [int(last["fold"])]
+    assert resumed.excluded.empty
+    assert table.read_bytes() == done
 
 
 def test_bad_lobe_files_fail_their_subject_only(tiny_run, tmp_path):
-    profile = copy_run(tiny_run, tmp_path)
-    ids = sorted(pd.read_csv(profile.run_path / "predictions.csv")["subject_id"].astype(str))
-    lobes = profile.run_path / "lobes"
-    (lobes / f"{ids[0]}.nii.gz").unlink()
-    (lobes / f"{ids[1]}.nii.gz").write_bytes(b"\x1f\x8b not a NIfTI")
-    image = nib.load(lobes / f"{ids[2]}.nii.gz")
+    profile = copy_run(tiny_run, tmp_path / "run")
+    layout = RunLayout(profile.run_path)
+    ids = sorted(read(layout.predictions)["subject_id"])
+    layout.lobes(ids[0]).unlink()
+    layout.lobes(ids[1]).write_bytes(b"\x1f\x8b not a NIfTI")
+    image = nib.load(layout.lobes(ids[2]))
     labels = np.asarray(image.dataobj)
-    ctio.write_nifti(lobes / f"{ids[2]}.nii.gz", np.where(labels == 3, 0, labels), image.affine)
-    table, failures = perturb_cohort(profile, progress=False)
+    ctio.write_nifti(layout.lobes(ids[2]), np.where(labels == 3, 0, labels), image.affine)
+    result = s05_perturbation.run(profile, progress=False)
+    table, failures = result.table, result.excluded
+    assert (failures["step"] == "05_perturbation").all()
     reasons = dict(zip(failures["subject_id"], failures["reason"], strict=True))
     assert set(reasons) == set(ids[:3])
-    assert reasons[ids[0]].startswith(f"perturbation: {ids[0]}: lobe labels missing")
-    assert reasons[ids[1]].startswith(f"perturbation: {ids[1]}: unreadable lobe labels")
-    assert reasons[ids[2]] == f"perturbation: {ids[2]}: empty lobe(s) in the label map: temporal"
+    assert reasons[ids[0]].startswith(f"{ids[0]}: lobe labels missing")
+    assert reasons[ids[1]].startswith(f"{ids[1]}: unreadable")
+    assert str(layout.lobes(ids[1]).relative_to(layout.root)) in reasons[ids[1]]  # which file
+    assert reasons[ids[2]] == f"{ids[2]}: empty lobe(s) in the label map: temporal"
     assert sorted(table["subject_id"].unique()) == ids[3:]
     assert len(table) == (len(ids) - 3) * len(LOBES)
-    excluded = pd.read_csv(profile.run_path / "exclusions.csv", dtype=str)
-    assert set(
-        excluded.loc[excluded["reason"].str.startswith("perturbation:"), "subject_id"]
-    ) == set(ids[:3])
+    excluded = pd.read_csv(layout.exclusions, dtype=str, keep_default_na=False)
+    mine = excluded[excluded["step"] == "05_perturbation"]
+    assert set(mine["subject_id"]) == set(ids[:3])
+    assert dict(zip(mine["subject_id"], mine["reason"], strict=True)) == reasons
+    # the later steps' subjects: the failed ones are no longer kept
+    assert set(s05_perturbation.subjects(profile)["subject_id"]) == set(ids)
     # rerun with the same broken inputs: skipped, the same failures reported
-    again, failures_again = perturb_cohort(profile, progress=False)
-    pd.testing.assert_frame_equal(failures_again, failures)
-    assert len(again) == len(table)
+    assert s05_perturbation.is_fresh(profile)
+    again = s05_perturbation.run(profile, progress=False)
+    pd.testing.assert_frame_equal(again.excluded, failures)
+    pd.testing.assert_frame_equal(again.table, table)

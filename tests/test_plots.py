@@ -122,7 +122,7 @@ def test_synthetic_cohort_figure_reads_the_layout(tmp_path):
     for n, age in enumerate((2.0, 20.0, 40.0)):
         sid = f"syn-{n}"
         ctio.write_nifti(cohort.root / cohort.image(sid), 20 + 40 * image.volume, AFFINE)
-        ctio.write_nifti(cohort.truth_map(sid, "brain"), image.labels > 0, AFFINE)
+        ctio.write_nifti(cohort.truth_brain(sid), image.labels > 0, AFFINE)
         manifest.append({"subject_id": sid, "image": str(cohort.image(sid))})
         row = {"subject_id": sid, "age_months": age, "sex": "FM"[n % 2], "site": n % 2,
                "site_offset_hu": 1.0, "brain_volume_ml": 500 + 10 * age}  # fmt: skip

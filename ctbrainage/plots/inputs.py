@@ -52,7 +52,7 @@ def synthetic_cohort_figure(
         rec = truth.set_index("subject_id").loc[sid]
         image_path = manifest.set_index("subject_id").loc[sid, "image"]
         image = nib.load(layout.root / image_path)
-        brain = nib.as_closest_canonical(nib.load(layout.truth_map(sid, "brain")))
+        brain = nib.as_closest_canonical(nib.load(layout.truth_brain(sid)))
         centre = np.argwhere(np.asarray(brain.dataobj) > 0).mean(axis=0)
         for row, (plane, aspect) in enumerate(canonical_slices(image, centre)):
             ax = fig.add_subplot(grid[row, col])

@@ -2,8 +2,9 @@
 
 Phases run in turn, the notebook runs of a phase at once: 01 → 02 → 03 once per fold (one per
 GPU, bounded by cores on CPU, or as SLURM jobs through submitit) → 04 → 05 → 06. A notebook run
-that the manifest records as done with the same parameters and profile, whose executed notebook
-exists, is skipped (unless ``force``, or an earlier one ran in this invocation).
+is skipped (unless ``force``) when the manifest records it as done with the same notebook
+parameters, its executed notebook exists, and its step's record shows that nothing the step
+reads has changed (:func:`ctbrainage.steps.is_fresh`), checked when its phase comes.
 Exit codes: 0 done, 1 a notebook failed, 2 usage error.
 """
 
@@ -25,8 +26,9 @@ import nbformat
 from tqdm.auto import tqdm
 
 from ctbrainage import ctio, report
-from ctbrainage.config import REPO_ROOT, ProfileError
-from ctbrainage.run.manifest import Manifest, iso, plain, run_header, sha256
+from ctbrainage.config import REPO_ROOT, Profile, ProfileError
+from ctbrainage.layout import RunLayout
+from ctbrainage.run.manifest import Manifest, iso, plain, run_header
 from ctbrainage.run.plan import (
     FOLD_STEP,
     NOTEBOOK_DIR,
@@ -36,6 +38,7 @@ from ctbrainage.run.plan import (
     UsageError,
     make_plan,
 )
+from ctbrainage.steps import is_fresh
 
 USAGE, FAILED = 2, 1
 
@@ -205,39 +208,30 @@ def _threads_per_kernel(n: int | None) -> Iterator[None]:
 # ---------------------------------------------------------------- running the plan
 
 
-def _is_finished(
-    entry: dict[str, Any] | None, step: NotebookRun, profile_sha: str, upstream_end: str
-) -> bool:
-    """Done with these parameters and this profile, the notebook is there, and it started after
-    every earlier step last ended (ISO UTC times compare as text)."""
+def _notebook_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that decide a notebook's output beside its step's record (the profile's
+    settings are in the record, whichever file or name passed them)."""
+    return {k: v for k, v in plain(parameters).items() if k != "profile"}
+
+
+def _is_finished(entry: dict[str, Any] | None, step: NotebookRun, profile: Profile) -> bool:
+    """The notebook ran to the end with these parameters, its executed copy is there, and its
+    step's record says that nothing the step reads has changed since (``ctbrainage.steps``)."""
     return (
         entry is not None
         and entry.get("status") in ("done", "skipped")
-        and entry.get("parameters") == plain(step.parameters)
-        and entry.get("profile_sha256") == profile_sha
-        and str(entry.get("started", "")) >= upstream_end
+        and _notebook_parameters(entry.get("parameters", {}))
+        == _notebook_parameters(step.parameters)
         and step.output.exists()
+        and is_fresh(step.number, profile, step.fold)
     )
 
 
-def _upstream_end(steps: dict[str, dict[str, Any]], number: int) -> str:
-    """When the latest finished step of an earlier notebook ended ("" if none)."""
-    ends = [
-        str(entry.get("ended", ""))
-        for name, entry in steps.items()
-        if name[:2].isdigit()
-        and int(name[:2]) < number
-        and entry.get("status") in ("done", "skipped")
-    ]
-    return max(ends, default="")
-
-
-def _entry(step: NotebookRun, profile_sha: str, **fields: Any) -> dict[str, Any]:
+def _entry(step: NotebookRun, **fields: Any) -> dict[str, Any]:
     return {
         "notebook": str(step.source.relative_to(REPO_ROOT)),
         "output": str(step.output),
         "parameters": plain(step.parameters),
-        "profile_sha256": profile_sha,
         **fields,
     }
 
@@ -247,10 +241,8 @@ class _PhaseExecutor:
 
     def __init__(self, plan: Plan, manifest: Manifest, bar: tqdm) -> None:
         self.plan, self.manifest, self.bar = plan, manifest, bar
-        self.profile_sha = sha256(plan.profile.to_dict())
         self.local = local_launcher(plan.options.timeout)
         self.remote = submitit_launcher(plan) if plan.options.executor == "slurm" else None
-        self.ran = False  # a step executed in this invocation: later ones cannot be skipped
         self.failed: list[str] = []
 
     def run(self) -> None:
@@ -258,15 +250,13 @@ class _PhaseExecutor:
             if self.failed:
                 self._not_run([s for p in self.plan.phases[index:] for s in p])
                 return
-            todo = [step for step in phase if not self._skip(step)]
+            todo = [step for step in phase if not self._skip(step)]  # after the phases before
             if todo:
                 self._run_phase(todo)
 
     def _skip(self, step: NotebookRun) -> bool:
         entry = self.manifest.entry(step.name)
-        upstream = _upstream_end(self.manifest.data["steps"], step.number)
-        finished = _is_finished(entry, step, self.profile_sha, upstream)
-        if self.plan.options.force or self.ran or not finished:
+        if self.plan.options.force or not _is_finished(entry, step, self.plan.profile):
             return False
         self.manifest.set_step(step.name, {**entry, "status": "skipped"})
         self.bar.update()
@@ -285,16 +275,13 @@ class _PhaseExecutor:
                         other.cancel()
         cancelled = [step for future, step in futures.items() if future.cancelled()]
         self._not_run(cancelled)
-        self.ran = True
 
     def _run_step(self, launch: Launcher, step: NotebookRun) -> str:
         step.output.parent.mkdir(parents=True, exist_ok=True)
-        self.manifest.set_step(
-            step.name, _entry(step, self.profile_sha, status="running", started=iso(time.time()))
-        )
+        self.manifest.set_step(step.name, _entry(step, status="running", started=iso(time.time())))
         self.bar.set_postfix_str(step.name)
         outcome = launch(step)
-        self.manifest.set_step(step.name, _entry(step, self.profile_sha, **outcome))
+        self.manifest.set_step(step.name, _entry(step, **outcome))
         if outcome["status"] == "failed":
             self.failed.append(step.name)
         tqdm.write(f"{step.name}: {outcome['status']} in {outcome['duration_s']:.1f} s")
@@ -304,17 +291,17 @@ class _PhaseExecutor:
     def _not_run(self, steps: list[NotebookRun]) -> None:
         reason = f"after {', '.join(self.failed)} failed"
         for step in steps:
-            entry = _entry(step, self.profile_sha, status="not run", reason=reason)
+            entry = _entry(step, status="not run", reason=reason)
             self.manifest.set_step(step.name, entry)
 
 
 def execute(plan: Plan) -> int:
     """Run a checked plan; returns the exit code (0 done, 1 a step failed)."""
-    run = plan.run_path
-    (run / "notebooks").mkdir(parents=True, exist_ok=True)
+    layout = RunLayout(plan.run_path)
+    layout.notebooks_dir.mkdir(parents=True, exist_ok=True)
     if plan.profile_yaml:
-        ctio.atomic_write_text(run / "profile.yaml", plan.profile_yaml)
-    manifest = Manifest(run / "manifest.json", run_header(plan))
+        ctio.atomic_write_text(layout.profile, plan.profile_yaml)
+    manifest = Manifest(layout.manifest, run_header(plan))
     manifest.write()
     started = time.time()
     bar = tqdm(
@@ -331,13 +318,13 @@ def execute(plan: Plan) -> int:
     status = "failed" if phases.failed else "done"
     manifest.finish(status, _invocation(started, status))
     print(timing_table(plan, manifest))
-    index = _report(run)
+    index = _report(layout.root)
     if phases.failed:
         print(failure_summary(plan, manifest), file=sys.stderr)
         return FAILED
     if index is None:
         return FAILED
-    print(f"done in {time.time() - started:.0f} s: {run} (manifest.json, notebooks/, {index.name})")
+    print(f"done in {time.time() - started:.0f} s: {layout.root} (see {index})")
     return 0
 
 

@@ -18,10 +18,11 @@ from typing import Any, Literal
 import nbformat
 import yaml
 
-from ctbrainage.config import REPO_ROOT, Profile, did_you_mean, load_profile
+from ctbrainage.config import Profile, did_you_mean, load_profile
+from ctbrainage.layout import NOTEBOOK_SOURCES, RunLayout
 
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-NOTEBOOKS = {
+NOTEBOOK_DIR = NOTEBOOK_SOURCES
+NOTEBOOKS = {  # the steps' names (ctbrainage.steps): notebook NN runs step NN
     1: "01_preprocess",
     2: "02_lobes",
     3: "03_train",
@@ -245,10 +246,9 @@ def make_plan(options: Options) -> Plan:
             f"--folds {bad or '(none)'}: the profile has folds 0-{profile.train.folds - 1}"
         )
     profile_yaml = _profile_yaml(profile) if overrides else ""
+    layout = RunLayout(profile.run_path)
     common = {
-        "profile": str(profile.run_path / "profile.yaml")
-        if overrides
-        else _profile_arg(options.profile),
+        "profile": str(layout.profile) if overrides else _profile_arg(options.profile),
         "run_dir": profile.run_dir,
         "data": data,
     }
@@ -260,7 +260,7 @@ def make_plan(options: Options) -> Plan:
             params = {**common, **own}
             params.update({k: v for k, v in notebook_params.items() if k in declared[n]})
             _check_declared(NOTEBOOKS[n], params, declared[n])
-            output = profile.run_path / "notebooks" / f"{name}.ipynb"
+            output = layout.notebook(name)
             source = NOTEBOOK_DIR / f"{NOTEBOOKS[n]}.ipynb"
             steps.append(NotebookRun(name, n, source, output, params, fold))
         phases.append(steps)

@@ -142,6 +142,14 @@ def validation(profile: Profile) -> pd.DataFrame | None:
     return pd.concat([pd.read_csv(p, dtype={"subject_id": str}) for p in paths], ignore_index=True)
 
 
+def learning_curves(profile: Profile, folds=None) -> dict[int, pd.DataFrame]:
+    """Lightning's loss log of each of ``folds`` (default: every fold) that has one."""
+    layout = RunLayout(profile.run_path)
+    folds = range(profile.train.folds) if folds is None else folds
+    paths = {k: layout.learning_curve(k) for k in folds}
+    return {k: pd.read_csv(path) for k, path in paths.items() if path.exists()}
+
+
 def load_model(profile: Profile, fold: int):
     """Fold ``fold``'s trained network in eval mode on CPU (output: age in [0, 1])."""
     path = RunLayout(profile.run_path).model(fold)

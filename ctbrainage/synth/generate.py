@@ -176,7 +176,7 @@ def _settings(spec: SubjectSpec, schedule: MaturationSchedule, mode: str, fmt: s
 
 
 def _made(out: SyntheticLayout, sid: str, fmt: str) -> list[Path]:
-    maps = [out.truth_map(sid, name) for name in ("lobes", "brain", "wm")]
+    maps = [out.truth_lobes(sid), out.truth_brain(sid), out.truth_wm(sid)]
     return [out.root / out.image(sid, fmt), out.truth(sid), *maps]
 
 
@@ -208,8 +208,12 @@ def _write_subject(out: SyntheticLayout, spec, schedule, mode, fmt) -> None:
             uid_seed=str(spec.seed),
             **_identity(spec),
         )
-    for name, labels in (("lobes", head.lobes), ("brain", head.brain), ("wm", head.wm_core)):
-        ctio.write_nifti(out.truth_map(sid, name), labels, head.affine)
+    for path, labels in (
+        (out.truth_lobes(sid), head.lobes),
+        (out.truth_brain(sid), head.brain),
+        (out.truth_wm(sid), head.wm_core),
+    ):
+        ctio.write_nifti(path, labels, head.affine)
     voxel_ml = float(abs(np.linalg.det(head.affine[:3, :3]))) / 1000.0
     truth = {
         **head.truth,

@@ -65,7 +65,7 @@ def score_preprocessing(layout: RunLayout) -> pd.DataFrame:
                 "age_months": truth["age_months"],
                 "site": truth["site"],
                 "dice": brain_mask_dice(
-                    layout.brain_native(rec.subject_id), cohort.truth_map(rec.subject_id, "brain")
+                    layout.brain_native(rec.subject_id), cohort.truth_brain(rec.subject_id)
                 ),
                 "volume_ratio": rec.brain_volume_ml / truth["brain_volume_ml"],
             }
@@ -82,7 +82,7 @@ def score_lobes(layout: RunLayout) -> pd.DataFrame:
     for rec in pd.read_csv(layout.lobes_table, dtype={"subject_id": str}).itertuples():
         sid = rec.subject_id
         reference = sitk.ReadImage(str(layout.preprocessed(sid)))
-        truth = map_to_grid(sitk.ReadImage(str(cohort.truth_map(sid, "lobes"))), reference)
+        truth = map_to_grid(sitk.ReadImage(str(cohort.truth_lobes(sid))), reference)
         ours = np.asarray(nib.load(layout.lobes(sid)).dataobj)
         age = json.loads(cohort.truth(sid).read_text())["age_months"]
         for idx, name in LOBES.items():

@@ -1,8 +1,9 @@
 """Step 01 end to end: manifest validation + preprocessing of a small cohort with bad subjects.
 
-One module-scoped run over a mixed cohort (NIfTI, DICOM, a gantry-tilted DICOM series and every
-kind of bad input) checks the exclusions, the outputs, privacy, skipping on a rerun, recomputing
-after a parameter change and that an interrupted write leaves nothing half-written.
+One module-scoped run of ``s01_preprocess.run`` over a mixed cohort (NIfTI, DICOM, a
+gantry-tilted DICOM series and every kind of bad input) checks the exclusions, the outputs,
+privacy, skipping on a rerun (the step's record and each subject's), recomputing after a
+parameter change and that an interrupted write leaves nothing half-written.
 """
 
 import gzip
@@ -17,20 +18,22 @@ import pytest
 
 from ctbrainage import ctio
 from ctbrainage.config import load_profile
-from ctbrainage.pipeline import prepare_cohort, preprocess_cohort, preprocessed_paths
+from ctbrainage.layout import RunLayout
+from ctbrainage.steps import s01_preprocess
+from ctbrainage.steps.s01_preprocess import STEP
 from ctbrainage.synth import generate_cohort
 
 GOOD = ["nii1", "nii2", "nii3", "dcm1", "tilted1"]
 # bad subject id -> substrings expected in its exclusion reason (all of them, case-insensitive)
 BAD = {
     "corrupt1": ["unreadable"],
-    "mr1": ["preprocessing", "modality mr", "not ct"],
-    "nohead1": ["preprocessing", "no head"],
-    "trunc1": ["preprocessing", "missing", "slices"],
+    "mr1": ["mr1:", "modality mr", "not ct"],
+    "nohead1": ["nohead1:", "no head"],
+    "trunc1": ["trunc1:", "missing", "slices"],
     "dup1": ["duplicate"],
     "negage1": ["negative"],
 }
-PREPROCESS_FAILS = {"mr1", "nohead1", "trunc1"}  # pass validation, fail in preprocess_cohort
+PREPROCESS_FAILS = {"mr1", "nohead1", "trunc1"}  # pass validation, fail in preprocessing
 IDENTIFYING_TAGS = ("PatientName", "PatientID", "InstitutionName", "AccessionNumber")
 SIZE = 32  # the tiny profile's output cube
 
@@ -97,11 +100,8 @@ def pipeline(tmp_path_factory):
     pd.DataFrame(rows).to_csv(manifest, index=False)
 
     run = tmp_path_factory.mktemp("run")
-    cohort = prepare_cohort(_profile(run, manifest), progress=False)
-    # two worker processes: exercises the parallel path of the runner
-    table, failed = preprocess_cohort(
-        _profile(run, manifest, **{"synth.workers": 2}), cohort, progress=False
-    )
+    # two worker processes: exercises the parallel path of map_subjects
+    result = s01_preprocess.run(_profile(run, manifest, **{"synth.workers": 2}), progress=False)
     profile = _profile(run, manifest)  # reruns below go through the in-process path
     dicom_dirs = [series, data / "tilted" / t0.image, data / "mr", data / "truncated"]
     return {
@@ -109,9 +109,10 @@ def pipeline(tmp_path_factory):
         "manifest": manifest,
         "run": run,
         "profile": profile,
-        "cohort": cohort,
-        "table": table,
-        "failed": failed,
+        "result": result,
+        "cohort": result.cohort,
+        "table": result.table,
+        "failed": _preprocessing_failures(result),
         "tilt_planted": json.loads((data / "tilted" / "truth" / "syn0001.json").read_text())[
             "gantry_tilt_deg"
         ],
@@ -119,8 +120,25 @@ def pipeline(tmp_path_factory):
     }
 
 
+def _preprocessing_failures(result) -> pd.DataFrame:
+    """The exclusions of subjects that passed validation (they failed in preprocessing)."""
+    failed = result.excluded["subject_id"].isin(result.cohort["subject_id"])
+    return result.excluded[failed].reset_index(drop=True)
+
+
+def preprocessed_paths(run, sid) -> dict:
+    layout = RunLayout(run)
+    return {
+        "image": layout.preprocessed(sid),
+        "brain": layout.brain(sid),
+        "brain_native": layout.brain_native(sid),
+        "qc": layout.qc(sid),
+        "record": layout.subject_record(STEP.name, sid),
+    }
+
+
 def _exclusions(run) -> pd.DataFrame:
-    return pd.read_csv(run / "exclusions.csv", dtype=str, keep_default_na=False)
+    return pd.read_csv(RunLayout(run).exclusions, dtype=str, keep_default_na=False)
 
 
 def _output_mtimes(run, sids) -> dict:
@@ -131,6 +149,11 @@ def _output_mtimes(run, sids) -> dict:
     }
 
 
+def _record_size(run, sid) -> int:
+    record = json.loads(preprocessed_paths(run, sid)["record"].read_text())
+    return record["settings_used"]["preprocess"]["size"]
+
+
 def _assert_no_temporaries(folder):
     leftovers = [p for p in folder.rglob("*") if p.name.startswith((".tmp-", ".old-"))]
     assert leftovers == []
@@ -139,7 +162,7 @@ def _assert_no_temporaries(folder):
 def test_validation_keeps_only_rows_with_usable_manifest_entries(pipeline):
     cohort = pipeline["cohort"]
     assert sorted(cohort.subject_id) == sorted(GOOD + list(PREPROCESS_FAILS))
-    written = pd.read_csv(pipeline["run"] / "cohort.csv", dtype=str, keep_default_na=False)
+    written = pd.read_csv(RunLayout(pipeline["run"]).cohort, dtype=str, keep_default_na=False)
     assert list(written.subject_id) == list(cohort.subject_id)
     assert cohort.image_path.map(lambda p: p.startswith("/")).all()
 
@@ -149,6 +172,9 @@ def test_every_bad_subject_is_excluded_once_with_its_reason(pipeline):
     counts = excl.subject_id.value_counts().to_dict()
     # one row per bad manifest row: the duplicate id has two rows, each excluded
     assert counts == {**dict.fromkeys(BAD, 1), "dup1": 2}
+    assert list(excl.columns[:3]) == ["subject_id", "step", "reason"]
+    assert (excl.step == "01_preprocess").all()
+    pd.testing.assert_frame_equal(pipeline["result"].excluded[list(excl.columns)], excl)
     for sid, needles in BAD.items():
         for reason in excl.loc[excl.subject_id == sid, "reason"]:
             for needle in needles:
@@ -161,7 +187,7 @@ def test_every_bad_subject_is_excluded_once_with_its_reason(pipeline):
 def test_good_subjects_are_preprocessed_with_all_outputs(pipeline):
     run, table = pipeline["run"], pipeline["table"]
     assert list(table.subject_id) == GOOD
-    written = pd.read_csv(run / "preprocess.csv")
+    written = pd.read_csv(RunLayout(run).preprocess_table)
     assert list(written.subject_id) == GOOD
     expected_cols = {
         "age_months",
@@ -195,7 +221,7 @@ def test_good_subjects_are_preprocessed_with_all_outputs(pipeline):
         assert np.all(data[brain == 0] == 0)
         assert paths["qc"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         record = json.loads(paths["record"].read_text())
-        assert record["params"]["size"] == SIZE
+        assert record["settings_used"]["preprocess"]["size"] == SIZE
         assert record["result"]["subject_id"] == sid
     for sid in BAD:
         assert not any(p.exists() for p in preprocessed_paths(run, sid).values())
@@ -235,93 +261,130 @@ def test_no_identifier_reaches_any_output(pipeline):
                     assert secret.encode(encoding) not in blob, (path, secret)
 
 
-def test_rerun_skips_finished_subjects(pipeline):
+def _rerun_is_a_no_op(pipeline):
     run, profile = pipeline["run"], pipeline["profile"]
     before = _output_mtimes(run, GOOD)
-    csv_before = (run / "preprocess.csv").read_bytes()
-    table, failed = preprocess_cohort(profile, pipeline["cohort"], progress=False)
+    csv_before = RunLayout(run).preprocess_table.read_bytes()
+    result = s01_preprocess.run(profile, progress=False)
     assert _output_mtimes(run, GOOD) == before
-    pd.testing.assert_frame_equal(table, pipeline["table"])
-    assert (run / "preprocess.csv").read_bytes() == csv_before
-    assert set(failed.subject_id) == PREPROCESS_FAILS
+    pd.testing.assert_frame_equal(result.table, pipeline["table"])
+    assert RunLayout(run).preprocess_table.read_bytes() == csv_before
+    assert set(_preprocessing_failures(result).subject_id) == PREPROCESS_FAILS
     counts = _exclusions(run).subject_id.value_counts().to_dict()
     assert counts == {**dict.fromkeys(BAD, 1), "dup1": 2}  # failures replaced, not appended
+
+
+def test_rerun_of_a_finished_step_computes_nothing(pipeline):
+    assert s01_preprocess.is_fresh(pipeline["profile"])
+    table_mtime = RunLayout(pipeline["run"]).preprocess_table.stat().st_mtime_ns
+    _rerun_is_a_no_op(pipeline)
+    assert RunLayout(pipeline["run"]).preprocess_table.stat().st_mtime_ns == table_mtime
+
+
+def test_rerun_skips_finished_subjects(pipeline):
+    # without the step's record (a killed step) the subjects' own records skip them
+    RunLayout(pipeline["run"]).record(STEP.name).unlink()
+    assert not s01_preprocess.is_fresh(pipeline["profile"])
+    _rerun_is_a_no_op(pipeline)
+    assert s01_preprocess.is_fresh(pipeline["profile"])
 
 
 def test_changed_parameter_recomputes(pipeline, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(pipeline["run"], run)  # copy2 keeps mtimes: skipping still applies
-    cohort = pipeline["cohort"].set_index("subject_id").loc[["nii1", "dcm1"]].reset_index()
-    old = _output_mtimes(run, ["nii1", "dcm1"])
+    old = _output_mtimes(run, GOOD)
+    manifest = pipeline["manifest"]
 
-    table, failed = preprocess_cohort(_profile(run, pipeline["manifest"]), cohort, progress=False)
-    assert failed.empty
-    assert _output_mtimes(run, ["nii1", "dcm1"]) == old
+    assert s01_preprocess.is_fresh(_profile(run, manifest))  # a moved run stays fresh
+    result = s01_preprocess.run(_profile(run, manifest), progress=False)
+    assert set(_preprocessing_failures(result).subject_id) == PREPROCESS_FAILS
+    assert _output_mtimes(run, GOOD) == old
 
-    small = cohort[cohort.subject_id == "nii1"]
-    table, failed = preprocess_cohort(
-        _profile(run, pipeline["manifest"], **{"preprocess.size": 24}), small, progress=False
-    )
-    assert failed.empty and list(table.subject_id) == ["nii1"]
+    # a setting of the step that no subject's preprocessing reads: the step reruns, the
+    # subjects are skipped
+    edges = {"age_group_edges": [0, 24, 48]}
+    assert not s01_preprocess.is_fresh(_profile(run, manifest, **edges))
+    result = s01_preprocess.run(_profile(run, manifest, **edges), progress=False)
+    assert set(result.cohort.age_group.astype(str)) <= {"0-23", "24-47"}
+    assert _output_mtimes(run, GOOD) == old
+
+    # a subject whose outputs went missing is recomputed, the others are not
+    layout = RunLayout(run)
+    layout.qc("nii1").unlink()
+    layout.record(STEP.name).unlink()
+    s01_preprocess.run(_profile(run, manifest, **edges), progress=False)
     new = _output_mtimes(run, ["nii1"])
     assert all(new[key] != old[key] for key in new)
-    paths = preprocessed_paths(run, "nii1")
-    assert nib.load(paths["image"]).shape == (24, 24, 24)
-    assert nib.load(paths["brain"]).shape == (24, 24, 24)
-    assert json.loads(paths["record"].read_text())["params"]["size"] == 24
     assert _output_mtimes(run, ["dcm1"]) == {k: v for k, v in old.items() if k[0] == "dcm1"}
+
+    # a preprocessing setting: every subject is preprocessed again
+    result = s01_preprocess.run(
+        _profile(run, manifest, **{"preprocess.size": 24}), progress=False
+    )
+    assert set(_preprocessing_failures(result).subject_id) == PREPROCESS_FAILS
+    assert list(result.table.subject_id) == GOOD
+    new = _output_mtimes(run, GOOD)
+    assert all(new[key] != old[key] for key in new)
+    for sid in ("nii1", "dcm1"):
+        paths = preprocessed_paths(run, sid)
+        assert nib.load(paths["image"]).shape == (24, 24, 24)
+        assert nib.load(paths["brain"]).shape == (24, 24, 24)
+        assert _record_size(run, sid) == 24
     _assert_no_temporaries(run)
 
 
 class _FullDisk(gzip.GzipFile):
-    """Writes part of the data, then fails as a full disk would."""
+    """Writes part of nii2's data, then fails as a full disk would (other files are written)."""
 
     def write(self, data):
+        if not self.fileobj.name.endswith("-nii2.nii.gz"):
+            return super().write(data)
         super().write(bytes(data)[:100])
         raise OSError(28, "No space left on device")
 
 
 @pytest.fixture(scope="module")
 def interrupted(pipeline, tmp_path_factory):
-    """A copy of the run where recomputing one subject (new size) first fails while writing its
-    image (full disk), then runs again and succeeds."""
+    """A copy of the run where recomputing the subjects (new size) first fails while writing
+    nii2's image (full disk), then runs again."""
     run = tmp_path_factory.mktemp("interrupted") / "run"
     shutil.copytree(pipeline["run"], run)
     paths = preprocessed_paths(run, "nii2")
-    cohort = pipeline["cohort"][pipeline["cohort"].subject_id == "nii2"]
     profile = _profile(run, pipeline["manifest"], **{"preprocess.size": 24})
     state = {"run": run, "paths": paths, "before": {k: p.read_bytes() for k, p in paths.items()}}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ctio.gzip, "GzipFile", _FullDisk)
-        state["failing"] = preprocess_cohort(profile, cohort, progress=False)
+        state["failing"] = s01_preprocess.run(profile, progress=False)
     state["after_failure"] = {k: p.read_bytes() for k, p in paths.items()}
     state["leftovers"] = [p for p in run.rglob("*") if p.name.startswith((".tmp-", ".old-"))]
-    state["rerun"] = preprocess_cohort(profile, cohort, progress=False)
+    state["rerun"] = s01_preprocess.run(profile, progress=False)
     return state
 
 
 def test_interrupted_write_leaves_previous_outputs(interrupted):
-    table, failed = interrupted["failing"]
-    assert table.empty
-    assert list(failed.subject_id) == ["nii2"]
-    assert "No space left on device" in failed.reason.iloc[0]
+    result = interrupted["failing"]
+    failed = _preprocessing_failures(result)
+    assert list(result.table.subject_id) == [s for s in GOOD if s != "nii2"]  # the others go on
+    assert set(failed.subject_id) == PREPROCESS_FAILS | {"nii2"}
+    assert "No space left on device" in failed.set_index("subject_id").reason["nii2"]
     assert interrupted["after_failure"] == interrupted["before"]  # old outputs and record intact
     assert interrupted["leftovers"] == []
 
 
 def test_interrupted_subject_is_recomputed_on_the_next_run(interrupted):
-    table, failed = interrupted["rerun"]
-    assert failed.empty and list(table.subject_id) == ["nii2"]
+    result = interrupted["rerun"]
+    assert set(_preprocessing_failures(result).subject_id) == PREPROCESS_FAILS
+    assert list(result.table.subject_id) == GOOD
     paths = interrupted["paths"]
     assert nib.load(paths["image"]).shape == (24, 24, 24)
-    assert json.loads(paths["record"].read_text())["params"]["size"] == 24
+    assert _record_size(interrupted["run"], "nii2") == 24
     _assert_no_temporaries(interrupted["run"])
 
 
 def test_subject_that_succeeds_on_rerun_is_no_longer_excluded(interrupted):
     excluded = set(_exclusions(interrupted["run"]).subject_id)
-    done = set(pd.read_csv(interrupted["run"] / "preprocess.csv").subject_id)
-    assert done == {"nii2"}
+    done = set(pd.read_csv(RunLayout(interrupted["run"]).preprocess_table).subject_id)
+    assert done == set(GOOD)
     assert not excluded & done
 
 

@@ -1,0 +1,142 @@
+"""The package's shape: run-directory names live in the layout module only; no import circles."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from ctbrainage.config import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "ctbrainage"
+LAYOUT = PACKAGE / "layout.py"
+# fragments of layout names that are ordinary words elsewhere: a column, pandas' orient, a lobe
+# method, a module
+GENERIC = {"fold", "version_0", "records", "totalsegmentator", "table1"}
+# (file, literal): the same word with another meaning there
+ALLOWED = {("ctbrainage/synth/schedule.py", "lobes")}  # a key of the schedule's JSON format
+
+
+def _strings(tree: ast.AST) -> list[str]:
+    """Every string literal of a module, with the literal parts of f-strings."""
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+
+
+def _layout_names() -> set[str]:
+    """The file and folder names that RunLayout and SyntheticLayout join into paths."""
+    names = set()
+    for node in ast.walk(ast.parse(LAYOUT.read_text())):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            names |= {s for s in _strings(node.right)}
+        if isinstance(node, ast.JoinedStr):
+            names |= {s for s in _strings(node)}
+        if isinstance(node, ast.IfExp):  # "perturbation.csv" if ... else f"perturbation_{fill}.csv"
+            names |= {s for s in _strings(node) if "." in s}
+    words = {n.strip("/") for n in names}
+    return {
+        n
+        for n in words
+        if len(n) > 2 and n not in GENERIC and not (n.startswith(".") and n.count(".") <= 2)
+    }
+
+
+def _sources() -> dict[str, ast.AST]:
+    sources = {
+        str(p.relative_to(REPO_ROOT)): ast.parse(p.read_text())
+        for p in PACKAGE.rglob("*.py")
+        if p != LAYOUT
+    }
+    sources["run_all.py"] = ast.parse((REPO_ROOT / "run_all.py").read_text())
+    for notebook in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(notebook.read_text())["cells"]
+        code = "\n".join(
+            "".join(c["source"]) for c in cells if c["cell_type"] == "code"
+        ).replace("%", "#")
+        sources[str(notebook.relative_to(REPO_ROOT))] = ast.parse(code)
+    return sources
+
+
+def test_the_layout_names_are_found():
+    names = _layout_names()
+    for expected in ("predictions.csv", "lobes", "preprocessed", "exclusions.csv", "models"):
+        assert expected in names
+
+
+def test_no_run_directory_name_outside_the_layout_module():
+    names = _layout_names()
+    found = [
+        f"{where}: {text!r}"
+        for where, tree in _sources().items()
+        for text in _strings(tree)
+        if (where, text) not in ALLOWED
+        and (text in names or any(text.endswith(n) and "." in n for n in names if len(n) > 6))
+    ]
+    assert not found, "run-directory names outside ctbrainage/layout.py:\n" + "\n".join(found)
+
+
+def _imports(path: Path) -> set[str]:
+    """ctbrainage modules imported by ``path`` anywhere in it (also inside functions)."""
+    module = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    package = package.removesuffix(".__init__")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("ctbrainage")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if base.startswith("ctbrainage"):
+                found.add(base)
+                found |= {f"{base}.{a.name}" for a in node.names}
+    return found
+
+
+def test_no_import_circle_in_the_package():
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {
+        name: {m for m in _imports(path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+    # a package's __init__ re-exporting its own submodules is not a circle
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not m.startswith(name + ".")}
+
+    def cycle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    circles = {" → ".join(c) for name in graph if (c := cycle_from(name))}
+    assert not circles, "import circles:\n" + "\n".join(sorted(circles))
+
+
+@pytest.mark.parametrize("name", ["runner", "pipeline", "io"])
+def test_the_old_modules_are_gone(name):
+    assert not (PACKAGE / f"{name}.py").exists()
+
+
+def test_each_notebook_runs_the_step_of_its_name():
+    from ctbrainage.run import NOTEBOOKS
+    from ctbrainage.steps import MODULES, step_module
+
+    assert set(NOTEBOOKS) == set(MODULES)
+    for number, name in NOTEBOOKS.items():
+        assert step_module(number).STEP.name == name
+        assert (REPO_ROOT / "notebooks" / f"{name}.ipynb").exists()
