@@ -94,7 +94,7 @@ class Record:
     ) -> dict[str, Any] | None:
         """The stored result when every output exists and settings, code version and inputs
         are those recorded; else None (the result must be made again)."""
-        inputs = list(inputs)
+        inputs = list(dict.fromkeys(Path(p) for p in inputs))  # each file once
         stored = self._stored()
         if (
             stored is None
@@ -116,6 +116,7 @@ class Record:
     def fingerprints(self, inputs: Iterable[str | os.PathLike]) -> dict[str, Any]:
         """The inputs' fingerprints now (take them before reading the inputs)."""
         stored = (self._stored() or {}).get("inputs", {})
+        inputs = list(dict.fromkeys(Path(p) for p in inputs))
         return {self._key(Path(p)): fingerprint(p, stored.get(self._key(Path(p)))) for p in inputs}
 
     def write(

@@ -16,16 +16,17 @@ def map_subjects(
     workers: int = 0,
     desc: str = "subjects",
     progress: bool = True,
-) -> tuple[list[dict], dict[str, str]]:
+) -> tuple[list[dict], dict[str, Exception]]:
     """Apply ``job`` to every item (each a dict with ``subject_id``); returns (results, errors)
-    where errors maps subject_id → reason. ``workers`` 0 = all cores; 1 = in this process."""
+    where errors maps subject_id → the exception (:func:`reason` words it). ``workers`` 0 = all
+    cores; 1 = in this process."""
     workers = min(len(items), workers or os.cpu_count() or 1)
     results, errors = [], {}
     bar = tqdm(total=len(items), desc=desc, unit="subject", disable=not progress or not items)
 
     def collect(item, outcome):
         if isinstance(outcome, BaseException):
-            errors[item["subject_id"]] = _reason(outcome)
+            errors[item["subject_id"]] = outcome
         else:
             results.append(outcome)
         bar.update()
@@ -58,6 +59,15 @@ def _guarded(job, item):
         return err
 
 
-def _reason(err: BaseException) -> str:
+def reason(subject_id: str, err: BaseException) -> str:
+    """``"<id>: <what went wrong>"``; a problem of the data (ValueError) in its own words, any
+    other error with its type."""
     text = str(err) or type(err).__name__
-    return text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}"
+    text = text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}"
+    return text if text.startswith(f"{subject_id}:") else f"{subject_id}: {text}"
+
+
+def transient(err: BaseException) -> bool:
+    """An error that may pass on a retry (a full disk, a killed worker), unlike a problem of the
+    data, which our code raises as ValueError."""
+    return not isinstance(err, ValueError)

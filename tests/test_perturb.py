@@ -13,7 +13,7 @@ import pytest
 import torch
 from captum.attr import FeatureAblation
 
-from ctbrainage import ctio, perturb
+from ctbrainage import ctio
 from ctbrainage.cohort import age_group
 from ctbrainage.config import ModelConfig, ProfileError, load_profile
 from ctbrainage.data import load_volumes

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,8 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from ctbrainage import nbcheck, run
+from ctbrainage import nbcheck, run, steps
 from ctbrainage.config import load_profile
+from ctbrainage.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = [
@@ -123,7 +125,9 @@ def test_the_run_directory_holds_every_step_output(tiny):
     assert pd.read_csv(run_dir / "lobes.csv")["method"].str.startswith("atlas").all()
     assert all((run_dir / "models" / f"fold{k}.ckpt").exists() for k in (0, 1))
     predictions = pd.read_csv(run_dir / "predictions.csv")
-    assert len(predictions) == 12 and predictions["gap_corrected"].notna().all()
+    assert list(predictions.columns) == ["subject_id", "fold", "age_months", "predicted_months"]
+    gaps = pd.read_csv(run_dir / "brain_age_gap.csv")
+    assert len(gaps) == 12 and gaps["gap_corrected"].notna().all()
     metrics = pd.read_csv(run_dir / "metrics.csv", index_col=0)
     assert {"fold 0", "fold 1", "mean", "sd", "pooled"} <= set(metrics.index)
     perturbation = pd.read_csv(run_dir / "perturbation.csv")
@@ -200,7 +204,8 @@ def test_rerun_skips_finished_steps_and_resumes_after_a_kill(tiny):
     assert _mtimes(run_dir) == before
     assert "skipped" in out
 
-    # killed during 05: its entry still says running; the rerun redoes 05 and what follows
+    # killed during 05: its entry still says running, so its notebook runs again; it makes the
+    # same tables (same seed, same numbers), so 06, whose inputs did not change, is skipped
     perturbation = (run_dir / "perturbation.csv").read_bytes()
     table1 = (run_dir / "table1.csv").read_bytes()
     manifest = _manifest(run_dir)
@@ -209,8 +214,8 @@ def test_rerun_skips_finished_steps_and_resumes_after_a_kill(tiny):
     code, _, err = _run(**options, figures=str(tiny.figures))
     assert code == 0, err
     statuses = _statuses(run_dir)
-    assert [statuses[n] for n in STEPS] == ["skipped"] * 5 + ["done"] * 2
-    assert (run_dir / "perturbation.csv").read_bytes() == perturbation  # same seed, same numbers
+    assert [statuses[n] for n in STEPS] == ["skipped"] * 5 + ["done", "skipped"]
+    assert (run_dir / "perturbation.csv").read_bytes() == perturbation
     assert (run_dir / "table1.csv").read_bytes() == table1
 
 
@@ -222,7 +227,11 @@ def test_rerun_skips_finished_steps_and_resumes_after_a_kill(tiny):
         (dict(parameters={"train.epoch": 2}), "'train.epoch' (did you mean 'train.epochs'?)"),
         (dict(parameters={"train.epochs": run.Text("two")}), "expected an integer, got 'two'"),
         (dict(parameters={"lobes.method": "atlass"}), "(did you mean 'atlas'?)"),
-        (dict(parameters={"compare_fills": "zero"}), "'compare_fills': 'zero' is not like"),
+        (dict(parameters={"compare_fills": "zero"}), "(did you mean 'perturb.compare_fills'?)"),
+        (
+            dict(parameters={"perturb.compare_fills": run.Text("[zeros]")}),
+            "'zeros' is not one of 'noise', 'zero', 'mean', 'group_level'",
+        ),
         (dict(parameters={"fold": 1}), "set by the driver: use --folds"),
         (dict(profile="tinny"), "unknown profile 'tinny' (did you mean 'tiny'?)"),
         (dict(folds=(0, 2)), "--folds [2]: the profile has folds 0-1"),
@@ -240,12 +249,12 @@ def test_bad_options_are_refused_before_anything_runs(tmp_path, options, message
 
 def test_command_line_refuses_an_unknown_parameter(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--profile", "tiny", "--run-dir", str(run_dir), "-p", "window_month=6"]
+    args = ["--profile", "tiny", "--run-dir", str(run_dir), "-p", "stats.window_month=6"]
     done = subprocess.run(
         [sys.executable, str(ROOT / "run_all.py"), *args], capture_output=True, text=True, cwd=ROOT
     )
     assert done.returncode == 2
-    assert "(did you mean 'window_months'?)" in done.stderr
+    assert "(did you mean 'stats.window_months'?)" in done.stderr
     assert not run_dir.exists()
 
 
@@ -283,7 +292,7 @@ def test_a_failing_notebook_stops_its_dependants_with_a_clear_summary(tmp_path):
     assert code == run.FAILED
     executed = run_dir / "notebooks" / "01_preprocess.ipynb"
     assert "FAILED 01_preprocess (cell error)" in err
-    assert "notebooks/01_preprocess.ipynb, cell 5 (In [4]): cohort = prepare_cohort(cfg)" in err
+    assert "notebooks/01_preprocess.ipynb, cell 5 (In [4]): result = s01_preprocess.run(cfg)" in err
     assert "ManifestError" in err and "lacks required columns" in err
     assert f"executed notebook with the traceback: {executed}" in err
     assert sorted(p.name for p in (run_dir / "notebooks").iterdir()) == ["01_preprocess.ipynb"]
@@ -355,3 +364,50 @@ def test_timeouts_and_dead_kernels_are_reported_with_their_cell(tmp_path, code, 
     assert error["kind"] == kind and error["why"].startswith(why)
     assert error["cell_index"] == 2  # after papermill's injected-parameters cell
     assert error["cell_source"] == code.splitlines()[0]
+
+
+# ---- freshness through the driver: the last tests of the module (they change the run) -------
+
+
+@pytest.mark.parametrize("fill", ["noise", "zero", "mean", "group_level"])
+def test_perturbation_and_statistics_run_with_every_fill(tiny, fill):
+    code, _, err = _run(**tiny.options, first=5, parameters={"perturb.fill": run.Text(fill)})
+    assert code == 0, err
+    layout = RunLayout(tiny.run_dir)
+    table = pd.read_csv(layout.perturbation(fill, fill))
+    assert len(table) == 12 * 4 and (table["fill"] == fill).all()
+    executed = nbformat.read(layout.notebook("05_perturbation"), as_version=4)
+    shown = [o for c in executed.cells for o in c.get("outputs", []) if "data" in o]
+    assert any("image/png" in o["data"] for o in shown)  # the filled lobes were drawn
+    recovery = json.loads(layout.recovery.read_text())
+    assert recovery["by_fill"][0]["fill"] == fill
+
+
+def test_a_changed_setting_reruns_exactly_the_steps_that_read_it(tiny):
+    layout, options = RunLayout(tiny.run_dir), tiny.options
+    # back to the profile's fill: 05 and 06 are redone (from their per-subject records)
+    assert _run(**options)[0] == 0
+    started = time.perf_counter()
+    code, _, err = _run(**options)  # nothing changed
+    assert code == 0, err
+    assert time.perf_counter() - started < 20
+    assert set(_statuses(tiny.run_dir).values()) == {"skipped"}
+
+    table1 = layout.table1(".csv").read_bytes()
+    code, _, err = _run(**options, parameters={**options["parameters"], "stats.alpha": 0.9})
+    assert code == 0, err
+    statuses = _statuses(tiny.run_dir)
+    assert [statuses[n] for n in STEPS] == ["skipped"] * 6 + ["done"]
+    assert layout.table1(".csv").read_bytes() != table1  # more cells significant at 0.9
+
+    models = {k: layout.model(k).read_bytes() for k in (0, 1)}
+    inputs = layout.preprocessed("syn0001").read_bytes()
+    changed = {**options["parameters"], "preprocess.ptile_low": 5.0}
+    code, _, err = _run(**options, parameters=changed, last=3)
+    assert code == 0, err
+    statuses = _statuses(tiny.run_dir)
+    assert [statuses[n] for n in STEPS[:4]] == ["done"] * 4
+    assert layout.preprocessed("syn0001").read_bytes() != inputs
+    assert all(layout.model(k).read_bytes() != models[k] for k in (0, 1))  # retrained
+    profile = load_profile(layout.profile)
+    assert not any(steps.is_fresh(n, profile) for n in (4, 5, 6))  # and would rerun

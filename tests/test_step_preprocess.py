@@ -318,9 +318,7 @@ def test_changed_parameter_recomputes(pipeline, tmp_path):
     assert _output_mtimes(run, ["dcm1"]) == {k: v for k, v in old.items() if k[0] == "dcm1"}
 
     # a preprocessing setting: every subject is preprocessed again
-    result = s01_preprocess.run(
-        _profile(run, manifest, **{"preprocess.size": 24}), progress=False
-    )
+    result = s01_preprocess.run(_profile(run, manifest, **{"preprocess.size": 24}), progress=False)
     assert set(_preprocessing_failures(result).subject_id) == PREPROCESS_FAILS
     assert list(result.table.subject_id) == GOOD
     new = _output_mtimes(run, GOOD)

@@ -24,6 +24,7 @@ from ctbrainage import ctio
 from ctbrainage.config import Profile
 from ctbrainage.freshness import Record
 from ctbrainage.layout import RunLayout
+from ctbrainage.parallel import reason, transient
 
 EXCLUSION_COLUMNS = ["subject_id", "step", "reason"]
 
@@ -60,6 +61,21 @@ class Step:
     def subject_record(self, layout: RunLayout, subject_id: str, part: str = "") -> Record:
         """The record of one subject's work inside the step (``part``: e.g. a fill)."""
         return Record(layout.subject_record(self.name + part, subject_id), layout.root)
+
+
+def up_to_date(record: Record, settings: Any, version: str, inputs, outputs) -> bool:
+    """The record is fresh (:meth:`Record.fresh`) and no subject failed in it for a reason that
+    may pass (a full disk, a killed worker): the step is then run again to retry them."""
+    done = record.fresh(settings, version, inputs, outputs)
+    return done is not None and not done.get("retry")
+
+
+def failures(errors: dict[str, Exception]) -> tuple[dict[str, str], list[str]]:
+    """Subject → reason of the exceptions of a step's subjects, and the subjects to retry."""
+    return (
+        {sid: reason(sid, err) for sid, err in errors.items()},
+        [sid for sid, err in errors.items() if transient(err)],
+    )
 
 
 def read_exclusions(layout: RunLayout) -> pd.DataFrame:

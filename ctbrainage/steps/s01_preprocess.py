@@ -22,7 +22,14 @@ from ctbrainage.config import Profile
 from ctbrainage.layout import RunLayout
 from ctbrainage.parallel import map_subjects
 from ctbrainage.preprocess import PREPROCESS_VERSION, preprocess_scan
-from ctbrainage.steps.contract import Step, read_exclusions, write_exclusions, write_table
+from ctbrainage.steps.contract import (
+    Step,
+    failures,
+    read_exclusions,
+    up_to_date,
+    write_exclusions,
+    write_table,
+)
 
 STEP = Step(
     "01_preprocess",
@@ -69,15 +76,24 @@ def inputs(profile: Profile) -> list[Path]:
 
 
 def outputs(profile: Profile) -> list[Path]:
+    """The tables, and every file of each preprocessed subject."""
     layout = RunLayout(profile.run_path)
-    return [layout.cohort, layout.preprocess_table, layout.exclusions]
+    tables = [layout.cohort, layout.preprocess_table, layout.exclusions]
+    if not layout.preprocess_table.exists():
+        return tables
+    ids = pd.read_csv(layout.preprocess_table, dtype={"subject_id": str})["subject_id"]
+    return tables + [p for sid in ids for p in _subject_outputs(layout, sid)]
+
+
+def _subject_outputs(layout: RunLayout, sid: str) -> list[Path]:
+    return [layout.preprocessed(sid), layout.brain(sid), layout.brain_native(sid), layout.qc(sid)]
 
 
 def is_fresh(profile: Profile) -> bool:
     """True when :func:`run` would compute nothing."""
     record = STEP.record(RunLayout(profile.run_path))
-    done = record.fresh(STEP.settings_of(profile), STEP.version, inputs(profile), outputs(profile))
-    return done is not None
+    settings = STEP.settings_of(profile)
+    return up_to_date(record, settings, STEP.version, inputs(profile), outputs(profile))
 
 
 def run(profile: Profile, progress: bool = True) -> Result:
@@ -86,15 +102,15 @@ def run(profile: Profile, progress: bool = True) -> Result:
     if not profile.data:
         _generate(profile, progress)
     record, settings, files = STEP.record(layout), STEP.settings_of(profile), inputs(profile)
-    if record.fresh(settings, STEP.version, files, outputs(profile)) is not None:
+    if up_to_date(record, settings, STEP.version, files, outputs(profile)):
         return _read(profile)
     prints = record.fingerprints(files)
     valid, invalid = manifest.validate_manifest(manifest_path(profile), profile.age_range_months)
     write_table(layout.cohort, valid)
-    failures = _preprocess(profile, valid, progress)
-    excluded = pd.concat([invalid, failures], ignore_index=True)
-    write_exclusions(layout, STEP, excluded)
-    record.write(settings, STEP.version, prints)
+    reasons, retry = failures(_preprocess(profile, valid, progress))
+    failed = pd.DataFrame({"subject_id": list(reasons), "reason": list(reasons.values())})
+    write_exclusions(layout, STEP, pd.concat([invalid, failed], ignore_index=True))
+    record.write(settings, STEP.version, prints, {"retry": retry})
     return _read(profile)
 
 
@@ -125,7 +141,7 @@ def _generate(profile: Profile, progress: bool) -> None:
     )
 
 
-def _preprocess(profile: Profile, cohort: pd.DataFrame, progress: bool) -> pd.DataFrame:
+def _preprocess(profile: Profile, cohort: pd.DataFrame, progress: bool) -> dict[str, Exception]:
     """Preprocess every subject of ``cohort`` → ``preprocess.csv``; returns the failures."""
     layout = RunLayout(profile.run_path)
     settings = {"preprocess": STEP.settings_of(profile)["preprocess"]}
@@ -145,7 +161,7 @@ def _preprocess(profile: Profile, cohort: pd.DataFrame, progress: bool) -> pd.Da
     if not table.empty:
         table = cohort[["subject_id", "age_months"]].merge(table, on="subject_id")
     write_table(layout.preprocess_table, table)
-    return pd.DataFrame({"subject_id": list(errors), "reason": list(errors.values())})
+    return errors
 
 
 def _preprocess_subject(item: dict) -> dict:
@@ -154,7 +170,7 @@ def _preprocess_subject(item: dict) -> dict:
     from ctbrainage.plots import preprocess_qc_figure
 
     layout, sid, settings = RunLayout(item["root"]), item["subject_id"], item["settings"]
-    made = [layout.preprocessed(sid), layout.brain(sid), layout.brain_native(sid), layout.qc(sid)]
+    made = _subject_outputs(layout, sid)
     record = STEP.subject_record(layout, sid)
     done = record.fresh(settings, SUBJECT_VERSION, [item["image_path"]], made)
     if done is not None:

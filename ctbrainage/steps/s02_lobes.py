@@ -21,8 +21,10 @@ from ctbrainage.layout import RunLayout
 from ctbrainage.parallel import map_subjects
 from ctbrainage.steps.contract import (
     Step,
+    failures,
     kept_subjects,
     read_exclusions,
+    up_to_date,
     write_exclusions,
     write_table,
 )
@@ -48,14 +50,19 @@ def inputs(profile: Profile) -> list[Path]:
 
 
 def outputs(profile: Profile) -> list[Path]:
-    return [RunLayout(profile.run_path).lobes_table]
+    """The table and the labels of every subject in it."""
+    layout = RunLayout(profile.run_path)
+    if not layout.lobes_table.exists():
+        return [layout.lobes_table]
+    ids = pd.read_csv(layout.lobes_table, dtype={"subject_id": str})["subject_id"]
+    return [layout.lobes_table, *(layout.lobes(sid) for sid in ids)]
 
 
 def is_fresh(profile: Profile) -> bool:
     """True when :func:`run` would compute nothing."""
     record = STEP.record(RunLayout(profile.run_path))
     settings = STEP.settings_of(profile, subjects=subjects(profile))
-    return record.fresh(settings, STEP.version, inputs(profile), outputs(profile)) is not None
+    return up_to_date(record, settings, STEP.version, inputs(profile), outputs(profile))
 
 
 def run(profile: Profile, progress: bool = True) -> Result:
@@ -66,7 +73,7 @@ def run(profile: Profile, progress: bool = True) -> Result:
     ids = subjects(profile)
     record, settings = STEP.record(layout), STEP.settings_of(profile, subjects=ids)
     files = inputs(profile)
-    if record.fresh(settings, STEP.version, files, outputs(profile)) is None:
+    if not up_to_date(record, settings, STEP.version, files, outputs(profile)):
         prints = record.fingerprints(files)
         cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str}).set_index("subject_id")
         common = {
@@ -82,8 +89,9 @@ def run(profile: Profile, progress: bool = True) -> Result:
             _lobes_subject, items, profile.synth.workers, desc="lobe labels", progress=progress
         )
         write_table(layout.lobes_table, pd.DataFrame(results))
-        write_exclusions(layout, STEP, errors)
-        record.write(settings, STEP.version, prints)
+        reasons, retry = failures(errors)
+        write_exclusions(layout, STEP, reasons)
+        record.write(settings, STEP.version, prints, {"retry": retry})
     excluded = read_exclusions(layout)
     return Result(
         pd.read_csv(layout.lobes_table, dtype={"subject_id": str}),

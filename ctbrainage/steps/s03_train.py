@@ -18,7 +18,7 @@ from ctbrainage.cohort import stratified_folds
 from ctbrainage.config import Profile
 from ctbrainage.data import load_volumes
 from ctbrainage.layout import RunLayout
-from ctbrainage.steps.contract import Step, kept_subjects, write_table
+from ctbrainage.steps.contract import Step, kept_subjects, up_to_date, write_table
 
 STEP = Step(
     "03_train",
@@ -73,7 +73,7 @@ def is_fresh(profile: Profile, fold: int | None = None) -> bool:
     files = inputs(profile)
     for k in folds:
         record, settings = _check(profile, k)
-        if record.fresh(settings, STEP.version, files, outputs(profile, k)) is None:
+        if not up_to_date(record, settings, STEP.version, files, outputs(profile, k)):
             return False
     return True
 
@@ -83,7 +83,7 @@ def run(profile: Profile, fold: int, gpu: int | None = None, progress: bool = Tr
     layout = RunLayout(profile.run_path)
     record, settings = _check(profile, fold)
     folds, files = make_folds(profile), inputs(profile)
-    if record.fresh(settings, STEP.version, files, outputs(profile, fold)) is None:
+    if not up_to_date(record, settings, STEP.version, files, outputs(profile, fold)):
         prints = record.fingerprints(files)
         fitted = train.fit_fold(
             profile,

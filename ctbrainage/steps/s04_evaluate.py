@@ -20,7 +20,7 @@ from ctbrainage import evaluate
 from ctbrainage.config import Profile
 from ctbrainage.layout import RunLayout
 from ctbrainage.steps import s03_train
-from ctbrainage.steps.contract import Step, write_table
+from ctbrainage.steps.contract import Step, up_to_date, write_table
 
 STEP = Step(
     "04_evaluate",
@@ -64,8 +64,8 @@ def outputs(profile: Profile) -> list[Path]:
 def is_fresh(profile: Profile) -> bool:
     """True when the outputs were made from today's inputs and settings."""
     record = STEP.record(RunLayout(profile.run_path))
-    done = record.fresh(STEP.settings_of(profile), STEP.version, inputs(profile), outputs(profile))
-    return done is not None
+    settings = STEP.settings_of(profile)
+    return up_to_date(record, settings, STEP.version, inputs(profile), outputs(profile))
 
 
 def run(profile: Profile) -> Result:

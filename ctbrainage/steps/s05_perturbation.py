@@ -28,8 +28,10 @@ from ctbrainage.loaders import group_levels, subject_arrays
 from ctbrainage.steps import s03_train
 from ctbrainage.steps.contract import (
     Step,
+    failures,
     kept_subjects,
     read_exclusions,
+    up_to_date,
     write_exclusions,
     write_table,
 )
@@ -95,8 +97,7 @@ def _settings(profile: Profile) -> dict:
 def is_fresh(profile: Profile) -> bool:
     """True when every fill's table was made from today's inputs and settings."""
     record = STEP.record(RunLayout(profile.run_path))
-    done = record.fresh(_settings(profile), STEP.version, inputs(profile), outputs(profile))
-    return done is not None
+    return up_to_date(record, _settings(profile), STEP.version, inputs(profile), outputs(profile))
 
 
 def run(
@@ -106,18 +107,19 @@ def run(
     layout = RunLayout(profile.run_path)
     s03_train.predictions(profile)  # a clear error when a fold is missing or out of date
     record, settings, files = STEP.record(layout), _settings(profile), inputs(profile)
-    if record.fresh(settings, STEP.version, files, outputs(profile)) is None:
+    if not up_to_date(record, settings, STEP.version, files, outputs(profile)):
         prints = record.fingerprints(files)
         table = subjects(profile)
         levels = _lobe_levels(profile, table, progress)
         device = torch.device("cpu" if gpu is None else f"cuda:{gpu}")
-        errors: dict[str, str] = {}
+        errors: dict[str, Exception] = {}
         for fill in fills(profile):
             rows, failed = _perturb_fill(profile, table, fill, levels, device, batch_size, progress)
             write_table(perturbation_path(profile, fill), rows)
-            errors.update({sid: why for sid, why in failed.items() if sid not in errors})
-        write_exclusions(layout, STEP, errors)
-        record.write(settings, STEP.version, prints)
+            errors.update({sid: err for sid, err in failed.items() if sid not in errors})
+        reasons, retry = failures(errors)
+        write_exclusions(layout, STEP, reasons)
+        record.write(settings, STEP.version, prints, {"retry": retry})
     excluded = read_exclusions(layout)
     tables = {fill: loaders.perturbation(profile, fill) for fill in fills(profile)}
     return Result(tables, excluded[excluded["step"] == STEP.name].reset_index(drop=True))
@@ -194,8 +196,7 @@ def _perturb_fill(profile, table, fill, levels, device, batch_size, progress):
                 parts[sid] = perturb.subject_rows(result, row, fill, scaler)
                 record.write(mine, STEP.version, prints, {"rows": parts[sid].to_dict("records")})
             except Exception as err:  # one bad subject never stops the others
-                text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-                errors[sid] = f"{sid}: {text}"
+                errors[sid] = err
             bar.update()
         del model
     bar.close()

@@ -28,7 +28,7 @@ from ctbrainage.cohort import PAPER_AGE_EDGES
 from ctbrainage.freshness import Record
 from ctbrainage.labels import LOBES
 from ctbrainage.layout import SyntheticLayout
-from ctbrainage.parallel import map_subjects
+from ctbrainage.parallel import map_subjects, reason
 from ctbrainage.synth.dicom import write_ct_dicom_series
 from ctbrainage.synth.head import (
     ACQUISITIONS,
@@ -139,7 +139,7 @@ def generate_cohort(
         _write_subject_job, jobs, workers, desc=f"synthetic {mode} heads", progress=progress
     )
     if errors:
-        detail = "; ".join(f"{sid}: {msg}" for sid, msg in sorted(errors.items()))
+        detail = "; ".join(reason(sid, err) for sid, err in sorted(errors.items()))
         raise RuntimeError(f"{len(errors)} of {len(specs)} subjects failed: {detail}")
 
     truths = [json.loads(out.truth(s.subject_id).read_text()) for s in specs]
