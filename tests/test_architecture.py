@@ -53,9 +53,9 @@ def _sources() -> dict[str, ast.AST]:
     sources["run_all.py"] = ast.parse((REPO_ROOT / "run_all.py").read_text())
     for notebook in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(notebook.read_text())["cells"]
-        code = "\n".join(
-            "".join(c["source"]) for c in cells if c["cell_type"] == "code"
-        ).replace("%", "#")
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code").replace(
+            "%", "#"
+        )
         sources[str(notebook.relative_to(REPO_ROOT))] = ast.parse(code)
     return sources
 

@@ -1,29 +1,11 @@
 """Tests for ctbrainage.ctio: atomic writes and the NIfTI writer."""
 
-import math
-
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import affine, random_hu, tilted_affine
 
 from ctbrainage.ctio import atomic_path, atomic_write_bytes, atomic_write_text, write_nifti
-
-
-def _affine(lin, origin=(10.0, -20.0, 30.0)):
-    a = np.eye(4)
-    a[:3, :3] = lin
-    a[:3, 3] = origin
-    return a
-
-
-def _tilted_affine(deg=15.0, dk=1.25):
-    t = math.radians(deg)
-    lin = np.array([[-0.5, 0.0, 0.0], [0.0, 0.5, dk * math.sin(t)], [0.0, 0.0, dk * math.cos(t)]])
-    return _affine(lin)
-
-
-def _hu(shape=(20, 16, 6), seed=0):
-    return np.random.default_rng(seed).integers(-1024, 3072, size=shape).astype(np.int16)
 
 
 def test_atomic_path_names_and_replace(tmp_path):
@@ -69,7 +51,7 @@ def test_atomic_path_directory(tmp_path):
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_write_nifti_roundtrip_and_deterministic(tmp_path, dtype, suffix):
     data = (np.random.default_rng(1).random((7, 5, 3)) * 200).astype(dtype)
-    aff = _affine(np.diag([-0.5, 0.5, 1.25]))
+    aff = affine(np.diag([-0.5, 0.5, 1.25]))
     a, b = tmp_path / f"a{suffix}", tmp_path / "other" / f"b{suffix}"
     write_nifti(a, data, aff)
     write_nifti(b, data, aff)
@@ -83,8 +65,8 @@ def test_write_nifti_roundtrip_and_deterministic(tmp_path, dtype, suffix):
 
 
 def test_write_nifti_sheared(tmp_path):
-    data = _hu((6, 5, 4))
-    aff = _tilted_affine()
+    data = random_hu((6, 5, 4))
+    aff = tilted_affine()
     path = tmp_path / "tilt.nii.gz"
     write_nifti(path, data, aff)
     first = path.read_bytes()

@@ -371,7 +371,8 @@ def test_timeouts_and_dead_kernels_are_reported_with_their_cell(tmp_path, code, 
 
 @pytest.mark.parametrize("fill", ["noise", "zero", "mean", "group_level"])
 def test_perturbation_and_statistics_run_with_every_fill(tiny, fill):
-    code, _, err = _run(**tiny.options, first=5, parameters={"perturb.fill": run.Text(fill)})
+    options = {**tiny.options, "parameters": {"perturb.fill": run.Text(fill)}}
+    code, _, err = _run(**options, first=5)
     assert code == 0, err
     layout = RunLayout(tiny.run_dir)
     table = pd.read_csv(layout.perturbation(fill, fill))
@@ -394,7 +395,8 @@ def test_a_changed_setting_reruns_exactly_the_steps_that_read_it(tiny):
     assert set(_statuses(tiny.run_dir).values()) == {"skipped"}
 
     table1 = layout.table1(".csv").read_bytes()
-    code, _, err = _run(**options, parameters={**options["parameters"], "stats.alpha": 0.9})
+    alpha = {**options["parameters"], "stats.alpha": 0.9}
+    code, _, err = _run(**{**options, "parameters": alpha})
     assert code == 0, err
     statuses = _statuses(tiny.run_dir)
     assert [statuses[n] for n in STEPS] == ["skipped"] * 6 + ["done"]
@@ -403,7 +405,7 @@ def test_a_changed_setting_reruns_exactly_the_steps_that_read_it(tiny):
     models = {k: layout.model(k).read_bytes() for k in (0, 1)}
     inputs = layout.preprocessed("syn0001").read_bytes()
     changed = {**options["parameters"], "preprocess.ptile_low": 5.0}
-    code, _, err = _run(**options, parameters=changed, last=3)
+    code, _, err = _run(**{**options, "parameters": changed}, last=3)
     assert code == 0, err
     statuses = _statuses(tiny.run_dir)
     assert [statuses[n] for n in STEPS[:4]] == ["done"] * 4

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pingouin as pg
 import pytest
+from helpers import planted_perturbation
 from scipy import stats as ss
 from statsmodels.stats.multitest import multipletests
 
@@ -21,45 +22,6 @@ def _pairs(diff, seed=0):
     diff = np.asarray(diff, float)
     whole = np.random.default_rng(seed).uniform(1.0, 5.0, diff.size)
     return whole, whole + diff
-
-
-def _perturbation(ages, effects, repeats=1, noise=0.8, seed=0):
-    """A perturbation table: masking lobe L adds ``effects[L](age)`` months of error (plus noise)
-    to a whole-brain prediction that errs by a few months."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i, age in enumerate(ages):
-        sign = rng.choice([-1.0, 1.0])
-        whole = age + sign * rng.uniform(1.0, 4.0)
-        for lobe, effect in effects.items():
-            for r in range(repeats):
-                masked = whole + sign * (effect(age) + rng.normal(0.0, noise))
-                rows.append(
-                    {
-                        "subject_id": f"s{i:03d}",
-                        "fold": i % 5,
-                        "age_months": age,
-                        "lobe": lobe,
-                        "repeat": r,
-                        "pred_whole": whole,
-                        "pred_masked": masked,
-                    }
-                )
-    table = pd.DataFrame(rows)
-    err = (table["pred_masked"] - table["age_months"]).abs()
-    table["delta_ae"] = err - (table["pred_whole"] - table["age_months"]).abs()
-    return table
-
-
-PLANTED = {  # frontal: none; parietal: grows with age; temporal: strong late; occipital: early
-    "frontal": lambda a: 0.0,
-    "parietal": lambda a: a / 24,
-    "temporal": lambda a: 2.0 if a >= 24 else 0.0,
-    "occipital": lambda a: 1.0 if a < 24 else 0.0,
-}
-
-
-# ---- one paired comparison ----------------------------------------------------------------------
 
 
 def test_normal_differences_use_the_paired_t_test_of_scipy_and_pingouin():
@@ -236,7 +198,7 @@ def test_fdr_uses_q_for_significance_and_markers():
 
 def test_repeats_are_averaged_per_subject_and_lobe_before_testing():
     ages = np.random.default_rng(5).uniform(0, 48, 30)
-    data = _perturbation(ages, PLANTED, repeats=3, seed=5)
+    data = planted_perturbation(ages, repeats=3, seed=5)
     errors = st.subject_lobe_errors(data)
     assert len(errors) == 30 * 4 and (errors["repeats"] == 3).all()
     one = data[(data["subject_id"] == "s007") & (data["lobe"] == "temporal")]
@@ -253,7 +215,7 @@ def test_repeats_are_averaged_per_subject_and_lobe_before_testing():
 
 def test_planted_effects_are_found_in_the_right_cells():
     ages = np.random.default_rng(6).uniform(0, 48, 120)
-    table = st.lobe_age_table(_perturbation(ages, PLANTED, seed=6), n_resamples=199)
+    table = st.lobe_age_table(planted_perturbation(ages, seed=6), n_resamples=199)
     assert list(table["group"].unique()) == ["0-11", "12-23", "24-35", "36-47"]
     assert list(table["lobe"].iloc[:4]) == list(st.LOBES)
     cells = table.set_index(["group", "lobe"])
@@ -266,9 +228,7 @@ def test_planted_effects_are_found_in_the_right_cells():
 
 def test_sliding_windows_overlap_and_are_labelled_like_the_paper():
     ages = np.random.default_rng(7).uniform(0, 48, 60)
-    table = st.lobe_age_table(
-        _perturbation(ages, PLANTED, seed=7), windows=(12, 6), n_resamples=199
-    )
+    table = st.lobe_age_table(planted_perturbation(ages, seed=7), windows=(12, 6), n_resamples=199)
     labels = ["0-11", "6-17", "12-23", "18-29", "24-35", "30-41", "36-47"]
     assert list(table["group"].unique()) == labels
     window = table[(table["group"] == "6-17") & (table["lobe"] == "frontal")].iloc[0]
@@ -278,7 +238,7 @@ def test_sliding_windows_overlap_and_are_labelled_like_the_paper():
 
 def test_the_same_seed_gives_identical_tables():
     ages = np.random.default_rng(8).uniform(0, 48, 40)
-    data = _perturbation(ages, PLANTED, seed=8)
+    data = planted_perturbation(ages, seed=8)
     first = st.lobe_age_table(data, seed=3, n_resamples=499)
     pd.testing.assert_frame_equal(first, st.lobe_age_table(data, seed=3, n_resamples=499))
     other = st.lobe_age_table(data, seed=4, n_resamples=499)
@@ -286,7 +246,7 @@ def test_the_same_seed_gives_identical_tables():
 
 
 def test_bad_perturbation_tables_name_the_problem():
-    data = _perturbation([5.0, 20.0, 30.0], PLANTED)
+    data = planted_perturbation([5.0, 20.0, 30.0])
     with pytest.raises(ValueError, match="pred_masked"):
         st.lobe_age_table(data.drop(columns="pred_masked"))
     broken = data.copy()

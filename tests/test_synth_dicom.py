@@ -6,6 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from helpers import affine, random_hu, tilted_affine
 
 from ctbrainage.synth.dicom import write_ct_dicom_series
 
@@ -20,23 +21,6 @@ DICOM_KW = dict(
 )
 
 
-def _affine(lin, origin=(10.0, -20.0, 30.0)):
-    a = np.eye(4)
-    a[:3, :3] = lin
-    a[:3, 3] = origin
-    return a
-
-
-def _tilted_affine(deg=15.0, dk=1.25):
-    t = math.radians(deg)
-    lin = np.array([[-0.5, 0.0, 0.0], [0.0, 0.5, dk * math.sin(t)], [0.0, 0.0, dk * math.cos(t)]])
-    return _affine(lin)
-
-
-def _hu(shape=(20, 16, 6), seed=0):
-    return np.random.default_rng(seed).integers(-1024, 3072, size=shape).astype(np.int16)
-
-
 def _read_dir(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -47,12 +31,12 @@ def _sitk_read(folder):
     img = reader.Execute()
     arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
     lin = np.array(img.GetDirection()).reshape(3, 3) * np.array(img.GetSpacing())
-    return arr, LPS @ _affine(lin, img.GetOrigin())  # back to RAS
+    return arr, LPS @ affine(lin, img.GetOrigin())  # back to RAS
 
 
 def test_dicom_sitk_roundtrip_standard_orientation(tmp_path):
-    hu = _hu()
-    aff = _affine(np.diag([-0.5, -0.5, 1.25]))  # LPS-aligned: i -> L, j -> P, k -> S
+    hu = random_hu()
+    aff = affine(np.diag([-0.5, -0.5, 1.25]))  # LPS-aligned: i -> L, j -> P, k -> S
     write_ct_dicom_series(tmp_path / "dcm", hu, aff, **DICOM_KW)
     assert sorted(p.name for p in (tmp_path / "dcm").iterdir()) == [
         f"IM{k:04d}.dcm" for k in range(1, 7)
@@ -64,8 +48,8 @@ def test_dicom_sitk_roundtrip_standard_orientation(tmp_path):
 
 def test_dicom_sitk_roundtrip_flipped(tmp_path):
     """A left-handed grid: readers stack slices along the (right-handed) normal, reversing k."""
-    hu = _hu()
-    aff = _affine(np.diag([-0.5, 0.5, 1.25]))
+    hu = random_hu()
+    aff = affine(np.diag([-0.5, 0.5, 1.25]))
     write_ct_dicom_series(tmp_path / "dcm", hu, aff, **DICOM_KW)
     arr, sitk_aff = _sitk_read(tmp_path / "dcm")
     n = hu.shape[2]
@@ -83,8 +67,8 @@ def test_dicom_sitk_roundtrip_flipped(tmp_path):
 
 
 def test_dicom_gantry_tilt(tmp_path):
-    hu = _hu((12, 10, 5), seed=3)
-    aff = _tilted_affine(15.0)
+    hu = random_hu((12, 10, 5), seed=3)
+    aff = tilted_affine(15.0)
     write_ct_dicom_series(tmp_path / "dcm", hu, aff, **DICOM_KW)
     for k in range(hu.shape[2]):
         ds = pydicom.dcmread(tmp_path / "dcm" / f"IM{k + 1:04d}.dcm")
@@ -99,12 +83,12 @@ def test_dicom_gantry_tilt(tmp_path):
         values = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
         np.testing.assert_array_equal(values, hu[:, :, k].T)
     untilted = tmp_path / "flat"
-    write_ct_dicom_series(untilted, hu, _affine(np.diag([-0.5, 0.5, 1.25])), **DICOM_KW)
+    write_ct_dicom_series(untilted, hu, affine(np.diag([-0.5, 0.5, 1.25])), **DICOM_KW)
     assert "GantryDetectorTilt" not in pydicom.dcmread(untilted / "IM0001.dcm")
 
 
 def test_dicom_header_fields(tmp_path):
-    hu = _hu((4, 3, 2))
+    hu = random_hu((4, 3, 2))
     hu[0, 0, 0], hu[1, 0, 0] = -3000, 5000
     write_ct_dicom_series(tmp_path / "a", hu, np.diag([-0.5, -0.5, 1.25, 1]), **DICOM_KW)
     ds = pydicom.dcmread(tmp_path / "a" / "IM0001.dcm")
@@ -130,13 +114,13 @@ def test_dicom_header_fields(tmp_path):
 )
 def test_dicom_age_and_sex(tmp_path, age, sex, want_age, want_sex):
     kw = {**DICOM_KW, "age_months": age, "sex": sex}
-    write_ct_dicom_series(tmp_path / "s", _hu((4, 4, 1)), np.eye(4), **kw)
+    write_ct_dicom_series(tmp_path / "s", random_hu((4, 4, 1)), np.eye(4), **kw)
     ds = pydicom.dcmread(tmp_path / "s" / "IM0001.dcm")
     assert (ds.PatientAge, ds.PatientSex) == (want_age, want_sex)
 
 
 def test_dicom_deterministic_and_seeded_uids(tmp_path):
-    hu, aff = _hu((8, 6, 3)), _tilted_affine(10.0)
+    hu, aff = random_hu((8, 6, 3)), tilted_affine(10.0)
     write_ct_dicom_series(tmp_path / "a", hu, aff, **DICOM_KW)
     write_ct_dicom_series(tmp_path / "b", hu, aff, **DICOM_KW)
     assert _read_dir(tmp_path / "a") == _read_dir(tmp_path / "b")

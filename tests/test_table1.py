@@ -10,6 +10,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import planted_perturbation
 
 from ctbrainage import stats as st
 from ctbrainage import table1 as t1
@@ -35,28 +36,6 @@ Age group,Mask type,ΔAE_lobe,p-values,Cohen's d
 36-47 months,Occipital Lobe,-0.318†,0.067,-0.249
 """
 
-PLANTED = {  # frontal: none; parietal: grows with age; temporal: strong late; occipital: early
-    "frontal": lambda a: 0.0,
-    "parietal": lambda a: a / 24,
-    "temporal": lambda a: 2.0 if a >= 24 else 0.0,
-    "occipital": lambda a: 1.0 if a < 24 else 0.0,
-}
-
-
-def _perturbation(ages, seed=0, noise=0.8):
-    """A perturbation table: masking lobe L adds ``PLANTED[L](age)`` months of error (plus noise)
-    to a whole-brain prediction that errs by a few months."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i, age in enumerate(ages):
-        sign = rng.choice([-1.0, 1.0])
-        whole = age + sign * rng.uniform(1.0, 4.0)
-        for lobe, effect in PLANTED.items():
-            masked = whole + sign * (effect(age) + rng.normal(0.0, noise))
-            row = {"subject_id": f"s{i:03d}", "age_months": age, "lobe": lobe}
-            rows.append(row | {"pred_whole": whole, "pred_masked": masked})
-    return pd.DataFrame(rows)
-
 
 @pytest.fixture
 def sparse_table():
@@ -64,7 +43,7 @@ def sparse_table():
     in 36-47 masking the frontal lobe changes nothing at all."""
     rng = np.random.default_rng(10)
     ages = np.concatenate([rng.uniform(0, 12, 20), [14.0, 20.0], rng.uniform(36, 48, 12)])
-    data = _perturbation(ages, seed=10)
+    data = planted_perturbation(ages, seed=10)
     frontal_late = (data["lobe"] == "frontal") & (data["age_months"] >= 36)
     data.loc[frontal_late, "pred_masked"] = data.loc[frontal_late, "pred_whole"]
     return st.lobe_age_table(data, n_resamples=199)
@@ -106,7 +85,7 @@ def test_table1_has_the_papers_layout_and_no_nan(sparse_table):
 
 def test_table1_with_fdr_adds_q_values():
     ages = np.random.default_rng(11).uniform(0, 48, 40)
-    long = st.lobe_age_table(_perturbation(ages, seed=11), fdr=True, n_resamples=199)
+    long = st.lobe_age_table(planted_perturbation(ages, seed=11), fdr=True, n_resamples=199)
     table = t1.table1(long)
     assert list(table.columns) == [*t1.TABLE1_COLUMNS[:4], "q-values", t1.TABLE1_COLUMNS[4]]
     assert _no_nan(table) and "Benjamini" in t1.table1_markdown(table)
