@@ -24,6 +24,9 @@ from ctbrainage.perturb import COLUMNS, delta_ae, fill_baseline, noise_seed, per
 from ctbrainage.steps import s03_train, s05_perturbation
 from ctbrainage.steps.s05_perturbation import perturbation_path
 
+# the modules on the session fixture tiny_run share one worker (it is built once)
+pytestmark = pytest.mark.xdist_group("tiny_run")
+
 SIZE = 32
 
 
