@@ -96,6 +96,11 @@ class PerturbConfig:
     # fills also computed, for comparison (the main fill is skipped here)
     compare_fills: tuple[Fill, ...] = ("noise", "zero", "mean", "group_level")
 
+    @property
+    def fills(self) -> list[str]:
+        """The fill of Table 1, then the other fills to compare."""
+        return [self.fill] + [f for f in self.compare_fills if f != self.fill]
+
 
 @dataclass(frozen=True)
 class StatsConfig:

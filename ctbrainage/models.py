@@ -45,5 +45,15 @@ def build_model(config: ModelConfig) -> torch.nn.Module:
     )
 
 
+def load_weights(config: ModelConfig, path) -> torch.nn.Module:
+    """The network of a checkpoint written by training (a Lightning checkpoint whose
+    ``state_dict`` holds the network under ``model.``), in eval mode on CPU."""
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    model = build_model(config)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -22,8 +22,6 @@ from ctbrainage.config import Profile
 from ctbrainage.data import AgeScaler, VolumeDataset, augmentation
 from ctbrainage.models import build_model
 
-TRAIN_VERSION = 1  # bump when a change alters trained models or predictions
-
 # Lightning's advertisement for its cloud logger is noise in every executed notebook
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
@@ -100,7 +98,8 @@ class FoldFit:
     validation: pd.DataFrame | None
 
     def save_model(self, path) -> None:
-        """The weights as a Lightning checkpoint, written atomically."""
+        """The weights as a Lightning checkpoint, written atomically
+        (:func:`ctbrainage.models.load_weights` reads it)."""
         with ctio.atomic_path(path) as tmp:
             self.trainer.save_checkpoint(tmp, weights_only=True)
 
@@ -177,13 +176,3 @@ def fit_fold(
 
     validation = predict(val.assign(fold=fold)) if len(val) else None
     return FoldFit(trainer, predict(test), validation)
-
-
-def load_model(profile: Profile, path) -> torch.nn.Module:
-    """The network of a checkpoint written by :meth:`FoldFit.save_model`, in eval mode on CPU.
-    Its output is age in [0, 1]; :class:`AgeScaler` over ``profile.age_range_months`` maps it to
-    months."""
-    module = AgeRegressor(profile)
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
-    return module.model.eval()

@@ -12,9 +12,6 @@ from ctbrainage import loaders
 from ctbrainage.labels import LOBES
 from ctbrainage.layout import RunLayout
 
-# the modules on the session fixture tiny_run share one worker (it is built once)
-pytestmark = pytest.mark.xdist_group("tiny_run")
-
 
 def _predictions(n=100, folds=5, slope=0.7, intercept=7.0, noise=2.0, seed=0):
     """Predictions with a known linear age bias (regression to the mean)."""

@@ -12,9 +12,6 @@ from ctbrainage.preprocess import map_to_grid, preprocess_scan
 from ctbrainage.synth.scoring import dice
 from ctbrainage.totalseg import TotalSegmentatorUnavailable
 
-# the modules on the session cohort fixtures share one worker (built once)
-pytestmark = pytest.mark.xdist_group("cohort")
-
 
 @pytest.fixture(scope="module")
 def subjects(cohort_dir):

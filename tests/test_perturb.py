@@ -19,13 +19,10 @@ from ctbrainage.config import ModelConfig, ProfileError, load_profile
 from ctbrainage.data import load_volumes
 from ctbrainage.labels import LOBES
 from ctbrainage.layout import RunLayout
-from ctbrainage.models import build_model
+from ctbrainage.models import build_model, load_weights
 from ctbrainage.perturb import COLUMNS, delta_ae, fill_baseline, noise_seed, perturb_subject
 from ctbrainage.steps import s03_train, s05_perturbation
 from ctbrainage.steps.s05_perturbation import perturbation_path
-
-# the modules on the session fixture tiny_run share one worker (it is built once)
-pytestmark = pytest.mark.xdist_group("tiny_run")
 
 SIZE = 32
 
@@ -399,7 +396,7 @@ def test_a_killed_perturbation_resumes_from_its_subjects(tiny_copy, tmp_path, mo
 
     def spy(profile, fold):
         loaded.append(fold)
-        return s03_train.train.load_model(profile, layout.model(fold))
+        return load_weights(profile.model, layout.model(fold))
 
     with monkeypatch.context() as mp:
         mp.setattr(s03_train, "load_model", spy)

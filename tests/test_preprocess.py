@@ -11,9 +11,6 @@ from ctbrainage import ctio
 from ctbrainage import preprocess as pp
 from ctbrainage.synth.scoring import dice, orientation_spread_deg, true_axes_in_grid
 
-# the modules on the session cohort fixtures share one worker (built once)
-pytestmark = pytest.mark.xdist_group("cohort")
-
 
 @pytest.fixture(scope="module")
 def processed(cohort_dir):

@@ -22,9 +22,6 @@ from ctbrainage import nbcheck, run, steps
 from ctbrainage.config import load_profile
 from ctbrainage.layout import RunLayout
 
-# one worker runs this module in order (its last tests change the shared run)
-pytestmark = pytest.mark.xdist_group("run_all")
-
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = [
     "01_preprocess",
@@ -377,7 +374,7 @@ def test_timeouts_and_dead_kernels_are_reported_with_their_cell(tmp_path, code, 
 # the profile's own fill last: the run is left as the profile makes it
 @pytest.mark.parametrize("fill", ["group_level", "mean", "zero", "noise"])
 def test_perturbation_and_statistics_run_with_every_fill(tiny, fill):
-    parameters = {**tiny.options["parameters"], "perturb.fill": run.Text(fill)}
+    parameters = {"perturb.fill": run.Text(fill)}  # (workers is a parameter of 01 and 02 only)
     options = {**tiny.options, "figures": str(tiny.figures), "parameters": parameters}
     code, _, err = _run(**options, first=5)
     assert code == 0, err

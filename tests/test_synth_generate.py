@@ -14,9 +14,6 @@ from ctbrainage.synth import generate_cohort, norms
 from ctbrainage.synth.generate import measure_lobe_wm_hu
 from ctbrainage.synth.schedule import MaturationSchedule
 
-# the modules on the session cohort fixtures share one worker (built once)
-pytestmark = pytest.mark.xdist_group("cohort")
-
 
 def _truth(cohort_dir):
     return pd.read_csv(cohort_dir / "truth.csv")

@@ -15,9 +15,6 @@ from ctbrainage.layout import RunLayout
 from ctbrainage.steps import s03_train
 from ctbrainage.train import AgeRegressor, fit_fold, inner_validation
 
-# the modules on the session fixture tiny_run share one worker (it is built once)
-pytestmark = pytest.mark.xdist_group("tiny_run")
-
 
 def test_paper_profile_settings_and_one_cpu_step():
     cfg = load_profile("paper")

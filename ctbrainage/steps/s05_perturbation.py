@@ -54,12 +54,6 @@ class Result:
         return next(iter(self.tables.values()))
 
 
-def fills(profile: Profile) -> list[str]:
-    """The profile's fill, then the other fills to compare."""
-    main = profile.perturb.fill
-    return [main] + [f for f in profile.perturb.compare_fills if f != main]
-
-
 def perturbation_path(profile: Profile, fill: str) -> Path:
     """Where the table of ``fill`` lies."""
     return RunLayout(profile.run_path).perturbation(fill, profile.perturb.fill)
@@ -85,7 +79,7 @@ def inputs(profile: Profile) -> list[Path]:
 
 
 def outputs(profile: Profile) -> list[Path]:
-    return [perturbation_path(profile, f) for f in fills(profile)] + [
+    return [perturbation_path(profile, f) for f in profile.perturb.fills] + [
         RunLayout(profile.run_path).lobe_levels
     ]
 
@@ -113,7 +107,7 @@ def run(
         levels = _lobe_levels(profile, table, progress)
         device = torch.device("cpu" if gpu is None else f"cuda:{gpu}")
         errors: dict[str, Exception] = {}
-        for fill in fills(profile):
+        for fill in profile.perturb.fills:
             rows, failed = _perturb_fill(profile, table, fill, levels, device, batch_size, progress)
             write_table(perturbation_path(profile, fill), rows)
             errors.update({sid: err for sid, err in failed.items() if sid not in errors})
@@ -121,7 +115,7 @@ def run(
         write_exclusions(layout, STEP, reasons)
         record.write(settings, STEP.version, prints, {"retry": retry})
     excluded = read_exclusions(layout)
-    tables = {fill: loaders.perturbation(profile, fill) for fill in fills(profile)}
+    tables = {fill: loaders.perturbation(profile, fill) for fill in profile.perturb.fills}
     return Result(tables, excluded[excluded["step"] == STEP.name].reset_index(drop=True))
 
 

@@ -19,7 +19,6 @@ import pandas as pd
 from ctbrainage import ctio, loaders, stats, table1
 from ctbrainage.config import Profile
 from ctbrainage.layout import RunLayout
-from ctbrainage.steps import s05_perturbation
 from ctbrainage.steps.contract import Step, up_to_date, write_table
 from ctbrainage.synth.scoring import recovery_row, score_importance
 
@@ -43,9 +42,7 @@ class Result:
 
 def inputs(profile: Profile) -> list[Path]:
     layout = RunLayout(profile.run_path)
-    tables = [
-        s05_perturbation.perturbation_path(profile, f) for f in s05_perturbation.fills(profile)
-    ]
+    tables = [layout.perturbation(f, profile.perturb.fill) for f in profile.perturb.fills]
     return tables + ([] if profile.data else [layout.synthetic.expected_importance])
 
 
@@ -95,7 +92,7 @@ def run(profile: Profile) -> Result:
         recovery = score_importance(long, expected)
         rows = [
             recovery_row(fill, tests(profile, loaders.perturbation(profile, fill)), expected)
-            for fill in s05_perturbation.fills(profile)
+            for fill in profile.perturb.fills
         ]
         by_fill = pd.DataFrame(rows)
         recovery["by_fill"] = by_fill.to_dict("records")
