@@ -14,7 +14,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ctbrainage import perturb
 from ctbrainage.config import Profile
 from ctbrainage.labels import LOBE_IDS, LOBES
 from ctbrainage.layout import RunLayout
@@ -97,6 +96,8 @@ def filled_volume(
 ) -> np.ndarray:
     """The subject's model input with ``lobe`` replaced by ``fill`` (default: the profile's)
     exactly as step 05 fed it to the model for that repeat."""
+    from ctbrainage import perturb  # torch: only where a volume is filled
+
     layout = RunLayout(profile.run_path)
     fill = fill or profile.perturb.fill
     k = lobe_id(lobe)

@@ -10,9 +10,7 @@ import functools
 
 import numpy as np
 
-from ctbrainage.labels import LOBE_IDS, LOBES
-
-__all__ = ["LOBES", "LOBE_IDS", "METHODS", "atlas_lobes", "build_atlas", "segment_lobes"]
+__all__ = ["METHODS", "atlas_lobes", "build_atlas", "segment_lobes"]
 
 
 # ---- atlas method: register a labelled atlas to each preprocessed subject ---------------------

@@ -87,9 +87,8 @@ def run(profile: Profile) -> Result:
         {sid: _arrays(layout, sid) for sid in predictions["subject_id"]},
     )
     baselines = evaluate.baseline_predictions(features, predictions)
-    ctio_tables = ((layout.metrics, metrics, True), (layout.brain_age_gaps, gaps, False))
-    for path, table, index in ctio_tables:
-        write_table(path, table.reset_index() if index else table)
+    write_table(layout.metrics, metrics.reset_index(names=""))
+    write_table(layout.brain_age_gaps, gaps)
     write_table(layout.bias_lines, lines)
     record.write(STEP.settings_of(profile), STEP.version, prints)
     return Result(
