@@ -16,6 +16,7 @@ Command line: ``python -m ctbrainage.nbcheck NOTEBOOK_DIR --run-dir DIR [pytest 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -76,7 +77,8 @@ def sanitize_file(stored_run_dirs: set[str], run_dir: Path, out: Path) -> Path:
 
 
 def nbval(notebooks: list[Path], sanitize: Path, pytest_args: list[str]) -> int:
-    """Run nbval on ``notebooks`` in order, in this Python environment; returns pytest's code."""
+    """Run nbval on ``notebooks`` in order, in this Python environment; returns pytest's code.
+    The kernels show no progress bars, as under run_all.py."""
     if not notebooks:
         return 0
     command = [
@@ -92,7 +94,7 @@ def nbval(notebooks: list[Path], sanitize: Path, pytest_args: list[str]) -> int:
         *pytest_args,
         *map(str, notebooks),
     ]
-    return subprocess.call(command)
+    return subprocess.call(command, env={**os.environ, "TQDM_DISABLE": "1"})
 
 
 def check(notebook_dir: str | Path, run_dir: str | Path, pytest_args: list[str] = ()) -> int:

@@ -22,7 +22,7 @@ def map_subjects(
     cores; 1 = in this process."""
     workers = min(len(items), workers or os.cpu_count() or 1)
     results, errors = [], {}
-    bar = tqdm(total=len(items), desc=desc, unit="subject", disable=not progress or not items)
+    bar = progress_bar(total=len(items), desc=desc, progress=progress and bool(items))
 
     def collect(item, outcome):
         if isinstance(outcome, BaseException):
@@ -43,6 +43,14 @@ def map_subjects(
     order = {item["subject_id"]: i for i, item in enumerate(items)}
     results.sort(key=lambda r: order[r["subject_id"]])
     return results, errors
+
+
+def progress_bar(iterable=None, *, desc: str, progress: bool = True, **kwargs) -> tqdm:
+    """A progress bar over subjects, unless ``progress`` is False or the environment variable
+    ``TQDM_DISABLE`` is set (run_all.py sets it for the notebooks it executes; tqdm's notebook
+    bars would not read it themselves)."""
+    hidden = not progress or os.environ.get("TQDM_DISABLE", "0") not in ("", "0")
+    return tqdm(iterable, desc=desc, unit="subject", disable=hidden, **kwargs)
 
 
 def _one_thread_each() -> None:

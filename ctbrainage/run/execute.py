@@ -191,13 +191,17 @@ def submitit_launcher(plan: Plan) -> Launcher:
 
 
 @contextlib.contextmanager
-def _threads_per_kernel(n: int | None) -> Iterator[None]:
-    """Cap torch/BLAS threads of the kernels started meanwhile (concurrent folds on one CPU);
-    a value the user set in the environment wins."""
-    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    added = [name for name in names if n and name not in os.environ]
+def _kernel_environment(threads: int | None) -> Iterator[None]:
+    """The environment of the kernels started meanwhile: torch/BLAS threads capped at
+    ``threads`` (concurrent folds on one CPU), and no progress bars inside the executed
+    notebooks (the driver shows its own; a finished bar is noise in a stored notebook). A value
+    the user set in the environment wins."""
+    values = {"TQDM_DISABLE": "1"}
+    if threads:
+        values |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    added = [name for name in values if name not in os.environ]
     for name in added:
-        os.environ[name] = str(n)
+        os.environ[name] = values[name]
     try:
         yield
     finally:
@@ -267,7 +271,7 @@ class _PhaseExecutor:
         launch = self.remote if folds and self.remote else self.local
         workers = len(steps) if launch is self.remote else min(self.plan.jobs, len(steps))
         cap = self.plan.threads if folds and launch is self.local else None
-        with _threads_per_kernel(cap), cf.ThreadPoolExecutor(max_workers=workers) as pool:
+        with _kernel_environment(cap), cf.ThreadPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(self._run_step, launch, step): step for step in steps}
             for future in cf.as_completed(futures):
                 if future.result() == "failed":

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ctbrainage import loaders, perturb
 from ctbrainage.config import Profile
@@ -25,6 +24,7 @@ from ctbrainage.data import AgeScaler
 from ctbrainage.labels import LOBES
 from ctbrainage.layout import RunLayout
 from ctbrainage.loaders import group_levels, subject_arrays
+from ctbrainage.parallel import progress_bar
 from ctbrainage.steps import s03_train
 from ctbrainage.steps.contract import (
     Step,
@@ -124,7 +124,7 @@ def _lobe_levels(profile: Profile, table: pd.DataFrame, progress: bool) -> pd.Da
     target of a ``group_level`` fill). Subjects whose inputs cannot be read get none."""
     layout = RunLayout(profile.run_path)
     means = {}
-    for sid in tqdm(table["subject_id"], desc="lobe levels", unit="subject", disable=not progress):
+    for sid in progress_bar(table["subject_id"], desc="lobe levels", progress=progress):
         try:
             volume, labels = subject_arrays(layout, sid)
             means[sid] = perturb.lobe_means(volume, labels)
@@ -154,9 +154,7 @@ def _perturb_fill(profile, table, fill, levels, device, batch_size, progress):
     settings = {k: v for k, v in STEP.settings_of(profile).items() if k != "perturb"}
     settings |= {"fill": fill, "repeats": profile.perturb.repeats}
     parts, errors = {}, {}
-    bar = tqdm(
-        total=len(table), desc=f"perturbation ({fill})", unit="subject", disable=not progress
-    )
+    bar = progress_bar(total=len(table), desc=f"perturbation ({fill})", progress=progress)
     for fold, group in table.groupby("fold", sort=True):
         model = None
         for row in group.itertuples(index=False):
