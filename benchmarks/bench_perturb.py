@@ -1,7 +1,7 @@
 """Lobe-perturbation throughput (subject-lobe-repeat evaluations per second): ours vs Captum.
 
 Same weights, same inputs, same noise, one process, torch pinned to --threads (default 2). Ours
-and the bare forwards run the network as perturb_cohort prepares it (channels-last weights on CPU;
+and the bare forwards run the network as step 05 prepares it (channels-last weights on CPU;
 --contiguous: the default layout); Captum runs it as loaded (default layout, the faster one for
 its batch-1 forwards here: channels-last weights slow those down).
   ours      ctbrainage.perturb.perturb_subject: the 1 + 4R variants of a subject in batches of at
