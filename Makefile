@@ -21,9 +21,8 @@ demo: $(STAMP)
 	$(PY) -m ctbrainage.synth --profile demo --figure figures/synthetic_cohort.png
 	$(PY) run_all.py --profile demo --figures figures
 
-# two pytest workers (pytest-xdist); modules that share a costly fixture run on one worker
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ctbrainage tests benchmarks
