@@ -39,11 +39,10 @@ check-notebooks: $(STAMP)
 	rm -rf runs/nbcheck
 	$(PY) -m ctbrainage.nbcheck notebooks --run-dir runs/nbcheck
 
-# Maintainers: after `make demo`, make its executed notebooks the committed ones (fold 0 for 03)
+# Maintainers: after `make demo`, make its executed notebooks the committed ones (fold 0 for 03),
+# with the repository's paths made relative
 update-notebooks:
-	for f in runs/demo/notebooks/0[1245]_*.ipynb runs/demo/notebooks/06_*.ipynb; do \
-		cp $$f notebooks/; done
-	cp runs/demo/notebooks/03_train_fold0.ipynb notebooks/03_train.ipynb
+	$(PY) -c "from ctbrainage.nbcheck import store_reference; store_reference('runs/demo/notebooks')"
 
 # TotalSegmentator in its own venv (the [totalseg] extra), to check our messages against it
 .PHONY: test-totalseg

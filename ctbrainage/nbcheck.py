@@ -41,6 +41,22 @@ def injected_parameters(notebook: nbformat.NotebookNode) -> dict[str, Any]:
     return {}
 
 
+def store_reference(executed_dir: str | Path, dest_dir: str | Path = "notebooks") -> list[Path]:
+    """Make a run's executed notebooks the committed ones (fold 0 for 03), with every path under
+    the repository written relative to it: no path of the build machine is stored."""
+    executed_dir, dest = Path(executed_dir), REPO_ROOT / dest_dir
+    written = []
+    for source in sorted(executed_dir.glob("[0-9][0-9]_*.ipynb")):
+        fold = source.stem.startswith("03_train")
+        if fold and source.stem != "03_train_fold0":
+            continue  # one fold's notebook is committed
+        name = "03_train.ipynb" if fold else source.name
+        text = source.read_text().replace(f"{REPO_ROOT}/", "").replace(str(REPO_ROOT), ".")
+        (dest / name).write_text(text)
+        written.append(dest / name)
+    return written
+
+
 def retarget(
     notebook: str | Path, run_dir: str | Path, out_dir: str | Path
 ) -> tuple[Path, dict[str, Any]]:

@@ -78,7 +78,11 @@ def test_the_committed_notebooks_are_executed_and_checkable():
         node = nbformat.read(path, as_version=4)
         parameters = nbcheck.injected_parameters(node)
         assert parameters.get("profile") == "demo", path.name
-        assert str(parameters.get("run_dir", "runs/demo")).endswith("runs/demo"), path.name
+        assert parameters.get("run_dir", "runs/demo") == "runs/demo", path.name  # relative
+        assert not Path(parameters.get("figures_dir", "figures")).is_absolute(), path.name
+        papermill = node.metadata.get("papermill", {})
+        for key in ("input_path", "output_path"):
+            assert not Path(papermill.get(key) or ".").is_absolute(), (path.name, key)
         assert any(c.get("outputs") for c in node.cells if c.cell_type == "code"), path.name
 
 
