@@ -14,7 +14,6 @@ step excluded, and writes its own exclusions (step and reason) into the one ``ex
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,7 @@ def kept_subjects(layout: RunLayout, step: Step) -> list[str]:
         raise FileNotFoundError(f"no validated cohort {layout.cohort}: run step 01 first")
     cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str})
     excluded = read_exclusions(layout)
-    earlier = excluded["step"].map(lambda name: int(str(name)[:2])) < step.number
+    earlier = _numbers(excluded) < step.number
     gone = set(excluded.loc[earlier, "subject_id"])
     return [sid for sid in cohort["subject_id"] if sid not in gone]
 
@@ -109,7 +108,7 @@ def write_exclusions(
     mine = failures.assign(step=step.name)
     mine = mine[EXCLUSION_COLUMNS + [c for c in mine.columns if c not in EXCLUSION_COLUMNS]]
     old = read_exclusions(layout)
-    numbers = old["step"].map(lambda name: int(str(name)[:2]))
+    numbers = _numbers(old)
     kept = old[
         (numbers < step.number)
         | ((numbers > step.number) & ~old["subject_id"].isin(mine["subject_id"]))
@@ -120,17 +119,11 @@ def write_exclusions(
     return mine.reset_index(drop=True)
 
 
+def _numbers(exclusions: pd.DataFrame) -> pd.Series:
+    """The step number of each exclusion (``02_lobes`` → 2)."""
+    return exclusions["step"].map(lambda name: int(str(name)[:2]))
+
+
 def write_table(path: Path, table: pd.DataFrame, **to_csv: Any) -> None:
     """A table as CSV, atomically."""
     ctio.atomic_write_text(path, table.to_csv(index=False, **to_csv))
-
-
-def paths_exist(paths: Iterable[Path]) -> bool:
-    return all(Path(p).exists() for p in paths)
-
-
-def ordered(subjects: Sequence[str], table: pd.DataFrame) -> pd.DataFrame:
-    """Rows of ``table`` for ``subjects``, in that order."""
-    order = {sid: i for i, sid in enumerate(subjects)}
-    rows = table[table["subject_id"].isin(order)]
-    return rows.sort_values("subject_id", key=lambda s: s.map(order), ignore_index=True)
