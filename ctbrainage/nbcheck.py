@@ -27,7 +27,7 @@ import nbformat
 
 from ctbrainage import run
 from ctbrainage.config import REPO_ROOT, load_profile
-from ctbrainage.layout import RunLayout
+from ctbrainage.layout import NOTEBOOK_SOURCES, RunLayout
 
 SANITIZE = Path(__file__).with_name("nbval.cfg")
 INJECTED = "injected-parameters"
@@ -41,10 +41,10 @@ def injected_parameters(notebook: nbformat.NotebookNode) -> dict[str, Any]:
     return {}
 
 
-def store_reference(executed_dir: str | Path, dest_dir: str | Path = "notebooks") -> list[Path]:
+def store_reference(executed_dir: str | Path, dest: Path = NOTEBOOK_SOURCES) -> list[Path]:
     """Make a run's executed notebooks the committed ones (fold 0 for 03), with every path under
     the repository written relative to it: no path of the build machine is stored."""
-    executed_dir, dest = Path(executed_dir), REPO_ROOT / dest_dir
+    executed_dir = Path(executed_dir)
     written = []
     for source in sorted(executed_dir.glob("[0-9][0-9]_*.ipynb")):
         fold = source.stem.startswith("03_train")

@@ -53,9 +53,13 @@ def _sources() -> dict[str, ast.AST]:
     sources["run_all.py"] = ast.parse((REPO_ROOT / "run_all.py").read_text())
     for notebook in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(notebook.read_text())["cells"]
-        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code").replace(
-            "%", "#"
-        )
+        authored = [  # papermill's injected parameters are the driver's values, not code
+            c
+            for c in cells
+            if c["cell_type"] == "code"
+            and "injected-parameters" not in c["metadata"].get("tags", [])
+        ]
+        code = "\n".join("".join(c["source"]) for c in authored).replace("%", "#")
         sources[str(notebook.relative_to(REPO_ROOT))] = ast.parse(code)
     return sources
 
