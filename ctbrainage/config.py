@@ -38,7 +38,9 @@ class SynthConfig:
     n: int = 120  # number of subjects
     mode: Literal["demo", "full-res"] = "demo"  # acquisition grid preset
     format: Literal["nifti", "dicom"] = "nifti"
-    schedule: str = "physiological"  # preset name or path to a schedule JSON
+    schedule: str = "physiological"  # preset (physiological, staggered, ...) or a JSON path
+    # age cues of the heads: "all", or "lobar" = lobar white matter only (README, planted truth)
+    cues: Literal["all", "lobar"] = "all"
     gantry_tilt_fraction: float = 0.0  # share of subjects scanned with a tilted gantry
     workers: int = 0  # parallel processes; 0 = all cores
 

@@ -324,6 +324,16 @@ def _read_nifti(path: Path) -> CTScan:
     return _make_scan(array, affine, None, "", "nifti")
 
 
+def read_map(path: str | os.PathLike) -> sitk.Image:
+    """A float32 NIfTI map (not HU: no plausibility rule, no rounding) as a SimpleITK image;
+    a gantry-tilted (sheared) grid is resampled onto an orthogonal one, 0 outside."""
+    img = nib.load(os.fspath(path))
+    array, affine = np.asarray(img.dataobj, dtype=np.float32), img.affine
+    if _has_shear(affine):
+        array, affine = resample_to_orthogonal(array, affine, cval=0.0)
+    return ras_to_sitk(array, affine)
+
+
 def parse_dicom_age(value) -> float | None:
     """DICOM PatientAge ("018M", "002W", "003Y", "010D") in months; None if absent or malformed."""
     match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY])\s*", str(value or ""), flags=re.IGNORECASE)

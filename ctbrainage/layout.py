@@ -67,6 +67,10 @@ class SyntheticLayout:
         """The lobes' white-matter cores (labels 1-4) in the native grid."""
         return self.truth_dir / f"{subject_id}_wm{NIFTI}"
 
+    def truth_signal(self, subject_id: str) -> Path:
+        """The planted lobar signal, d HU / d age, in the native grid."""
+        return self.truth_dir / f"{subject_id}_signal{NIFTI}"
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -124,6 +128,10 @@ class RunLayout:
     @property
     def preprocess_table(self) -> Path:
         return self.root / "preprocess.csv"
+
+    def signal(self, subject_id: str) -> Path:
+        """Synthetic runs: the planted signal in the model's grid, d(model input) / d age."""
+        return self.root / "truth" / f"{subject_id}_signal{NIFTI}"
 
     # ---- step 02: lobes ----------------------------------------------------------------------
     @property

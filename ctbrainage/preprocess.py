@@ -62,8 +62,11 @@ def anti_alias(image: sitk.Image, target_mm: float) -> sitk.Image:
     return image
 
 
-def to_working_grid(image: sitk.Image, spacing_mm: float = WORK_MM) -> sitk.Image:
-    """Float32 HU on an isotropic grid with the image's own axes, anti-aliased."""
+def to_working_grid(
+    image: sitk.Image, spacing_mm: float = WORK_MM, default: float = -1024.0
+) -> sitk.Image:
+    """Float32 HU on an isotropic grid with the image's own axes, anti-aliased; ``default``
+    outside the image."""
     size = [
         int(math.ceil(n * s / spacing_mm))
         for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)
@@ -78,7 +81,7 @@ def to_working_grid(image: sitk.Image, spacing_mm: float = WORK_MM) -> sitk.Imag
         origin,
         [spacing_mm] * 3,
         direction,
-        -1024.0,
+        default,
         sitk.sitkFloat32,
     )
 
@@ -334,6 +337,17 @@ def sample_model_input(work, mask, grid, ptile):
     model_input = resample_to(normalised_image, grid, 0.0)
     model_input[~brain] = 0.0
     return model_input, brain.astype(np.uint8), (lo, hi)
+
+
+def input_derivative(
+    native: sitk.Image, grid: sitk.Image, brain: np.ndarray, ptile_hu: tuple[float, float]
+) -> np.ndarray:
+    """A change of the scan's HU (``native``, e.g. d HU / d age) as the change of the model
+    input it causes on ``grid``: the same linear resampling chain as the image (working grid,
+    anti-aliased output grid), divided by the subject's P-tile range, 0 outside ``brain``."""
+    work = to_working_grid(sitk.Cast(native, sitk.sitkFloat32), default=0.0)
+    out = resample_to(work, grid, 0.0) / (ptile_hu[1] - ptile_hu[0])
+    return np.where(brain > 0, out, 0.0).astype(np.float32)
 
 
 def map_to_grid(native: sitk.Image, reference: sitk.Image, labels: bool = True) -> np.ndarray:

@@ -52,7 +52,11 @@ def test_small_cohort_is_written(tmp_path, capsys):
     assert len(pd.read_csv(out / "truth.csv")) == 2
     assert json.loads((out / "schedule.json").read_text())["lobes"]["temporal"]["null"] is True
     importance = pd.read_csv(out / "expected_importance.csv")
-    assert len(importance) == 16  # 4 paper age groups x 4 lobes
+    assert len(importance) == 32  # 2 definitions x 4 paper age groups x 4 lobes
+    assert importance.groupby("definition").size().to_dict() == {
+        "fisher": 16,
+        "hu_slope_x_wm_share": 16,
+    }
     assert (importance.loc[importance["lobe"] == "temporal", "importance"] == 0).all()
 
 

@@ -8,7 +8,14 @@ from ctbrainage.steps import s01_preprocess
 
 
 def test_shipped_profiles_load_with_their_settings():
-    assert available_profiles() == ["demo", "paper", "tiny"]
+    assert available_profiles() == ["benchmark", "demo", "paper", "tiny"]
+    benchmark = load_profile("benchmark")
+    assert (benchmark.synth.schedule, benchmark.synth.cues) == ("staggered", "lobar")
+    # the demo's size and model: the benchmark differs from the demo only in its cohort
+    demo_settings = load_profile("demo").to_dict()
+    for section in ("preprocess", "model", "train", "perturb", "stats"):
+        assert benchmark.to_dict()[section] == demo_settings[section], section
+    assert load_profile("demo").synth.cues == "all"
     paper = load_profile("paper")
     assert paper.name == "paper" and paper.seed == 42
     assert (paper.model.arch, paper.model.width, paper.model.first_stride) == ("resnet34", 64, 2)

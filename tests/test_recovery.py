@@ -1,9 +1,12 @@
 """Scoring the recovery of the planted schedule from perturbation statistics."""
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
 from ctbrainage.synth import MaturationSchedule
+from ctbrainage.synth.schedule import PHYSIOLOGICAL
 from ctbrainage.synth.scoring import score_importance
 
 EDGES = (0, 12, 24, 36, 48)
@@ -49,9 +52,23 @@ def test_a_significant_null_lobe_is_reported():
         score_importance(measured.assign(group="x"), expected)
 
 
+def test_several_definitions_at_once_are_refused():
+    schedule = MaturationSchedule()
+    both = pd.concat(
+        [
+            schedule.expected_importance(EDGES, definition=d)
+            for d in ("fisher", "hu_slope_x_wm_share")
+        ]
+    )
+    with pytest.raises(ValueError, match="several definitions"):
+        score_importance(_measured(both), both)
+
+
 def test_groups_without_planted_signal_are_scored_apart():
-    expected = MaturationSchedule().expected_importance(EDGES)
-    totals = expected.groupby("group")["importance"].sum()
+    # the myelination phase alone: complete by about 30 months
+    early = MaturationSchedule({n: replace(c, late_share=0.0) for n, c in PHYSIOLOGICAL.items()})
+    expected = early.expected_importance(EDGES)
+    totals = expected.groupby("group")["hu_per_month"].sum()
     measured = _measured(expected, significant=False)
     measured.loc[
         (measured["group"] == "36-47") & (measured["lobe"] == "frontal"), "significant"

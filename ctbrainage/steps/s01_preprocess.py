@@ -3,9 +3,10 @@
 Reads the user's manifest (``data``) or generates the embedded synthetic cohort, validates it into
 ``cohort.csv`` (invalid rows go to ``exclusions.csv`` with their reason), then preprocesses every
 valid subject: ``preprocessed/<id>`` (model input, brain masks), ``qc/<id>.png`` and the table
-``preprocess.csv`` (brain volume, orientation, P-tile HU, gantry tilt, seconds). A subject that
-fails is excluded with its reason; the others go on. Subjects already preprocessed from the same
-image with the same settings are not redone.
+``preprocess.csv`` (brain volume, orientation, P-tile HU, gantry tilt, seconds); for the
+synthetic cohort also ``truth/<id>_signal.nii.gz``, the planted signal as d(model input) / d age.
+A subject that fails is excluded with its reason; the others go on. Subjects already preprocessed
+from the same image with the same settings are not redone.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ctbrainage import ctio
 from ctbrainage.config import Profile
 from ctbrainage.layout import RunLayout
 from ctbrainage.parallel import map_subjects
-from ctbrainage.preprocess import PREPROCESS_VERSION, preprocess_scan
+from ctbrainage.preprocess import PREPROCESS_VERSION, input_derivative, preprocess_scan
 from ctbrainage.steps.contract import (
     Step,
     failures,
@@ -42,6 +43,7 @@ STEP = Step(
         "synth.mode",
         "synth.format",
         "synth.schedule",
+        "synth.cues",
         "synth.gantry_tilt_fraction",
         "preprocess",
     ),
@@ -82,11 +84,13 @@ def outputs(profile: Profile) -> list[Path]:
     if not layout.preprocess_table.exists():
         return tables
     ids = pd.read_csv(layout.preprocess_table, dtype={"subject_id": str})["subject_id"]
-    return tables + [p for sid in ids for p in _subject_outputs(layout, sid)]
+    synthetic = not profile.data
+    return tables + [p for sid in ids for p in _subject_outputs(layout, sid, synthetic)]
 
 
-def _subject_outputs(layout: RunLayout, sid: str) -> list[Path]:
-    return [layout.preprocessed(sid), layout.brain(sid), layout.brain_native(sid), layout.qc(sid)]
+def _subject_outputs(layout: RunLayout, sid: str, synthetic: bool) -> list[Path]:
+    made = [layout.preprocessed(sid), layout.brain(sid), layout.brain_native(sid), layout.qc(sid)]
+    return made + ([layout.signal(sid)] if synthetic else [])
 
 
 def is_fresh(profile: Profile) -> bool:
@@ -138,6 +142,7 @@ def _generate(profile: Profile, progress: bool) -> None:
         workers=synth.workers,
         age_group_edges=profile.age_group_edges,
         progress=progress,
+        cues=synth.cues,
     )
 
 
@@ -145,10 +150,12 @@ def _preprocess(profile: Profile, cohort: pd.DataFrame, progress: bool) -> dict[
     """Preprocess every subject of ``cohort`` → ``preprocess.csv``; returns the failures."""
     layout = RunLayout(profile.run_path)
     settings = {"preprocess": STEP.settings_of(profile)["preprocess"]}
+    truth = layout.synthetic
     items = [
         {
             "subject_id": r.subject_id,
             "image_path": r.image_path,
+            "signal_path": None if profile.data else str(truth.truth_signal(r.subject_id)),
             "root": str(layout.root),
             "settings": settings,
         }
@@ -170,12 +177,14 @@ def _preprocess_subject(item: dict) -> dict:
     from ctbrainage.plots import preprocess_qc_figure
 
     layout, sid, settings = RunLayout(item["root"]), item["subject_id"], item["settings"]
-    made = _subject_outputs(layout, sid)
+    signal = item["signal_path"]
+    made = _subject_outputs(layout, sid, synthetic=signal is not None)
+    sources = [item["image_path"]] + ([signal] if signal else [])
     record = STEP.subject_record(layout, sid)
-    done = record.fresh(settings, SUBJECT_VERSION, [item["image_path"]], made)
+    done = record.fresh(settings, SUBJECT_VERSION, sources, made)
     if done is not None:
         return done
-    prints = record.fingerprints([item["image_path"]])
+    prints = record.fingerprints(sources)
     start = time.perf_counter()
     config = settings["preprocess"]
     try:
@@ -187,6 +196,11 @@ def _preprocess_subject(item: dict) -> dict:
     ctio.write_nifti(layout.preprocessed(sid), result.image, result.affine)
     ctio.write_nifti(layout.brain(sid), result.brain, result.affine)
     ctio.write_nifti(layout.brain_native(sid), *ctio.sitk_to_ras(result.work_mask))
+    if signal:
+        grid = ctio.ras_to_sitk(result.image, result.affine)
+        native = ctio.read_map(signal)
+        derivative = input_derivative(native, grid, result.brain, result.ptile_hu)
+        ctio.write_nifti(layout.signal(sid), derivative, result.affine)
     plt.close(preprocess_qc_figure(scan.image, result, title=sid, out=layout.qc(sid)))
     roll, pitch, yaw = result.orientation.angles_deg()
     summary = {

@@ -28,9 +28,15 @@ from ctbrainage.steps.contract import (
     write_exclusions,
     write_table,
 )
+from ctbrainage.synth.head import GENERATOR_VERSION
 
 LOBES_VERSION = 2  # bump when a change alters the lobe labels
-STEP = Step("02_lobes", settings=("lobes.method",), version=f"1/lobes{LOBES_VERSION}")
+# the atlas is a generated head: a new generator makes new atlas labels
+STEP = Step(
+    "02_lobes",
+    settings=("lobes.method",),
+    version=f"1/lobes{LOBES_VERSION}/atlas{GENERATOR_VERSION}",
+)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ how well each fill's readout recovers the planted maturation schedule.
 From step 05's tables: every lobe × age-group test (``lobe_age_tests.csv``), the same over
 sliding windows (``lobe_age_windows.csv``, ``stats.window_months`` wide every
 ``stats.window_step``), Table 1 as ``table1.csv`` / ``.md`` / ``.tex``, and for the embedded
-synthetic cohort ``recovery.json`` (the profile's fill scored against the planted importance,
-and every fill of step 05 under ``by_fill``).
+synthetic cohort ``recovery.json``: the profile's fill scored against the planted importance
+(its ``definition``: the first of ``IMPORTANCE_DEFINITIONS``), and under ``by_fill`` every fill of
+step 05 against every definition.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ctbrainage import ctio, loaders, stats, table1
 from ctbrainage.config import Profile
 from ctbrainage.layout import RunLayout
 from ctbrainage.steps.contract import Step, up_to_date, write_table
+from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
 from ctbrainage.synth.scoring import recovery_row, score_importance
 
 STEP = Step(
@@ -35,9 +37,9 @@ class Result:
     tests: pd.DataFrame  # one row per age group × lobe (the long form of Table 1)
     table1: pd.DataFrame  # the paper's Table 1 for this run
     windows: pd.DataFrame  # the tests over sliding age windows
-    expected: pd.DataFrame | None  # synthetic runs: the planted importance
+    expected: pd.DataFrame | None  # synthetic runs: the planted importance (scored definition)
     recovery: dict | None  # synthetic runs: the profile's fill against the planted truth
-    by_fill: pd.DataFrame | None  # synthetic runs: every fill's recovery, one row each
+    by_fill: pd.DataFrame | None  # synthetic runs: every fill's recovery per truth definition
 
 
 def inputs(profile: Profile) -> list[Path]:
@@ -88,10 +90,16 @@ def run(profile: Profile) -> Result:
         ctio.atomic_write_text(layout.table1(suffix), text)
     expected = recovery = by_fill = None
     if not profile.data:
-        expected = pd.read_csv(layout.synthetic.expected_importance)
-        recovery = score_importance(long, expected)
+        truths = pd.read_csv(layout.synthetic.expected_importance)
+        by_definition = {d: truths[truths["definition"] == d] for d in IMPORTANCE_DEFINITIONS}
+        expected = by_definition[IMPORTANCE_DEFINITIONS[0]]
+        recovery = {"definition": IMPORTANCE_DEFINITIONS[0], **score_importance(long, expected)}
+        measured = {
+            f: tests(profile, loaders.perturbation(profile, f)) for f in profile.perturb.fills
+        }
         rows = [
-            recovery_row(fill, tests(profile, loaders.perturbation(profile, fill)), expected)
+            recovery_row(fill, measured[fill], truth)
+            for truth in by_definition.values()
             for fill in profile.perturb.fills
         ]
         by_fill = pd.DataFrame(rows)

@@ -1,7 +1,8 @@
 """Command line: ``python -m ctbrainage.synth --n N --out DIR --seed S [...]``.
 
-Without --n/--out/--seed/--mode/--schedule the values come from the profile (default: demo), so
-``python -m ctbrainage.synth --profile demo`` writes the demo cohort into the demo run directory.
+Without --n/--out/--seed/--mode/--schedule/--cues the values come from the profile (default:
+demo), so ``python -m ctbrainage.synth --profile demo`` writes the demo cohort into the demo run
+directory.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="cohort seed (default: the profile's seed)")
     p.add_argument(
         "--schedule",
-        help="physiological | reversed | order=a,b,c,d | null=lobe "
+        help="physiological | staggered | reversed | order=a,b,c,d | null=lobe "
         "(combine with +) | path to a schedule .json",
+    )
+    p.add_argument(
+        "--cues",
+        choices=["all", "lobar"],
+        help="age cues: all (default) | lobar = lobar white matter only, every other tissue "
+        "at the reference age",
     )
     p.add_argument("--format", choices=["nifti", "dicom"], help="image format (default nifti)")
     res = p.add_mutually_exclusive_group()
@@ -80,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers if args.workers is not None else synth.workers,
             age_group_edges=profile.age_group_edges,
             progress=not args.quiet,
+            cues=args.cues or synth.cues,
         )
     except (CohortError, ScheduleError, ProfileError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,10 +7,11 @@ Layout of a cohort folder (:class:`~ctbrainage.layout.SyntheticLayout`)::
     truth/<id>_lobes.nii.gz       lobe labels 1-4 in the native grid
     truth/<id>_brain.nii.gz       brain mask
     truth/<id>_wm.nii.gz          lobe white-matter cores (labels 1-4), for measuring attenuation
+    truth/<id>_signal.nii.gz      the planted lobar signal: d HU / d age (float32)
     truth/<id>.json               every planted parameter of the subject
     truth.csv                     one row per subject: planted and measured values
     schedule.json                 the maturation schedule
-    expected_importance.csv       expected lobe importance per age group (from the schedule)
+    expected_importance.csv       expected lobe importance per age group, every definition
     records/<id>.json             what each subject was generated from (``freshness``)
 """
 
@@ -32,13 +33,14 @@ from ctbrainage.parallel import map_subjects, reason
 from ctbrainage.synth.dicom import write_ct_dicom_series
 from ctbrainage.synth.head import (
     ACQUISITIONS,
+    CUES,
     GENERATOR_VERSION,
     SITES,
     SubjectSpec,
     cached_template,
     simulate_head,
 )
-from ctbrainage.synth.schedule import MaturationSchedule
+from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS, MaturationSchedule
 
 AGE_LIMITS = (0.0, 48.0)  # months: the paper's 0-47 months
 _GIVEN = ["Aiko", "Ben", "Chloe", "Daichi", "Emma", "Felix", "Hana", "Ivan", "Jun", "Kai"]
@@ -105,8 +107,10 @@ def generate_cohort(
     workers: int = 0,
     age_group_edges=PAPER_AGE_EDGES,
     progress: bool = True,
+    cues: str = "all",
 ) -> pd.DataFrame:
-    """Generate (or complete) a cohort in ``out_dir``; returns the manifest.
+    """Generate (or complete) a cohort in ``out_dir``; returns the manifest. ``cues="lobar"``
+    leaves the lobar white matter as the only age cue (:func:`~ctbrainage.synth.simulate_head`).
 
     Subjects whose files already exist with identical parameters are not generated again.
     Failures are collected and raised together after every other subject is written.
@@ -115,13 +119,15 @@ def generate_cohort(
         raise CohortError(f"unknown mode {mode!r}; choose from {', '.join(ACQUISITIONS)}")
     if fmt not in ("nifti", "dicom"):
         raise CohortError(f"unknown format {fmt!r}; choose nifti or dicom")
-    schedule = MaturationSchedule.parse(schedule)
+    if cues not in CUES:
+        raise CohortError(f"unknown cues {cues!r}; choose from {', '.join(CUES)}")
+    schedule = MaturationSchedule.parse(schedule, age_group_edges)
     specs = cohort_specs(n, seed, age_range, tilt_fraction)
     out = SyntheticLayout(Path(out_dir))
     out.truth_dir.mkdir(parents=True, exist_ok=True)
     ctio.atomic_write_text(out.schedule, json.dumps(schedule.to_dict(), indent=2))
 
-    todo = [s for s in specs if not _is_done(out, s, schedule, mode, fmt)]
+    todo = [s for s in specs if not _is_done(out, s, schedule, mode, fmt, cues)]
     if todo:
         cached_template(ACQUISITIONS[mode].template_mm)  # load once before the workers fork
     jobs = [
@@ -132,6 +138,7 @@ def generate_cohort(
             "schedule": schedule,
             "mode": mode,
             "fmt": fmt,
+            "cues": cues,
         }
         for s in todo
     ]
@@ -155,7 +162,9 @@ def generate_cohort(
     ctio.atomic_write_text(out.manifest, manifest.to_csv(index=False))
     ctio.atomic_write_text(out.truth_table, _truth_table(truths).to_csv(index=False))
     shares = _wm_shares(out, specs)
-    importance = schedule.expected_importance(age_group_edges, shares)
+    importance = pd.concat(
+        [schedule.expected_importance(age_group_edges, shares, d) for d in IMPORTANCE_DEFINITIONS]
+    )
     ctio.atomic_write_text(out.expected_importance, importance.to_csv(index=False))
     return manifest
 
@@ -171,29 +180,35 @@ def _identity(spec: SubjectSpec) -> dict:
     }
 
 
-def _settings(spec: SubjectSpec, schedule: MaturationSchedule, mode: str, fmt: str) -> dict:
-    return {"spec": asdict(spec), "schedule": schedule.to_dict(), "mode": mode, "format": fmt}
+def _settings(spec: SubjectSpec, schedule: MaturationSchedule, mode, fmt, cues) -> dict:
+    return {
+        "spec": asdict(spec),
+        "schedule": schedule.to_dict(),
+        "mode": mode,
+        "format": fmt,
+        "cues": cues,
+    }
 
 
 def _made(out: SyntheticLayout, sid: str, fmt: str) -> list[Path]:
-    maps = [out.truth_lobes(sid), out.truth_brain(sid), out.truth_wm(sid)]
+    maps = [out.truth_lobes(sid), out.truth_brain(sid), out.truth_wm(sid), out.truth_signal(sid)]
     return [out.root / out.image(sid, fmt), out.truth(sid), *maps]
 
 
-def _is_done(out: SyntheticLayout, spec, schedule, mode, fmt) -> bool:
+def _is_done(out: SyntheticLayout, spec, schedule, mode, fmt, cues) -> bool:
     record = Record(out.record(spec.subject_id), out.root)
-    settings = _settings(spec, schedule, mode, fmt)
+    settings = _settings(spec, schedule, mode, fmt, cues)
     made = _made(out, spec.subject_id, fmt)
     return record.fresh(settings, GENERATOR_VERSION, outputs=made) is not None
 
 
 def _write_subject_job(job: dict) -> dict:
-    _write_subject(job["out"], job["spec"], job["schedule"], job["mode"], job["fmt"])
+    _write_subject(job["out"], job["spec"], job["schedule"], job["mode"], job["fmt"], job["cues"])
     return {"subject_id": job["subject_id"]}
 
 
-def _write_subject(out: SyntheticLayout, spec, schedule, mode, fmt) -> None:
-    head = simulate_head(spec, schedule, mode)
+def _write_subject(out: SyntheticLayout, spec, schedule, mode, fmt, cues) -> None:
+    head = simulate_head(spec, schedule, mode, cues=cues)
     sid = spec.subject_id
     image = out.image(sid, fmt)
     if fmt == "nifti":
@@ -212,6 +227,7 @@ def _write_subject(out: SyntheticLayout, spec, schedule, mode, fmt) -> None:
         (out.truth_lobes(sid), head.lobes),
         (out.truth_brain(sid), head.brain),
         (out.truth_wm(sid), head.wm_core),
+        (out.truth_signal(sid), head.signal),
     ):
         ctio.write_nifti(path, labels, head.affine)
     voxel_ml = float(abs(np.linalg.det(head.affine[:3, :3]))) / 1000.0
@@ -226,7 +242,7 @@ def _write_subject(out: SyntheticLayout, spec, schedule, mode, fmt) -> None:
         "wm_hu_measured": measure_lobe_wm_hu(head.hu, head.wm_core),
     }
     ctio.atomic_write_text(out.truth(sid), json.dumps(truth, indent=1))
-    settings = _settings(spec, schedule, mode, fmt)
+    settings = _settings(spec, schedule, mode, fmt, cues)
     Record(out.record(sid), out.root).write(settings, GENERATOR_VERSION, {})
 
 
@@ -238,8 +254,11 @@ def _truth_table(truths: list[dict]) -> pd.DataFrame:
             for k in (
                 "subject_id",
                 "age_months",
+                "biological_age_months",
+                "maturity_offset_months",
                 "sex",
                 "site",
+                "cues",
                 "gantry_tilt_deg",
                 "brain_volume_ml",
                 "brain_volume_planted_ml",

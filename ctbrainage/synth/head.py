@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -31,11 +31,16 @@ from ctbrainage.synth.anatomy import (
     decode_truth,
     load_template,
 )
-from ctbrainage.synth.schedule import MaturationSchedule
+from ctbrainage.synth.schedule import INDIVIDUAL_SD_HU, MaturationSchedule
 
 AIR_HU = -1000.0
 # bump whenever a change alters the generated images: cohorts on disk then regenerate
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
+#: which age cues a head carries: ``all`` (every age-dependent tissue) or ``lobar`` (only the
+#: lobar white matter; every other cue is drawn at :data:`REFERENCE_AGE_MONTHS` for every child)
+CUES = ("all", "lobar")
+REFERENCE_AGE_MONTHS = 24.0
+MATURITY_SD_MONTHS = 1.5  # a child's maturation runs early or late by this much (all lobes)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class SyntheticHead:
     lobes: np.ndarray  # uint8 1-4 within the brain
     brain: np.ndarray  # uint8 brain mask (grey + white matter, probability >= 0.5)
     wm_core: np.ndarray  # uint8 1-4: lobe white matter away from partial volume
+    signal: np.ndarray  # float32 d HU / d age of the planted lobar white-matter maturation
     truth: dict  # planted parameters: anthropometry, attenuations, pose
 
 
@@ -101,39 +107,60 @@ def cached_template(voxel_mm: float) -> Template:
 
 
 def simulate_head(
-    spec: SubjectSpec, schedule: MaturationSchedule, mode: str = "demo", deform: bool = True
+    spec: SubjectSpec,
+    schedule: MaturationSchedule,
+    mode: str = "demo",
+    deform: bool = True,
+    cues: str = "all",
 ) -> SyntheticHead:
     """Simulate one head CT; deterministic for ``spec.seed``. ``deform=False`` keeps the
-    template's own shape (used to build the registration atlas)."""
+    template's own shape (used to build the registration atlas); ``cues`` is one of
+    :data:`CUES`."""
+    if cues not in CUES:
+        raise ValueError(f"unknown cues {cues!r}; choose from {', '.join(CUES)}")
     acq = ACQUISITIONS[mode]
     tpl = cached_template(acq.template_mm)
     rng = np.random.default_rng(spec.seed)
-    body = _sample_body(spec, tpl, rng)
-    tissue = _sample_attenuation(spec, schedule, rng)
-    hu_t = _compose_template_hu(tpl, body, tissue, spec.age_months)
-    hu_t, truth_t = _deform(tpl, hu_t, rng) if deform else (hu_t, tpl.truth)
+    # with cues="lobar" every age cue but the lobar white matter sees the reference age
+    cue_age = None if cues == "all" else REFERENCE_AGE_MONTHS
+    cue_spec = spec if cue_age is None else replace(spec, age_months=cue_age)
+    body = _sample_body(cue_spec, tpl, rng)
+    tissue = _sample_attenuation(spec, schedule, rng, cue_age)
+    hu_t = _compose_template_hu(tpl, body, tissue, cue_spec.age_months)
+    signal_t = _lobar_signal(tpl, body, schedule, tissue["biological_age_months"])
+    coords = _deformation(tpl, rng) if deform else None
+    hu_t, signal_t, truth_t = (
+        _warp(hu_t, coords, order=1, mode="nearest"),
+        _warp(signal_t, coords, order=1, mode="constant"),
+        _warp(tpl.truth, coords, order=0, mode="constant"),
+    )
     pose = _sample_pose(rng)
-    affine, to_template, shape = _acquisition_grid(tpl, body, pose, acq, spec)
+    affine, to_template, shape = _acquisition_grid(tpl, body, pose, acq, cue_spec)
 
     site = SITES[spec.site]
     hu = _sample(hu_t, to_template, shape, order=1, cval=AIR_HU)
     code = _sample(truth_t, to_template, shape, order=0, cval=0)
+    signal = _sample(signal_t, to_template, shape, order=1, cval=0.0)
     _add_head_holder(hu, affine, body, pose)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     hu = _scanner(hu, spacing, site, rng)
+    ndimage.gaussian_filter(signal, sigma=_psf_sigma(spacing, site), truncate=3.0, output=signal)
     lobes, brain, wm_core = decode_truth(code)
     truth = {
         **asdict(spec),
+        "cues": cues,
         **{k: v for k, v in body.items() if k != "scale"},
         "scale_xyz": [float(v) for v in body["scale"]],
         "wm_hu": tissue["wm_hu"],
+        "maturity_offset_months": tissue["maturity_offset_months"],
+        "biological_age_months": tissue["biological_age_months"],
         "grey_matter_hu": tissue["grey"],
         "site_offset_hu": site.offset_hu,
         "rotation_deg": [float(v) for v in pose["angles"]],
         "translation_mm": [float(v) for v in pose["shift"]],
         "mode": mode,
     }
-    return SyntheticHead(hu, affine, lobes, brain, wm_core, truth)
+    return SyntheticHead(hu, affine, lobes, brain, wm_core, signal, truth)
 
 
 # ---- subject parameters -------------------------------------------------------------------------
@@ -177,19 +204,27 @@ def _sample_body(spec: SubjectSpec, tpl: Template, rng) -> dict:
     }
 
 
-def _sample_attenuation(spec: SubjectSpec, schedule: MaturationSchedule, rng) -> dict:
-    """Tissue attenuations (HU) for this subject: the schedule plus individual variation."""
-    age = spec.age_months
+def _sample_attenuation(
+    spec: SubjectSpec, schedule: MaturationSchedule, rng, cue_age: float | None = None
+) -> dict:
+    """Tissue attenuations (HU) for this subject: the schedule plus individual variation.
+    Every tissue but the lobar white matter sees ``cue_age`` when given (``cues="lobar"``)."""
     # maturation runs a little early or late in each child, for all lobes together
-    bio_age = max(0.0, age + 1.5 * float(rng.standard_normal()))
+    offset = MATURITY_SD_MONTHS * float(rng.standard_normal())
+    bio_age = max(0.0, spec.age_months + offset)
     wm = {
-        name: float(schedule.wm_hu(name, bio_age) + 0.7 * rng.standard_normal())
+        name: float(schedule.wm_hu(name, bio_age) + INDIVIDUAL_SD_HU * rng.standard_normal())
         for name in LOBES.values()
     }
+    age = spec.age_months if cue_age is None else cue_age
+    cue_bio_age = bio_age if cue_age is None else cue_age
+    central = schedule.central_wm_hu(cue_bio_age) + INDIVIDUAL_SD_HU * rng.standard_normal()
     growth = 1.0 - math.exp(-age / 14.0)
     return {
         "wm_hu": wm,
-        "central_wm": float(schedule.central_wm_hu(bio_age) + 0.7 * rng.standard_normal()),
+        "maturity_offset_months": offset,
+        "biological_age_months": bio_age,
+        "central_wm": float(central),
         "grey": 30.0 + 6.5 * growth + 0.8 * float(rng.standard_normal()),  # 28-32 → 35-38 HU
         "deep_grey": 32.0 + 6.0 * growth + 0.8 * float(rng.standard_normal()),
         "cerebellum": 33.0 + 4.0 * growth + 0.8 * float(rng.standard_normal()),
@@ -262,19 +297,41 @@ def _open_vault(tpl: Template, body: dict, age: float, s: float) -> np.ndarray:
     return midline | (tpl.suture * s < half) | (tpl.bregma * s < body["fontanelle_radius_mm"])
 
 
-def _deform(tpl: Template, hu: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """A random smooth deformation (≈3 mm, correlated over ≈40 mm) of image and truth codes.
+def _lobar_signal(
+    tpl: Template, body: dict, schedule: MaturationSchedule, bio_age: float
+) -> np.ndarray:
+    """d HU / d age of the noise-free template image caused by the lobes' planted maturation:
+    white-matter occupancy inside the intracranial surface × the lobe's HU slope."""
+    span = schedule.mature_hu - schedule.unmyelinated_hu
+    slope_of_region = np.zeros(8, np.float32)
+    for lobe_id, name in LOBES.items():
+        slope_of_region[lobe_id] = span * float(schedule.lobes[name].slope(bio_age))
+    s = body["iso_scale"]
+    inside = 1.0 - _ramp(tpl.dist * s, tpl.voxel_mm * s)
+    return (inside * ~tpl.sinus * tpl.p_wm * slope_of_region[tpl.region]).astype(np.float32)
+
+
+def _warp(volume: np.ndarray, coords: np.ndarray | None, order: int, mode: str) -> np.ndarray:
+    """``volume`` resampled at the deformed template coordinates (unchanged without any)."""
+    if coords is None:
+        return volume
+    return ndimage.map_coordinates(volume, coords, order=order, mode=mode, cval=0)
+
+
+def _deformation(tpl: Template, rng) -> np.ndarray:
+    """A random smooth deformation (≈3 mm, correlated over ≈40 mm) of the template: the
+    coordinates (3, *shape) each output voxel samples.
 
     Displacements at control points every 40 mm are spread by separable Gaussian weights.
     """
     spacing_vox = 40.0 / tpl.voxel_mm
     weights = []
-    for n in hu.shape:
+    for n in tpl.dist.shape:
         centres = np.arange(-spacing_vox, n + 2 * spacing_vox, spacing_vox)
         w = np.exp(-0.5 * ((np.arange(n)[:, None] - centres[None, :]) / (0.6 * spacing_vox)) ** 2)
         weights.append((w / w.sum(axis=1, keepdims=True)).astype(np.float32))
     amplitude = 3.0 / tpl.voxel_mm
-    grid = np.indices(hu.shape, dtype=np.float32)
+    grid = np.indices(tpl.dist.shape, dtype=np.float32)
     # the affine part of the field over the brain (a rotation, shear or scaling of the whole
     # brain) is removed: pose and size are planted separately, and their truth must stay exact
     brain = (tpl.truth[::4, ::4, ::4] & BRAIN_BIT) > 0
@@ -287,9 +344,7 @@ def _deform(tpl: Template, hu: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]
         coef = coef.astype(np.float32)
         field -= sum(coef[a] * grid[a] for a in range(3)) + coef[3]
         grid[axis] += field
-    warped = ndimage.map_coordinates(hu, grid, order=1, mode="nearest")
-    truth = ndimage.map_coordinates(tpl.truth, grid, order=0, mode="constant", cval=0)
-    return warped, truth
+    return grid
 
 
 # ---- the scanner --------------------------------------------------------------------------------
@@ -399,7 +454,7 @@ def _add_head_holder(hu: np.ndarray, affine: np.ndarray, body: dict, pose: dict)
 def _scanner(hu: np.ndarray, spacing: np.ndarray, site: Site, rng) -> np.ndarray:
     """Quantum noise, then the reconstruction kernel's point-spread blur (which correlates the
     noise, as in real CT), then the site's calibration offset; quantised to int16 HU."""
-    sigma = np.array([site.psf_fwhm_mm, site.psf_fwhm_mm, spacing[2]]) / 2.355 / spacing
+    sigma = _psf_sigma(spacing, site)
     voxel_mm3 = float(np.prod(spacing))
     target_sd = NOISE_REF_HU * site.noise_scale * math.sqrt(NOISE_REF_VOXEL_MM3 / voxel_mm3)
     white_sd = target_sd / _noise_gain(sigma)
@@ -407,6 +462,11 @@ def _scanner(hu: np.ndarray, spacing: np.ndarray, site: Site, rng) -> np.ndarray
     ndimage.gaussian_filter(hu, sigma=sigma, truncate=3.0, output=hu)
     hu += np.float32(site.offset_hu)
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+
+
+def _psf_sigma(spacing: np.ndarray, site: Site) -> np.ndarray:
+    """The point-spread function's Gaussian SD per axis, in voxels."""
+    return np.array([site.psf_fwhm_mm, site.psf_fwhm_mm, spacing[2]]) / 2.355 / spacing
 
 
 def _noise_gain(sigma) -> float:

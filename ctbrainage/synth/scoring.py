@@ -104,21 +104,25 @@ def score_importance(
 
     ``measured``: one row per (group, lobe) with ``mean_delta_ae`` and ``significant`` (a
     ``stats.lobe_age_table``); ``expected``: the schedule's ``expected_importance`` over the same
-    groups. Returns Spearman ρ between planted importance and measured mean ΔAE over all cells,
-    the mean within-group Spearman ρ of the lobe ranking (the overall ρ is helped by every
-    lobe's importance falling with age; the within-group one tests the order alone), the top
+    groups, one definition. Returns Spearman ρ between planted importance and measured mean
+    ΔAE over all cells, the mean within-group Spearman ρ of the lobe ranking (the overall ρ
+    is helped by every lobe's importance falling with age; the within-group one tests the
+    order alone), the top
     lobe per group (planted vs measured), and, for lobes planted with no age signal, the groups
     where masking them was significant (should be none).
 
-    Groups whose summed planted importance is below ``min_signal`` × the largest group's hold
-    no planted lobe signal (the physiological schedule is complete by about 30 months): ranking
-    their lobes ranks noise. The same numbers are therefore also given over the groups with a
+    Groups whose summed planted signal (``hu_per_month``) is below ``min_signal`` × the largest
+    group's hold no planted lobe signal (e.g. a schedule complete by 30 months): ranking their
+    lobes ranks noise. The same numbers are therefore also given over the groups with a
     signal (``signal_*``), and significant cells in groups without one are listed
     (``significant_without_signal``: effects the schedule did not plant).
     """
     from scipy import stats
 
-    cells = measured.merge(expected[["group", "lobe", "importance"]], on=["group", "lobe"])
+    if "definition" in expected and expected["definition"].nunique() > 1:
+        raise ValueError("expected importance holds several definitions: choose one")
+    columns = ["group", "lobe", "hu_per_month", "importance"]
+    cells = measured.merge(expected[columns], on=["group", "lobe"])
     if cells.empty:
         raise ValueError("measured and planted importance share no (group, lobe) cell")
     rho = stats.spearmanr(cells["importance"], cells["mean_delta_ae"])
@@ -133,7 +137,7 @@ def score_importance(
         lobe: cells.loc[(cells["lobe"] == lobe) & cells["significant"], "group"].tolist()
         for lobe in null_lobes
     }
-    totals_by_group = cells.groupby("group", sort=False)["importance"].sum()
+    totals_by_group = cells.groupby("group", sort=False)["hu_per_month"].sum()
     signal = totals_by_group[totals_by_group >= min_signal * totals_by_group.max()].index
     in_signal = cells["group"].isin(signal)
     signal_rho = (
@@ -178,6 +182,7 @@ def recovery_row(fill: str, measured: pd.DataFrame, expected: pd.DataFrame) -> d
     score = score_importance(measured, expected)
     return {
         "fill": fill,
+        "definition": expected["definition"].iloc[0],
         "spearman_rho": score["spearman_rho"],
         "within_group_rho": score["within_group_spearman_rho"],
         "top_lobe": f"{score['top_lobe_matches']}/{score['groups']}",
