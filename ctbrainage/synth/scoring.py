@@ -9,11 +9,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout
+from ctbrainage.layout import RunLayout, SyntheticLayout
 from ctbrainage.preprocess import map_to_grid
+from ctbrainage.synth.generate import measure_lobe_wm_hu
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -94,6 +96,41 @@ def score_lobes(layout: RunLayout) -> pd.DataFrame:
                     "dice": dice(ours == idx, truth == idx),
                 }
             )
+    return pd.DataFrame(rows)
+
+
+def measure_age_cues(cohort: SyntheticLayout) -> pd.DataFrame:
+    """Age cues measured in each generated image (not taken from the planted parameters):
+    brain volume (true brain mask), skull volume and mean attenuation (bone, > 400 HU, inside the
+    head), cortical grey-matter HU (the brain mask's outermost voxel layer, site offset removed)
+    and each lobe's white-matter HU (``wm_hu_<lobe>``, white-matter cores, offset removed);
+    one row per subject, with its age and biological age."""
+    truth = pd.read_csv(cohort.truth_table, dtype={"subject_id": str})
+    rows = []
+    for rec in truth.itertuples():
+        sid = rec.subject_id
+        image = nib.load(cohort.root / json.loads(cohort.truth(sid).read_text())["image"])
+        hu = np.asarray(image.dataobj, dtype=np.float32) - rec.site_offset_hu
+        brain = np.asarray(nib.load(cohort.truth_brain(sid)).dataobj) > 0
+        wm = np.asarray(nib.load(cohort.truth_wm(sid)).dataobj)
+        voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
+        filled = ndimage.binary_fill_holes(ndimage.binary_closing(hu > -300, iterations=2))
+        head = ndimage.label(filled)[0]
+        largest = np.argmax(np.bincount(head[brain]))  # the component holding the brain
+        skull = (head == largest) & (hu > 400) & ~brain
+        cortex = brain & ~ndimage.binary_erosion(brain)
+        rows.append(
+            {
+                "subject_id": sid,
+                "age_months": rec.age_months,
+                "biological_age_months": rec.biological_age_months,
+                "brain_volume_ml": float(brain.sum()) * voxel_ml,
+                "skull_volume_ml": float(skull.sum()) * voxel_ml,
+                "skull_hu": float(hu[skull].mean()),
+                "cortex_hu": float(hu[cortex].mean()),
+                **{f"wm_hu_{k}": v for k, v in measure_lobe_wm_hu(hu, wm).items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 

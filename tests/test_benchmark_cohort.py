@@ -1,0 +1,153 @@
+"""The benchmark cohort, checked in the generated images: a staggered schedule with the lobar white
+matter as the only age cue, its truth in the model's grid, and the recorded biological age."""
+
+import json
+from dataclasses import replace
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage, stats
+
+from ctbrainage import ctio
+from ctbrainage.cohort import age_group
+from ctbrainage.config import load_profile
+from ctbrainage.labels import LOBES
+from ctbrainage.layout import RunLayout
+from ctbrainage.preprocess import input_derivative, map_to_grid, preprocess_scan
+from ctbrainage.steps import s01_preprocess
+from ctbrainage.synth import MaturationSchedule, SubjectSpec, simulate_head
+from ctbrainage.synth.scoring import measure_age_cues
+
+EDGES = (0.0, 12.0, 24.0, 36.0, 48.0)
+STAGGERED = MaturationSchedule.parse("staggered", EDGES)
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(tmp_path_factory):
+    """Step 01 of the tiny profile on 24 staggered heads whose only age cue is lobar."""
+    profile = load_profile(
+        "tiny",
+        {
+            "run_dir": str(tmp_path_factory.mktemp("benchmark_run")),
+            "synth.n": 24,
+            "synth.schedule": "staggered",
+            "synth.cues": "lobar",
+        },
+    )
+    s01_preprocess.run(profile, progress=False)
+    return RunLayout(profile.run_path)
+
+
+@pytest.fixture(scope="module")
+def cues(benchmark_run):
+    return measure_age_cues(benchmark_run.synthetic)
+
+
+def test_lobar_cues_change_only_the_lobar_white_matter():
+    """The same child at 2 and at 46 months: with cues=lobar only lobar voxels differ."""
+    young, old = (SubjectSpec("s", age, "M", "B", seed=3) for age in (2.0, 46.0))
+    a, b = (simulate_head(s, STAGGERED, cues="lobar") for s in (young, old))
+    assert np.array_equal(a.affine, b.affine) and np.array_equal(a.brain, b.brain)
+    changed = a.hu != b.hu
+    assert changed.sum() > 10_000  # the white matter did mature
+    planted = (a.signal > 0) | (b.signal > 0)  # lobar white matter, with the scanner's blur
+    assert not changed[~planted].any()
+    assert a.signal[a.lobes > 0].sum() > 0.9 * a.signal.sum()  # the signal is lobar
+    for key in ("brain_volume_planted_ml", "bone_thickness_mm", "grey_matter_hu", "scalp_mm"):
+        assert a.truth[key] == b.truth[key], key
+    assert a.truth["wm_hu"] != b.truth["wm_hu"]
+    # with every cue, the same child differs in size, skull and grey matter
+    c, d = (simulate_head(s, STAGGERED, cues="all") for s in (young, old))
+    assert d.truth["brain_volume_planted_ml"] > 1.5 * c.truth["brain_volume_planted_ml"]
+    assert d.truth["grey_matter_hu"] > c.truth["grey_matter_hu"] + 3
+    with pytest.raises(ValueError, match="unknown cues 'none'"):
+        simulate_head(young, STAGGERED, cues="none")
+
+
+def test_non_lobar_cues_do_not_follow_age_in_the_images(cues):
+    for column in ("brain_volume_ml", "skull_volume_ml", "skull_hu", "cortex_hu"):
+        r = stats.pearsonr(cues["age_months"], cues[column]).statistic
+        # 24 children: |r| ≥ 0.5 has p < 0.02 under no association; with every cue r > 0.8
+        assert abs(r) < 0.5, (column, r)
+
+
+def test_lobe_white_matter_follows_its_planted_curve(cues, benchmark_run):
+    truth = pd.read_csv(benchmark_run.synthetic.truth_table)
+    for name in LOBES.values():
+        curve = STAGGERED.wm_hu(name, cues["biological_age_months"])
+        residual = cues[f"wm_hu_{name}"] - curve  # the child's own 0.7 HU and image noise
+        assert residual.abs().mean() < 1.5, name
+        # per child: the image holds the planted value (immature white matter beside mature
+        # cortex reads up to ~2 HU high: partial volume), which lies on the curve ± 5 SD
+        planted = truth[f"wm_hu_planted_{name}"]
+        assert (cues[f"wm_hu_{name}"] - planted).abs().max() < 2.0, name
+        assert (planted - curve).abs().max() < 5 * 0.7, name
+
+
+def test_each_age_group_fastest_changing_lobe_is_the_planted_one(cues):
+    groups = age_group(cues["age_months"], EDGES)
+    planted = dict(zip(["0-11", "12-23", "24-35", "36-47"], STAGGERED._ranked(), strict=True))
+    for group, part in cues.groupby(groups, observed=True):
+        slopes = {
+            name: stats.linregress(part["age_months"], part[f"wm_hu_{name}"]).slope
+            for name in LOBES.values()
+        }
+        assert max(slopes, key=slopes.get) == planted[str(group)], (group, slopes)
+
+
+def test_truth_table_records_the_biological_age(benchmark_run):
+    truth = pd.read_csv(benchmark_run.synthetic.truth_table)
+    offset = truth["biological_age_months"] - truth["age_months"]
+    clamped = truth["biological_age_months"] == 0.0
+    assert np.allclose(offset[~clamped], truth.loc[~clamped, "maturity_offset_months"])
+    assert 0.8 < truth["maturity_offset_months"].std() < 2.5  # drawn with SD 1.5 months
+    assert (truth["cues"] == "lobar").all()
+    record = json.loads(benchmark_run.synthetic.truth("syn0001").read_text())
+    assert record["biological_age_months"] == pytest.approx(truth["biological_age_months"][0])
+
+
+def test_signal_lies_in_the_lobar_white_matter_of_the_grid(benchmark_run):
+    table = pd.read_csv(benchmark_run.preprocess_table, dtype={"subject_id": str})
+    inside_lobes, core_density = [], []
+    for sid in table["subject_id"]:
+        signal = np.asarray(nib.load(benchmark_run.signal(sid)).dataobj)
+        assert signal.dtype == np.float32 and signal.sum() > 0
+        assert signal.min() > -1e-3 * signal.max()  # only the anti-aliasing filter's ripple
+        reference = sitk.ReadImage(str(benchmark_run.preprocessed(sid)))
+        synthetic = benchmark_run.synthetic
+        lobes = map_to_grid(sitk.ReadImage(str(synthetic.truth_lobes(sid))), reference)
+        cores = map_to_grid(sitk.ReadImage(str(synthetic.truth_wm(sid))), reference) > 0
+        inside_lobes.append(signal[lobes > 0].sum() / signal.sum())
+        rest = (lobes > 0) & ~cores
+        core_density.append(signal[cores].mean() / signal[rest].mean())
+    assert np.median(inside_lobes) >= 0.9, inside_lobes
+    # at 6 mm voxels partial volume spreads it, but it is densest in the white-matter cores
+    assert np.median(core_density) >= 1.5, core_density
+
+
+def test_signal_is_the_derivative_of_the_model_input():
+    """A finite difference of the preprocessed input of one child at two ages (same noise)
+    matches the signal map written for the earlier age."""
+    spec = SubjectSpec("s", 17.0, "F", "A", seed=21)
+    step = 2.0
+    heads = [
+        simulate_head(replace(spec, age_months=a), STAGGERED, cues="lobar")
+        for a in (17.0, 17.0 + step)
+    ]
+    results = [
+        preprocess_scan(ctio.ras_to_sitk(h.hu, h.affine), 3.0, 64, (0.5, 99.5)) for h in heads
+    ]
+    first = results[0]
+    grid = ctio.ras_to_sitk(first.image, first.affine)
+    signal = input_derivative(
+        ctio.ras_to_sitk(heads[0].signal, heads[0].affine), grid, first.brain, first.ptile_hu
+    )
+    difference = (results[1].image - first.image) / step
+    both = (first.brain > 0) & (results[1].brain > 0)
+    r = stats.pearsonr(signal[both], difference[both]).statistic
+    assert r > 0.8, r
+    ratio = difference[both].sum() / signal[both].sum()
+    assert 0.7 < ratio < 1.3, ratio
