@@ -141,7 +141,13 @@ def test_the_run_directory_holds_every_step_output(tiny):
     assert (run_dir / "table1.md").exists() and (run_dir / "table1.tex").exists()
     recovery = json.loads((run_dir / "recovery.json").read_text())
     assert recovery["groups"] == 4 and -1 <= recovery["spearman_rho"] <= 1
-    assert [row["fill"] for row in recovery["by_fill"]] == ["noise", "zero", "mean", "group_level"]
+    assert recovery["definition"] == "fisher"
+    fills = ["noise", "zero", "mean", "group_level"]
+    assert [(row["definition"], row["fill"]) for row in recovery["by_fill"]] == [
+        (truth, fill) for truth in ("fisher", "hu_slope_x_wm_share") for fill in fills
+    ]
+    signal = [run_dir / "truth" / f"{sid}_signal.nii.gz" for sid in cohort["subject_id"]]
+    assert all(path.exists() for path in signal)  # the voxel truth of a synthetic run
     group_level = pd.read_csv(run_dir / "perturbation_group_level.csv")
     assert len(group_level) == 12 * 4 and (group_level["fill"] == "group_level").all()
     for name in ("evaluation", "table1_heatmap", "importance_trajectory", "importance_on_brain"):
