@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage, stats
+from scipy import stats
 
 from ctbrainage import ctio
 from ctbrainage.cohort import age_group
