@@ -12,8 +12,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ctbrainage import ctio
-
 REQUIRED_COLUMNS = ("subject_id", "age_months", "sex", "site", "image")
 PAPER_AGE_EDGES = (0, 12, 24, 36, 48)
 _SUBJECT_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -55,6 +53,8 @@ def _check_image(given: str, base: Path):
     if not path.exists():
         return path, None, f"image not found: {given}"
     if path.is_dir():
+        from ctbrainage import ctio  # DICOM readers only here: training imports this module
+
         try:
             return path, ctio.read_dicom_age_sex(path), None
         except ctio.ImageError as err:

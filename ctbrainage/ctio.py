@@ -1,5 +1,5 @@
-"""Atomic, byte-deterministic file writers (any file, and NIfTI images) and the readers of CT
-scans (a NIfTI file or a DICOM series folder) into int16 Hounsfield-unit SimpleITK images."""
+"""Byte-deterministic NIfTI writing (atomic) and the readers of CT scans (a NIfTI file or a DICOM
+series folder) into int16 Hounsfield-unit SimpleITK images."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import itertools
 import math
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +20,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, CTImageStorage
 
+from ctbrainage.atomic import atomic_path
+
 __all__ = [
     "CTScan",
     "ImageError",
-    "atomic_path",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "parse_dicom_age",
     "ras_to_sitk",
     "read_ct",
@@ -40,60 +36,6 @@ __all__ = [
 
 DAYS_PER_MONTH = 365.25 / 12
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def _sibling(path: Path, tag: str) -> Path:
-    return path.with_name(f".{tag}-{secrets.token_hex(6)}-{path.name}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        path.unlink()
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    if tmp.is_dir() and path.is_dir() and not path.is_symlink():
-        old = _sibling(path, "old")
-        os.rename(path, old)
-        try:
-            os.rename(tmp, path)
-        except BaseException:
-            os.rename(old, path)
-            raise
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a hidden temporary sibling of ``path`` (same suffix); move it onto ``path`` on success.
-
-    The temporary may be a file or a directory. If the body raises, the temporary is removed and
-    an existing ``path`` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(path, "tmp")
-    try:
-        yield tmp
-        _replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _has_shear(affine: np.ndarray, tol: float = 1e-6) -> bool:

@@ -16,7 +16,7 @@ import nbformat
 import pandas as pd
 from nbconvert import HTMLExporter
 
-from ctbrainage import ctio
+from ctbrainage.atomic import atomic_write_text
 from ctbrainage.layout import RunLayout
 
 VARIANTS = {".html": False, ".noinput.html": True}  # suffix -> exclude the code
@@ -35,7 +35,7 @@ def export_notebook(notebook: str | Path, html_dir: str | Path) -> list[Path]:
         )
         body, _ = exporter.from_notebook_node(node)
         out = html_dir / f"{notebook.stem}{suffix}"
-        ctio.atomic_write_text(out, body)
+        atomic_write_text(out, body)
         written.append(out)
     return written
 
@@ -92,7 +92,7 @@ def write_index(run_dir: str | Path) -> Path:
         f"<title>ctbrainage run {_e(layout.root.name)}</title><style>{STYLE}</style></head>"
         "<body>\n" + "\n".join(s for s in sections if s) + "\n</body></html>\n"
     )
-    ctio.atomic_write_text(layout.index, page)
+    atomic_write_text(layout.index, page)
     return layout.index
 
 

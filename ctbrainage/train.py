@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ctbrainage import ctio
+from ctbrainage.atomic import atomic_path
 from ctbrainage.cohort import stratified_folds
 from ctbrainage.config import Profile
 from ctbrainage.data import AgeScaler, VolumeDataset, augmentation
@@ -100,7 +100,7 @@ class FoldFit:
     def save_model(self, path) -> None:
         """The weights as a Lightning checkpoint, written atomically
         (:func:`ctbrainage.models.load_weights` reads it)."""
-        with ctio.atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             self.trainer.save_checkpoint(tmp, weights_only=True)
 
 

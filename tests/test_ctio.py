@@ -1,11 +1,12 @@
-"""Tests for ctbrainage.ctio: atomic writes and the NIfTI writer."""
+"""Tests for ctbrainage.atomic (atomic writes) and the NIfTI writer of ctbrainage.ctio."""
 
 import nibabel as nib
 import numpy as np
 import pytest
 from helpers import affine, random_hu, tilted_affine
 
-from ctbrainage.ctio import atomic_path, atomic_write_bytes, atomic_write_text, write_nifti
+from ctbrainage.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from ctbrainage.ctio import write_nifti
 
 
 def test_atomic_path_names_and_replace(tmp_path):

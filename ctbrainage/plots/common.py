@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 
-from ctbrainage import ctio
+from ctbrainage.atomic import atomic_path
 from ctbrainage.labels import LOBES
 
 LOBE_COLOURS = {
@@ -24,7 +24,7 @@ def save(fig: plt.Figure, out, dpi: int = 110) -> plt.Figure:
     """Save atomically to ``out`` (a path, a list of paths, or None); return the figure."""
     paths = [] if out is None else [out] if isinstance(out, str | Path) else list(out)
     for path in paths:
-        with ctio.atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix[1:] or "png")
     return fig
 

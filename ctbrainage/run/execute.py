@@ -25,7 +25,8 @@ from typing import Any
 import nbformat
 from tqdm.auto import tqdm
 
-from ctbrainage import ctio, report
+from ctbrainage import report
+from ctbrainage.atomic import atomic_write_text
 from ctbrainage.config import REPO_ROOT, Profile, ProfileError
 from ctbrainage.layout import RunLayout
 from ctbrainage.run.manifest import Manifest, iso, plain, run_header
@@ -304,7 +305,7 @@ def execute(plan: Plan) -> int:
     layout = RunLayout(plan.run_path)
     layout.notebooks_dir.mkdir(parents=True, exist_ok=True)
     if plan.profile_yaml:
-        ctio.atomic_write_text(layout.profile, plan.profile_yaml)
+        atomic_write_text(layout.profile, plan.profile_yaml)
     manifest = Manifest(layout.manifest, run_header(plan))
     manifest.write()
     started = time.time()

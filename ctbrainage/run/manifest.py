@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ctbrainage import ctio
+from ctbrainage.atomic import atomic_write_text
 from ctbrainage.config import REPO_ROOT
 from ctbrainage.run.plan import Plan
 
@@ -74,7 +74,7 @@ class Manifest:
             self._write()
 
     def _write(self) -> None:
-        ctio.atomic_write_text(self.path, json.dumps(self.data, indent=1, default=str) + "\n")
+        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=str) + "\n")
 
 
 def sha256(value: Any) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from ctbrainage import ctio
+from ctbrainage.atomic import atomic_write_text
 from ctbrainage.config import Profile
 from ctbrainage.freshness import Record
 from ctbrainage.layout import RunLayout
@@ -115,7 +115,7 @@ def write_exclusions(
     ]
     table = pd.concat([kept, mine.astype(str)], ignore_index=True)
     table = table.sort_values("step", kind="stable", ignore_index=True)
-    ctio.atomic_write_text(layout.exclusions, table.to_csv(index=False))
+    atomic_write_text(layout.exclusions, table.to_csv(index=False))
     return mine.reset_index(drop=True)
 
 
@@ -126,4 +126,4 @@ def _numbers(exclusions: pd.DataFrame) -> pd.Series:
 
 def write_table(path: Path, table: pd.DataFrame, **to_csv: Any) -> None:
     """A table as CSV, atomically."""
-    ctio.atomic_write_text(path, table.to_csv(index=False, **to_csv))
+    atomic_write_text(path, table.to_csv(index=False, **to_csv))

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctbrainage import ctio, loaders, stats, table1
+from ctbrainage import loaders, stats, table1
+from ctbrainage.atomic import atomic_write_text
 from ctbrainage.config import Profile
 from ctbrainage.layout import RunLayout
 from ctbrainage.steps.contract import Step, up_to_date, write_table
@@ -87,7 +88,7 @@ def run(profile: Profile) -> Result:
     write_table(layout.lobe_age_table, long)
     write_table(layout.trajectory, windows)
     for suffix, text in table1.render(ours).items():
-        ctio.atomic_write_text(layout.table1(suffix), text)
+        atomic_write_text(layout.table1(suffix), text)
     expected = recovery = by_fill = None
     if not profile.data:
         truths = pd.read_csv(layout.synthetic.expected_importance)
@@ -104,6 +105,6 @@ def run(profile: Profile) -> Result:
         ]
         by_fill = pd.DataFrame(rows)
         recovery["by_fill"] = by_fill.to_dict("records")
-        ctio.atomic_write_text(layout.recovery, json.dumps(recovery, indent=1))
+        atomic_write_text(layout.recovery, json.dumps(recovery, indent=1))
     record.write(STEP.settings_of(profile), STEP.version, prints)
     return Result(perturbation, long, ours, windows, expected, recovery, by_fill)

@@ -65,7 +65,7 @@ def load_template(voxel_mm: float) -> Template:
     """The template at ``voxel_mm`` resolution, built on first use and cached on disk."""
     path = cache_dir() / f"template_v{CACHE_VERSION}_{voxel_mm:g}mm.npz"
     if not path.exists():
-        from ctbrainage.ctio import atomic_path
+        from ctbrainage.atomic import atomic_path
 
         template = build_template(voxel_mm)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ctbrainage import ctio
+from ctbrainage.atomic import atomic_write_text
 from ctbrainage.cohort import PAPER_AGE_EDGES
 from ctbrainage.freshness import Record
 from ctbrainage.labels import LOBES
@@ -125,7 +126,7 @@ def generate_cohort(
     specs = cohort_specs(n, seed, age_range, tilt_fraction)
     out = SyntheticLayout(Path(out_dir))
     out.truth_dir.mkdir(parents=True, exist_ok=True)
-    ctio.atomic_write_text(out.schedule, json.dumps(schedule.to_dict(), indent=2))
+    atomic_write_text(out.schedule, json.dumps(schedule.to_dict(), indent=2))
 
     todo = [s for s in specs if not _is_done(out, s, schedule, mode, fmt, cues)]
     if todo:
@@ -159,13 +160,13 @@ def generate_cohort(
             "image": [t["image"] for t in truths],
         }
     )
-    ctio.atomic_write_text(out.manifest, manifest.to_csv(index=False))
-    ctio.atomic_write_text(out.truth_table, _truth_table(truths).to_csv(index=False))
+    atomic_write_text(out.manifest, manifest.to_csv(index=False))
+    atomic_write_text(out.truth_table, _truth_table(truths).to_csv(index=False))
     shares = _wm_shares(out, specs)
     importance = pd.concat(
         [schedule.expected_importance(age_group_edges, shares, d) for d in IMPORTANCE_DEFINITIONS]
     )
-    ctio.atomic_write_text(out.expected_importance, importance.to_csv(index=False))
+    atomic_write_text(out.expected_importance, importance.to_csv(index=False))
     return manifest
 
 
@@ -241,7 +242,7 @@ def _write_subject(out: SyntheticLayout, spec, schedule, mode, fmt, cues) -> Non
         },
         "wm_hu_measured": measure_lobe_wm_hu(head.hu, head.wm_core),
     }
-    ctio.atomic_write_text(out.truth(sid), json.dumps(truth, indent=1))
+    atomic_write_text(out.truth(sid), json.dumps(truth, indent=1))
     settings = _settings(spec, schedule, mode, fmt, cues)
     Record(out.record(sid), out.root).write(settings, GENERATOR_VERSION, {})
 
