@@ -135,10 +135,13 @@ def fit_fold(
         scaler.to_unit(train["age_months"]),
         augmentation() if profile.train.augment else None,
     )
+    batch = profile.train.batch_size
     loader = DataLoader(
         train_set,
-        batch_size=profile.train.batch_size,
+        batch_size=batch,
         shuffle=True,
+        # a last batch of one volume breaks batch norm where a stage is 1 voxel wide (32³)
+        drop_last=len(train_set) % batch == 1 and len(train_set) > batch,
         generator=torch.Generator().manual_seed(profile.seed + fold),
     )
     val_loader = None

@@ -101,6 +101,25 @@ def test_fit_fold_is_deterministic_on_arrays(tiny_run, tmp_path):
         fit_fold(tiny_run, folds, 2, load, tmp_path / "logs", "bad", progress=False)
 
 
+def test_a_last_batch_of_one_volume_is_dropped(tiny_run, tmp_path):
+    """Five training volumes in batches of 4 at 32³: a batch of one would stop batch norm."""
+    layout = RunLayout(tiny_run.run_path)
+    folds = _read(layout.folds)
+    train = folds[folds["fold"] == 0].head(5)
+    test = folds[folds["fold"] == 1].head(2)
+    fit = fit_fold(
+        tiny_run,
+        pd.concat([train, test]),
+        1,
+        lambda ids: load_volumes([layout.preprocessed(s) for s in ids]),
+        tmp_path / "logs",
+        "five",
+        progress=False,
+    )
+    assert fit.trainer.global_step == tiny_run.train.epochs  # one full batch per epoch
+    assert set(fit.predictions["subject_id"]) == set(test["subject_id"])
+
+
 def test_fitting_leaves_the_process_wide_torch_flags_as_they_were(tiny_run, tmp_path):
     layout = RunLayout(tiny_run.run_path)
     before = torch.are_deterministic_algorithms_enabled()

@@ -21,7 +21,7 @@ from ctbrainage.steps.contract import Step, kept_subjects, up_to_date, write_tab
 # the version's second part: bump it when a change of ctbrainage.train or ctbrainage.models
 # alters trained models or predictions (torch, Lightning and MONAI load only when a fold trains,
 # so the later steps' notebooks start quickly)
-STEP = Step("03_train", settings=("seed", "age_range_months", "model", "train"), version="1/1")
+STEP = Step("03_train", settings=("seed", "age_range_months", "model", "train"), version="1/2")
 
 
 def subjects(profile: Profile) -> list[str]:
