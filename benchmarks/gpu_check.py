@@ -14,8 +14,9 @@ Sections, each printed and written to ``<out>/gpu_check.json``:
    (``torch.utils.flop_counter``) as achieved TFLOP/s and its ratio to the GPU's dense bf16 peak;
 5. the project's steps on the phantom cohort: step 03 for every fold (``train.epochs`` set by
    ``--epochs``, Lightning on ``--gpu``), then step 05 (every fill) on the same device;
-6. the projected wall time of the whole profile (folds × epochs at the measured epoch time plus
-   each fold's measured fixed cost, and the measured perturbation time per subject) for
+6. the projected wall time of the whole profile, approximately (folds × epochs at the measured
+   epoch time plus each fold's measured fixed cost, and the measured perturbation time per
+   subject) for
    ``--cohort`` subjects. Preprocessing and lobes run on the CPU and are not included.
 
 Needs torch, pytorch-lightning, numpy, pandas, PyYAML, MONAI and nibabel; no SimpleITK, pydicom
@@ -116,14 +117,17 @@ def phantom_run(profile: Profile, n: int, seed: int = 0) -> list[str]:
     return ids
 
 
-def loader_throughput(profile: Profile, volumes: np.ndarray, ages: np.ndarray, passes: int):
-    """Volumes/s of the training DataLoader alone (batches pinned and moved to the device too)."""
+def loader_throughput(profile, volumes, ages, device: torch.device, passes: int) -> float:
+    """Volumes/s of the training DataLoader alone, batches moved to ``device`` as in training."""
     dataset = VolumeDataset(volumes, AgeScaler(*profile.age_range_months).to_unit(ages))
     loader = DataLoader(dataset, batch_size=profile.train.batch_size, shuffle=True)
     start, count = time.perf_counter(), 0
     for _ in range(passes):
         for x, _y in loader:
+            x.to(device)
             count += len(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return count / (time.perf_counter() - start)
 
 
@@ -227,9 +231,11 @@ def project_steps(profile: Profile, gpu: int | None, progress: bool) -> dict:
 
 
 def projection(profile: Profile, report: dict, cohort: int) -> dict:
-    """Whole-profile wall time from the measurements: each fold's fixed cost (its measured time
-    less its epochs' share at the measured rate) plus ``train.epochs`` epochs of a training fold
-    of ``cohort × (k-1)/k`` subjects, and the perturbation of ``cohort`` subjects."""
+    """Whole-profile wall time, approximately, from the measurements: each fold's fixed cost (its
+    measured time less its epochs' share at the measured rate; loading and predicting the
+    phantoms included) plus ``train.epochs`` epochs of a training fold of ``cohort × (k-1)/k``
+    subjects (no inner validation split), and the perturbation of ``cohort`` subjects at the
+    phantoms' time per subject (model loading per fold included)."""
     steps, train = report["project_steps"], report["training"]
     k = profile.train.folds
     trained = report["phantom_subjects"] * (k - 1) / k
@@ -255,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true", help="the tiny profile's sizes (for tests)")
     p.add_argument("--subjects", type=int, default=12, help="phantom subjects (default 12)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of each fold in step 03")
-    p.add_argument("--steps", type=int, default=20, help="timed training steps (default 20)")
+    p.add_argument("--steps", type=_positive, default=20, help="timed training steps (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     p.add_argument("--cohort", type=int, default=201, help="subjects of the projection")
     p.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, if not known")
@@ -287,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
         ages = pd.read_csv(layout.cohort)["age_months"].to_numpy()
         report["phantom_subjects"] = len(ids)
         report["phantom_seconds"] = time.perf_counter() - start
-        report["loader_volumes_per_s"] = loader_throughput(profile, volumes, ages, passes=3)
+        report["loader_volumes_per_s"] = loader_throughput(profile, volumes, ages, device, 3)
         _say("loader", {"volumes_per_s": report["loader_volumes_per_s"]})
         train = training_throughput(profile, volumes, ages, device, args.warmup, args.steps)
         flops = training_flops(profile, device)
@@ -308,6 +314,13 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(f"report: {out / 'gpu_check.json'}")
     return report
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _say(title: str, values: dict) -> None:

@@ -343,8 +343,9 @@ def input_derivative(
     native: sitk.Image, grid: sitk.Image, brain: np.ndarray, ptile_hu: tuple[float, float]
 ) -> np.ndarray:
     """A change of the scan's HU (``native``, e.g. d HU / d age) as the change of the model
-    input it causes on ``grid``: the same linear resampling chain as the image (working grid,
-    anti-aliased output grid), divided by the subject's P-tile range, 0 outside ``brain``."""
+    input it causes on ``grid``: the image's linear resampling (working grid, anti-aliased
+    output grid), divided by the subject's P-tile range, 0 outside ``brain``. First order: the
+    P-tile levels are held fixed and the [0, 1] clip ignored (white matter lies well inside)."""
     work = to_working_grid(sitk.Cast(native, sitk.sitkFloat32), default=0.0)
     out = resample_to(work, grid, 0.0) / (ptile_hu[1] - ptile_hu[0])
     return np.where(brain > 0, out, 0.0).astype(np.float32)

@@ -61,9 +61,18 @@ def test_the_projection_adds_up(report):
         projection["training_seconds"] + projection["perturbation_seconds"]
     )
     tiny = load_profile("tiny")
-    epochs = tiny.train.folds * tiny.train.epochs
-    epoch = 201 * (tiny.train.folds - 1) / tiny.train.folds / report["training"]["volumes_per_s"]
-    assert projection["training_seconds"] >= epochs * epoch
+    rate, k = report["training"]["volumes_per_s"], tiny.train.folds
+    epoch = 201 * (k - 1) / k / rate
+    fixed = projection["fold_fixed_seconds"]
+    assert projection["training_seconds"] == pytest.approx(
+        k * tiny.train.epochs * epoch + k * fixed
+    )
+    # the fixed cost: a measured fold less its epochs (1 here) over 6 × (k-1)/k phantoms
+    folds = report["project_steps"]["fold_seconds"]
+    expected = sum(max(t - 6 * (k - 1) / k / rate, 0.0) for t in folds) / len(folds)
+    assert fixed == pytest.approx(expected)
+    perturb = report["project_steps"]["perturbation_seconds_per_subject"]
+    assert projection["perturbation_seconds"] == pytest.approx(201 * perturb)
 
 
 def test_training_flops_scale_with_the_input_volume():

@@ -93,9 +93,14 @@ def test_expected_importance_follows_the_maturation_order():
     assert weighted.set_index(["group", "lobe"]).loc[("0-11", "frontal"), "share"] > 0.5
     fisher = MaturationSchedule().expected_importance(EDGES, shares, "fisher")
     assert fisher.equals(table)
-    # Fisher information: squared HU slope over the children's own variance
+    # Fisher information: squared HU slope over the children's own variance, averaged
     slope = fisher["hu_per_month"].to_numpy()
     assert np.all(fisher["importance"] >= slope**2 / 0.7**2 - 1e-12)  # mean of squares ≥ square
+    ages = np.linspace(0.0, 12.0, 200)  # group 0-11, as the table samples it
+    span = 30.5 - 18.0
+    exact = np.mean((span * PHYSIOLOGICAL["occipital"].slope(ages)) ** 2) / 0.7**2
+    cell = fisher.set_index(["group", "lobe"]).loc[("0-11", "occipital"), "importance"]
+    assert cell == pytest.approx(exact)
     with pytest.raises(ScheduleError, match="unknown importance definition 'size'"):
         MaturationSchedule().expected_importance(EDGES, definition="size")
 

@@ -17,6 +17,12 @@ from ctbrainage.plots.common import LOBE_COLOURS, canonical_slices, group_palett
 if TYPE_CHECKING:
     from ctbrainage.loaders import SubjectImage
 
+# how each expected-importance definition of the schedule reads on an axis
+DEFINITION_LABELS = {
+    "fisher": "Fisher information, (dHU/dage)² / σ²",
+    "hu_slope_x_wm_share": "|dHU/dage| × white-matter share",
+}
+
 
 def _labels(subject: SubjectImage) -> np.ndarray:
     if subject.labels is None:
@@ -158,8 +164,9 @@ def planted_vs_measured(measured: pd.DataFrame, expected: pd.DataFrame, out=None
         axes[0].scatter([], [], color=LOBE_COLOURS[lobe], label=lobe)
     for group in groups:
         axes[0].scatter([], [], color="0.4", marker=markers[group], label=f"{group} months")
+    definition = expected["definition"].iloc[0] if "definition" in expected else "planted"
     axes[0].set(
-        xlabel="planted importance (|dHU/dage| × white-matter share)",
+        xlabel=f"planted importance ({DEFINITION_LABELS.get(definition, definition)})",
         ylabel="measured mean ΔAE (months)",
         title="planted vs measured",
     )

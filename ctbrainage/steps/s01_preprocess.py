@@ -31,6 +31,7 @@ from ctbrainage.steps.contract import (
     write_exclusions,
     write_table,
 )
+from ctbrainage.synth.head import GENERATOR_VERSION
 
 STEP = Step(
     "01_preprocess",
@@ -47,7 +48,8 @@ STEP = Step(
         "synth.gantry_tilt_fraction",
         "preprocess",
     ),
-    version=f"1/preprocess{PREPROCESS_VERSION}",
+    # a new generator makes a new synthetic cohort: step 01 must not look up to date before it
+    version=f"1/preprocess{PREPROCESS_VERSION}/synth{GENERATOR_VERSION}",
 )
 SUBJECT_VERSION = f"preprocess{PREPROCESS_VERSION}"  # what one subject's outputs depend on
 

@@ -161,9 +161,10 @@ class MaturationSchedule:
     ) -> pd.DataFrame:
         """How much age information each lobe's white matter carries in each age group.
 
-        ``fisher`` (the truth readouts are scored against): the Fisher information about age
-        of the lobe's mean white-matter attenuation, mean over the group's ages of
-        (d HU / d age)² / σ², σ = :data:`INDIVIDUAL_SD_HU` (months⁻²). Lobe size does not enter:
+        ``fisher`` (the truth readouts are scored against): the Fisher information about
+        biological age of the lobe's mean white-matter attenuation, mean over the group's ages
+        of (d HU / d age)² / σ², σ = :data:`INDIVIDUAL_SD_HU` (months⁻²; the maturity offset
+        shared by all lobes is not counted as noise). Lobe size does not enter:
         over thousands of voxels the image noise of the lobe mean (~0.02 HU) is negligible
         beside the children's own variation. ``hu_slope_x_wm_share`` (the earlier definition,
         kept for comparison): mean |d HU / d age| × the lobe's share of lobar white matter
