@@ -238,6 +238,24 @@ def subject_lobe_errors(perturbation: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def mean_abs_change(perturbation: pd.DataFrame, edges=PAPER_AGE_EDGES) -> pd.DataFrame:
+    """The size of the prediction change, a readout that ΔAE's sign cannot cancel: per age
+    group and lobe, the mean over subjects of |pred_masked − pred_whole| (repeats averaged per
+    subject first). Untested. Columns ``group, lobe, mean_abs_change, n``."""
+    _check_perturbation(perturbation)
+    change = perturbation.assign(
+        change=(perturbation["pred_masked"] - perturbation["pred_whole"]).abs()
+    )
+    per_subject = change.groupby(["subject_id", "lobe"], sort=False).agg(
+        age_months=("age_months", "first"), change=("change", "mean")
+    )
+    per_subject = per_subject.reset_index()
+    per_subject["group"] = age_group(per_subject["age_months"], edges).astype(str)
+    cells = per_subject.dropna(subset=["age_months"]).groupby(["group", "lobe"], sort=False)
+    table = cells["change"].agg(mean_abs_change="mean", n="size").reset_index()
+    return table[table["group"] != "nan"].reset_index(drop=True)
+
+
 def fill_contrast_points(perturbation: pd.DataFrame) -> pd.DataFrame:
     """One row per subject × lobe (repeats averaged): ``subject_id, lobe, contrast`` (fill mean −
     lobe mean, model-input units) and ``signed_change`` (months)."""

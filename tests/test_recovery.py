@@ -7,7 +7,7 @@ import pytest
 
 from ctbrainage.synth import MaturationSchedule
 from ctbrainage.synth.schedule import PHYSIOLOGICAL
-from ctbrainage.synth.scoring import score_importance
+from ctbrainage.synth.scoring import recovery_row, score_importance
 
 EDGES = (0, 12, 24, 36, 48)
 
@@ -85,3 +85,17 @@ def test_groups_without_planted_signal_are_scored_apart():
     scrambled.loc[late, "mean_delta_ae"] = scrambled.loc[late, "mean_delta_ae"].to_numpy()[::-1] + 5
     again = score_importance(scrambled, expected)
     assert again["signal_spearman_rho"] == pytest.approx(1.0) and again["spearman_rho"] < 1
+
+
+def test_an_untested_readout_is_scored_without_significance():
+    expected = MaturationSchedule().expected_importance(EDGES)
+    measured = expected.assign(mean_abs_change=expected["importance"] * 3)[
+        ["group", "lobe", "mean_abs_change"]
+    ]
+    score = score_importance(measured, expected, value="mean_abs_change")
+    assert score["spearman_rho"] == pytest.approx(1.0) and score["top_lobe_matches"] == 4
+    assert score["null_lobes_significant_in"] is None
+    assert score["significant_without_signal"] is None
+    row = recovery_row("group_level", measured, expected, "mean_abs_change")
+    assert row["readout"] == "|Δprediction|" and row["significant_cells"] is None
+    assert row["definition"] == "fisher" and row["top_lobe"] == "4/4"

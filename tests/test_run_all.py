@@ -143,8 +143,11 @@ def test_the_run_directory_holds_every_step_output(tiny):
     assert recovery["groups"] == 4 and -1 <= recovery["spearman_rho"] <= 1
     assert recovery["definition"] == "fisher"
     fills = ["noise", "zero", "mean", "group_level"]
-    assert [(row["definition"], row["fill"]) for row in recovery["by_fill"]] == [
-        (truth, fill) for truth in ("fisher", "hu_slope_x_wm_share") for fill in fills
+    assert [(row["definition"], row["readout"], row["fill"]) for row in recovery["by_fill"]] == [
+        (truth, readout, fill)
+        for truth in ("fisher", "hu_slope_x_wm_share")
+        for readout in ("ΔAE", "|Δprediction|")
+        for fill in fills
     ]
     signal = [run_dir / "truth" / f"{sid}_signal.nii.gz" for sid in cohort["subject_id"]]
     assert all(path.exists() for path in signal)  # the voxel truth of a synthetic run

@@ -284,3 +284,19 @@ def test_fill_contrast_finds_a_model_that_reads_intensity_as_age():
     assert abs(st.fill_contrast(shuffled)["all"]["rho"]) < 0.3
     with pytest.raises(ValueError, match="rerun step 05"):
         st.fill_contrast(table.drop(columns="lobe_mean"))
+
+
+def test_mean_abs_change_is_the_size_of_the_prediction_change_per_group_and_lobe():
+    table = planted_perturbation(np.linspace(1, 46, 40), repeats=2, seed=3)
+    cells = st.mean_abs_change(table, (0, 12, 24, 36, 48))
+    assert list(cells.columns) == ["group", "lobe", "mean_abs_change", "n"]
+    assert len(cells) == 16 and (cells.groupby("lobe")["n"].sum() == 40).all()
+    # by hand for one cell: repeats averaged per subject, then the mean over the group
+    part = table[(table["age_months"] < 12) & (table["lobe"] == table["lobe"].iloc[0])]
+    per_subject = (part["pred_masked"] - part["pred_whole"]).abs().groupby(part["subject_id"])
+    cell = cells[(cells["group"] == "0-11") & (cells["lobe"] == table["lobe"].iloc[0])]
+    assert float(cell["mean_abs_change"].iloc[0]) == pytest.approx(per_subject.mean().mean())
+    # a change of either sign counts by its size; ΔAE of opposite-signed errors cancels
+    flipped = table.assign(pred_masked=2 * table["pred_whole"] - table["pred_masked"])
+    again = st.mean_abs_change(flipped, (0, 12, 24, 36, 48))
+    np.testing.assert_allclose(again["mean_abs_change"], cells["mean_abs_change"])

@@ -6,7 +6,8 @@ sliding windows (``lobe_age_windows.csv``, ``stats.window_months`` wide every
 ``stats.window_step``), Table 1 as ``table1.csv`` / ``.md`` / ``.tex``, and for the embedded
 synthetic cohort ``recovery.json``: the profile's fill scored against the planted importance
 (its ``definition``: the first of ``IMPORTANCE_DEFINITIONS``), and under ``by_fill`` every fill of
-step 05 against every definition.
+step 05, read as ΔAE (the paper) and as |Δprediction| (``stats.mean_abs_change``), against every
+definition.
 """
 
 from __future__ import annotations
@@ -95,12 +96,17 @@ def run(profile: Profile) -> Result:
         by_definition = {d: truths[truths["definition"] == d] for d in IMPORTANCE_DEFINITIONS}
         expected = by_definition[IMPORTANCE_DEFINITIONS[0]]
         recovery = {"definition": IMPORTANCE_DEFINITIONS[0], **score_importance(long, expected)}
-        measured = {
-            f: tests(profile, loaders.perturbation(profile, f)) for f in profile.perturb.fills
+        tables = {f: loaders.perturbation(profile, f) for f in profile.perturb.fills}
+        readouts = {
+            "mean_delta_ae": {f: tests(profile, t) for f, t in tables.items()},
+            "mean_abs_change": {
+                f: stats.mean_abs_change(t, profile.age_group_edges) for f, t in tables.items()
+            },
         }
         rows = [
-            recovery_row(fill, measured[fill], truth)
+            recovery_row(fill, measured[fill], truth, value)
             for truth in by_definition.values()
+            for value, measured in readouts.items()
             for fill in profile.perturb.fills
         ]
         by_fill = pd.DataFrame(rows)

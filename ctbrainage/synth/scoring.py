@@ -135,18 +135,22 @@ def measure_age_cues(cohort: SyntheticLayout) -> pd.DataFrame:
 
 
 def score_importance(
-    measured: pd.DataFrame, expected: pd.DataFrame, min_signal: float = 0.1
+    measured: pd.DataFrame,
+    expected: pd.DataFrame,
+    min_signal: float = 0.1,
+    value: str = "mean_delta_ae",
 ) -> dict:
     """Does the perturbation analysis recover the planted maturation schedule?
 
-    ``measured``: one row per (group, lobe) with ``mean_delta_ae`` and ``significant`` (a
-    ``stats.lobe_age_table``); ``expected``: the schedule's ``expected_importance`` over the same
-    groups, one definition. Returns Spearman ρ between planted importance and measured mean
-    ΔAE over all cells, the mean within-group Spearman ρ of the lobe ranking (the overall ρ
-    is helped by every lobe's importance falling with age; the within-group one tests the
-    order alone), the top
-    lobe per group (planted vs measured), and, for lobes planted with no age signal, the groups
-    where masking them was significant (should be none).
+    ``measured``: one row per (group, lobe) with the readout ``value`` (default
+    ``mean_delta_ae``) and, when it was tested, ``significant`` (a ``stats.lobe_age_table``;
+    ``stats.mean_abs_change`` is untested: its significance entries are None); ``expected``:
+    the schedule's ``expected_importance`` over the same groups, one definition. Returns
+    Spearman ρ between planted importance and the measured readout over all cells, the mean
+    within-group Spearman ρ of the lobe ranking (the overall ρ is helped by every lobe's
+    importance falling with age; the within-group one tests the order alone), the top lobe per
+    group (planted vs measured), and, for lobes planted with no age signal, the groups where
+    masking them was significant (should be none).
 
     Groups whose summed planted signal (``hu_per_month``) is below ``min_signal`` × the largest
     group's hold no planted lobe signal (e.g. a schedule complete by 30 months): ranking their
@@ -162,37 +166,44 @@ def score_importance(
     cells = measured.merge(expected[columns], on=["group", "lobe"])
     if cells.empty:
         raise ValueError("measured and planted importance share no (group, lobe) cell")
-    rho = stats.spearmanr(cells["importance"], cells["mean_delta_ae"])
+    rho = stats.spearmanr(cells["importance"], cells[value])
     top = {}
     for group, part in cells.groupby("group", sort=False):
         planted = part.loc[part["importance"].idxmax(), "lobe"]
-        found = part.loc[part["mean_delta_ae"].idxmax(), "lobe"]
+        found = part.loc[part[value].idxmax(), "lobe"]
         top[group] = {"planted": planted, "measured": found, "match": bool(planted == found)}
     totals = expected.groupby("lobe")["importance"].sum()
     null_lobes = totals[totals <= 0].index
-    significant_null = {
-        lobe: cells.loc[(cells["lobe"] == lobe) & cells["significant"], "group"].tolist()
-        for lobe in null_lobes
-    }
+    tested = "significant" in cells
+    significant_null = (
+        {
+            lobe: cells.loc[(cells["lobe"] == lobe) & cells["significant"], "group"].tolist()
+            for lobe in null_lobes
+        }
+        if tested
+        else None
+    )
     totals_by_group = cells.groupby("group", sort=False)["hu_per_month"].sum()
     signal = totals_by_group[totals_by_group >= min_signal * totals_by_group.max()].index
     in_signal = cells["group"].isin(signal)
     signal_rho = (
-        stats.spearmanr(cells.loc[in_signal, "importance"], cells.loc[in_signal, "mean_delta_ae"])
+        stats.spearmanr(cells.loc[in_signal, "importance"], cells.loc[in_signal, value])
         if in_signal.sum() > 2
         else None
     )
     return {
         "signal_groups": list(signal),
         "signal_spearman_rho": float(signal_rho.statistic) if signal_rho else float("nan"),
-        "signal_within_group_spearman_rho": _mean_within(cells[in_signal]),
+        "signal_within_group_spearman_rho": _mean_within(cells[in_signal], value),
         "signal_top_lobe_matches": sum(top[g]["match"] for g in signal),
-        "significant_without_signal": [
-            f"{r.group}: {r.lobe}" for r in cells[~in_signal & cells["significant"]].itertuples()
-        ],
+        "significant_without_signal": (
+            [f"{r.group}: {r.lobe}" for r in cells[~in_signal & cells["significant"]].itertuples()]
+            if tested
+            else None
+        ),
         "spearman_rho": float(rho.statistic),
         "spearman_p": float(rho.pvalue),
-        "within_group_spearman_rho": _mean_within(cells),
+        "within_group_spearman_rho": _mean_within(cells, value),
         "cells": len(cells),
         "top_lobe": top,
         "top_lobe_matches": sum(t["match"] for t in top.values()),
@@ -201,24 +212,31 @@ def score_importance(
     }
 
 
-def _mean_within(cells: pd.DataFrame) -> float:
+def _mean_within(cells: pd.DataFrame, value: str) -> float:
     """Mean over groups of the Spearman ρ between planted and measured lobe order."""
     from scipy import stats
 
     within = [
-        stats.spearmanr(part["importance"], part["mean_delta_ae"]).statistic
+        stats.spearmanr(part["importance"], part[value]).statistic
         for _, part in cells.groupby("group", sort=False)
-        if part["importance"].nunique() > 1 and part["mean_delta_ae"].nunique() > 1
+        if part["importance"].nunique() > 1 and part[value].nunique() > 1
     ]
     return float(np.mean(within)) if within else float("nan")
 
 
-def recovery_row(fill: str, measured: pd.DataFrame, expected: pd.DataFrame) -> dict:
-    """One fill's :func:`score_importance` in brief (a row of the by-fill comparison):
-    overall and signal-group scores and the number of significant cells of ``measured``."""
-    score = score_importance(measured, expected)
+READOUTS = {"mean_delta_ae": "ΔAE", "mean_abs_change": "|Δprediction|"}
+
+
+def recovery_row(
+    fill: str, measured: pd.DataFrame, expected: pd.DataFrame, value: str = "mean_delta_ae"
+) -> dict:
+    """One fill's and readout's :func:`score_importance` in brief (a row of the by-fill
+    comparison): overall and signal-group scores and the number of significant cells of
+    ``measured`` (None for an untested readout)."""
+    score = score_importance(measured, expected, value=value)
     return {
         "fill": fill,
+        "readout": READOUTS[value],
         "definition": expected["definition"].iloc[0],
         "spearman_rho": score["spearman_rho"],
         "within_group_rho": score["within_group_spearman_rho"],
@@ -226,5 +244,7 @@ def recovery_row(fill: str, measured: pd.DataFrame, expected: pd.DataFrame) -> d
         "signal_rho": score["signal_spearman_rho"],
         "signal_within_group_rho": score["signal_within_group_spearman_rho"],
         "signal_top_lobe": f"{score['signal_top_lobe_matches']}/{len(score['signal_groups'])}",
-        "significant_cells": int(measured["significant"].sum()),
+        "significant_cells": (
+            int(measured["significant"].sum()) if "significant" in measured else None
+        ),
     }
