@@ -250,10 +250,10 @@ def mean_abs_change(perturbation: pd.DataFrame, edges=PAPER_AGE_EDGES) -> pd.Dat
         age_months=("age_months", "first"), change=("change", "mean")
     )
     per_subject = per_subject.reset_index()
-    per_subject["group"] = age_group(per_subject["age_months"], edges).astype(str)
-    cells = per_subject.dropna(subset=["age_months"]).groupby(["group", "lobe"], sort=False)
+    per_subject["group"] = age_group(per_subject["age_months"], edges)  # NaN outside the edges
+    cells = per_subject.dropna(subset=["group"]).groupby(["group", "lobe"], observed=True)
     table = cells["change"].agg(mean_abs_change="mean", n="size").reset_index()
-    return table[table["group"] != "nan"].reset_index(drop=True)
+    return table.astype({"group": str})
 
 
 def fill_contrast_points(perturbation: pd.DataFrame) -> pd.DataFrame:

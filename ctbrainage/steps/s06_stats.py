@@ -96,9 +96,15 @@ def run(profile: Profile) -> Result:
         by_definition = {d: truths[truths["definition"] == d] for d in IMPORTANCE_DEFINITIONS}
         expected = by_definition[IMPORTANCE_DEFINITIONS[0]]
         recovery = {"definition": IMPORTANCE_DEFINITIONS[0], **score_importance(long, expected)}
-        tables = {f: loaders.perturbation(profile, f) for f in profile.perturb.fills}
+        main = profile.perturb.fill
+        tables = {
+            f: perturbation if f == main else loaders.perturbation(profile, f)
+            for f in profile.perturb.fills
+        }
         readouts = {
-            "mean_delta_ae": {f: tests(profile, t) for f, t in tables.items()},
+            "mean_delta_ae": {
+                f: long if f == main else tests(profile, t) for f, t in tables.items()
+            },
             "mean_abs_change": {
                 f: stats.mean_abs_change(t, profile.age_group_edges) for f, t in tables.items()
             },
