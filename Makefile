@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11, PyPI reachable):
 #   make demo   - set up .venv on first use, then run the demo on the embedded synthetic cohort
-#                 (generate it, then notebooks 01-06 through run_all.py and papermill)
+#                 (generate it, then notebooks 01-07 through run_all.py and papermill)
 #   make test   - set up .venv on first use, then run the test suite
 PYTHON ?= python3.11
 VENV := .venv

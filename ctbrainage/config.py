@@ -112,6 +112,61 @@ class StatsConfig:
     window_step: float = 3.0  # ... and step
 
 
+AttributionMethod = Literal[
+    "saliency",
+    "integrated_gradients",
+    "smoothgrad",
+    "guided_backprop",
+    "gradcam",
+    "occlusion",
+    "lobe_shapley",
+    "unoise",
+]
+
+
+@dataclass(frozen=True)
+class UNoiseConfig:
+    """U-Noise's noise model (Bintsi et al., section 2.3; README, "Attribution")."""
+
+    channels: int = 16  # after the first layer (paper: 16); doubled at each of 5 levels
+    autoencoder_epochs: int = 5
+    epochs: int = 20
+    batch_size: int = 4
+    lr: float = 0.001
+    v_min: float = 1.0  # noise SD range in units of the brain's intensity SD (paper: 1-5)
+    v_max: float = 5.0
+    r: float = 0.1  # weight of the noise reward (paper: 0.1)
+    train_subjects: int = 0  # per fold, age-stratified; 0 = every training subject
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Step 07: every attribution method on the fold models (README, "Attribution")."""
+
+    methods: tuple[AttributionMethod, ...] = (
+        "saliency",
+        "integrated_gradients",
+        "smoothgrad",
+        "guided_backprop",
+        "gradcam",
+        "occlusion",
+        "lobe_shapley",
+        "unoise",
+    )
+    subjects_per_group: int = 0  # per fold and age group, age-stratified; 0 = every subject
+    baseline: Literal["group_mean", "zeros"] = "group_mean"  # of integrated gradients, occlusion
+    ig_steps: int = 32
+    smoothgrad_samples: int = 16
+    smoothgrad_sd: float = 0.1  # units of the input range
+    occlusion_mm: float = 36.0  # cube edge
+    occlusion_stride_mm: float = 18.0
+    shapley_baseline: Fill = "group_level"  # what an absent lobe takes
+    batch_size: int = 8
+    unoise: UNoiseConfig = field(default_factory=UNoiseConfig)
+    sanity_subjects: int = 8  # of fold 0, for the randomisation checks
+    bootstrap: int = 1000  # resamples of subjects for the score CIs
+
+
 @dataclass(frozen=True)
 class Profile:
     """All settings of one run."""
@@ -130,6 +185,7 @@ class Profile:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
 
     @property
     def run_path(self) -> Path:

@@ -235,6 +235,45 @@ class RunLayout:
         """Synthetic runs: how well the readouts recover the planted schedule."""
         return self.root / "recovery.json"
 
+    # ---- step 07: attribution ----------------------------------------------------------------
+    @property
+    def attribution(self) -> Path:
+        """Every method's lobe importance per subject (one long table)."""
+        return self.root / "attribution.csv"
+
+    @property
+    def attribution_scores(self) -> Path:
+        """Synthetic runs: each method scored against the planted truth, and its cost."""
+        return self.root / "attribution_scores.csv"
+
+    @property
+    def attribution_sanity(self) -> Path:
+        """Each method's maps from randomised models against the trained model's."""
+        return self.root / "attribution_sanity.csv"
+
+    @property
+    def attribution_tests(self) -> Path:
+        """Each method's lobe x age-group tests (the Table-1 form)."""
+        return self.root / "attribution_tests.csv"
+
+    @property
+    def attribution_maps(self) -> Path:
+        """Group maps per method and age group, and each group's mean input."""
+        return self.root / "attribution_maps.npz"
+
+    def attribution_part(self, fold: int) -> Path:
+        """One fold's map sums (step 07's resumable unit)."""
+        return self.root / "attribution" / f"fold{fold}.npz"
+
+    @property
+    def random_label_model(self) -> Path:
+        """Fold 0's model trained on shuffled ages (the data-randomisation check)."""
+        return self.models_dir / "fold0_random_labels.ckpt"
+
+    @property
+    def random_label_log_name(self) -> str:
+        return "fold0_random_labels"
+
     # ---- what the notebooks and the driver leave -----------------------------------------------
     @property
     def figures_dir(self) -> Path:

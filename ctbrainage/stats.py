@@ -336,7 +336,23 @@ def lobe_age_table(
     Benjamini–Hochberg q values across all tested cells, and significance and markers use q.
     ``alpha`` and ``fdr`` are kept in ``DataFrame.attrs``.
     """
-    errors = subject_lobe_errors(perturbation)
+    return paired_lobe_table(
+        subject_lobe_errors(perturbation), edges, windows, alpha, fdr, seed, n_resamples
+    )
+
+
+def paired_lobe_table(
+    errors: pd.DataFrame,
+    edges=PAPER_AGE_EDGES,
+    windows: tuple[float, float] | None = None,
+    alpha: float = 0.05,
+    fdr: bool = False,
+    seed: int = 42,
+    n_resamples: int = 9999,
+) -> pd.DataFrame:
+    """:func:`lobe_age_table` from paired values per subject and lobe: ``errors`` has
+    ``subject_id, lobe, age_months``, the pair ``abs_err_whole`` (the reference) and
+    ``abs_err_masked`` (the value tested against it), and their difference ``delta_ae``."""
     ages = errors.drop_duplicates("subject_id").set_index("subject_id")["age_months"].astype(float)
     by_lobe = {lobe: rows.set_index("subject_id") for lobe, rows in errors.groupby("lobe")}
     rows = []

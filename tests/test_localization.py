@@ -18,7 +18,7 @@ import torch
 
 from ctbrainage import stats
 from ctbrainage.config import ModelConfig
-from ctbrainage.labels import LOBES
+from ctbrainage.labels import LOBE_IDS, LOBES
 from ctbrainage.models import build_model
 from ctbrainage.perturb import delta_ae, level_targets, lobe_means, perturb_subject
 from ctbrainage.synth.schedule import LobeCurve, MaturationSchedule
@@ -132,3 +132,64 @@ def test_the_noise_fill_ranks_lobes_by_their_distance_from_its_mean(recovered):
     noise, group_level = scores["noise"], scores["group_level"]
     assert noise["top_lobe_matches"] <= 1, noise["top_lobe"]  # measured: 0 of 4 in both orders
     assert noise["within_group_spearman_rho"] < group_level["within_group_spearman_rho"] - 0.3
+
+
+@pytest.fixture(scope="module")
+def noise_tolerance():
+    """U-Noise for a phantom model (posterior first): the noise model trained on the training
+    phantoms, applied to held-out ones near each group's centre (where one lobe matures); and
+    the model's own sensitivity to noise in each lobe of those phantoms."""
+    from ctbrainage.config import UNoiseConfig
+    from ctbrainage.unoise import importance_map, train_noise_model
+
+    order = ORDERS["posterior first"]
+    schedule = staggered(order)
+    ages, volumes, labels = phantom_cohort(schedule, n=96, seed=0)
+    model = train(ages, volumes)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    brains = torch.from_numpy(np.stack([lab > 0 for lab in labels])[:, None].astype(np.float32))
+    settings = UNoiseConfig(channels=4, autoencoder_epochs=2, epochs=15, batch_size=8, lr=3e-3)
+    noise_model = train_noise_model(
+        model, torch.from_numpy(volumes), brains, torch.tensor(ages / SPAN, dtype=torch.float32),
+        SPAN, settings, seed=0, progress=False,
+    )  # fmt: skip
+    held_ages, held, held_labels = phantom_cohort(schedule, n=80, seed=1)
+    near = np.flatnonzero(np.abs((held_ages % 12) - 6) < 3)
+    x, age = torch.from_numpy(held[near]), torch.tensor(held_ages[near])
+    lab = np.stack([held_labels[i] for i in near])[:, None]
+    maps = importance_map(noise_model, x, torch.from_numpy((lab > 0).astype(np.float32)))
+    maturing = np.array([LOBE_IDS[order[int(a // 12)]] for a in held_ages[near]])
+    # ΔAE of Gaussian noise (2 SD of the brain) in one lobe, per phantom and lobe
+    sd, generator = float(x[torch.from_numpy(lab > 0)].std()), torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        whole = (model(x)[:, 0] * SPAN - age).abs()
+        delta = {}
+        for k in LOBES:
+            inside = torch.from_numpy((lab == k).astype(np.float32))
+            noisy = x + 2 * sd * inside * torch.randn(x.shape, generator=generator)
+            delta[k] = ((model(noisy)[:, 0] * SPAN - age).abs() - whole).numpy()
+    return model, before, maps.numpy(), lab[:, 0], maturing, delta
+
+
+def test_unoise_leaves_the_age_model_unchanged(noise_tolerance):
+    model, before, *_ = noise_tolerance
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics
+    assert not model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_noise_tolerance_is_not_information_on_the_phantom(noise_tolerance):
+    """Measured (README, "Attribution"): the phantom model is hurt less by noise in the lobe
+    that carries the age information than by noise in the others, so U-Noise's lowest-noise
+    voxels do not gather in the maturing lobe (a quarter of the ball: chance)."""
+    *_, maps, labels, maturing, delta = noise_tolerance
+    own = np.mean([delta[k][i] for i, k in enumerate(maturing)])
+    others = np.mean(
+        [np.mean([delta[j][i] for j in delta if j != k]) for i, k in enumerate(maturing)]
+    )
+    assert others > 1.3 * own  # measured: 1.05 vs 0.62 months
+    shares = []
+    for importance, lab, k in zip(maps, labels, maturing, strict=True):
+        top = (importance >= np.quantile(importance[lab > 0], 0.9)) & (lab > 0)  # lowest noise
+        shares.append(importance[top & (lab == k)].sum() / importance[top].sum())
+    assert np.mean(shares) < 0.5, np.round(shares, 2)  # measured: 0.25

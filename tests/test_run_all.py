@@ -31,6 +31,7 @@ STEPS = [
     "04_evaluate",
     "05_perturbation",
     "06_stats_figures",
+    "07_attribution",
 ]
 
 
@@ -155,6 +156,18 @@ def test_the_run_directory_holds_every_step_output(tiny):
     assert len(group_level) == 12 * 4 and (group_level["fill"] == "group_level").all()
     for name in ("evaluation", "table1_heatmap", "importance_trajectory", "importance_on_brain"):
         assert (run_dir / "figures" / f"{name}.png").exists(), name
+    attribution = pd.read_csv(run_dir / "attribution.csv")
+    assert attribution["method"].nunique() == 12 and attribution["subject_id"].nunique() == 12
+    for name in ("attribution_scores.csv", "attribution_sanity.csv", "attribution_tests.csv"):
+        assert len(pd.read_csv(run_dir / name)) > 0, name
+    for name in ("attribution_group_maps", "attribution_lobes", "attribution_sanity"):
+        assert (run_dir / "figures" / f"{name}.png").exists(), name
+    attribution = pd.read_csv(run_dir / "attribution.csv")
+    assert attribution["method"].nunique() == 12 and attribution["subject_id"].nunique() == 12
+    for name in ("attribution_scores.csv", "attribution_sanity.csv", "attribution_tests.csv"):
+        assert len(pd.read_csv(run_dir / name)) > 0, name
+    for name in ("attribution_group_maps", "attribution_lobes", "attribution_sanity"):
+        assert (run_dir / "figures" / f"{name}.png").exists(), name
 
 
 def test_every_executed_notebook_is_exported_to_html_with_an_index_page(tiny):
@@ -203,7 +216,7 @@ def test_rerun_skips_finished_steps_and_resumes_after_a_kill(tiny):
     run_dir, options = tiny.run_dir, tiny.options
     # 01–03 of the first invocation were not redone by the second
     steps = tiny.manifest["steps"]
-    assert [steps[n]["status"] for n in STEPS] == ["skipped"] * 4 + ["done"] * 3
+    assert [steps[n]["status"] for n in STEPS] == ["skipped"] * 4 + ["done"] * 4
     for name in STEPS[:4]:
         key = f"notebooks/{name}.ipynb"
         assert _mtimes(run_dir)[key] == tiny.after_first[key], name
@@ -220,7 +233,8 @@ def test_rerun_skips_finished_steps_and_resumes_after_a_kill(tiny):
     assert "skipped" in out
 
     # killed during 05: its entry still says running, so its notebook runs again; it makes the
-    # same tables (same seed, same numbers), so 06, whose inputs did not change, is skipped
+    # same tables (same seed, same numbers), so 06 and 07, whose inputs did not change, are
+    # skipped
     perturbation = (run_dir / "perturbation.csv").read_bytes()
     table1 = (run_dir / "table1.csv").read_bytes()
     manifest = _manifest(run_dir)
@@ -229,7 +243,7 @@ def test_rerun_skips_finished_steps_and_resumes_after_a_kill(tiny):
     code, _, err = _run(**options, figures=str(tiny.figures))
     assert code == 0, err
     statuses = _statuses(run_dir)
-    assert [statuses[n] for n in STEPS] == ["skipped"] * 5 + ["done", "skipped"]
+    assert [statuses[n] for n in STEPS] == ["skipped"] * 5 + ["done", "skipped", "skipped"]
     assert (run_dir / "perturbation.csv").read_bytes() == perturbation
     assert (run_dir / "table1.csv").read_bytes() == table1
 
@@ -384,15 +398,21 @@ def test_timeouts_and_dead_kernels_are_reported_with_their_cell(tmp_path, code, 
 # ---- freshness through the driver: the last tests of the module (they change the run) -------
 
 
-def test_a_changed_statistics_setting_reruns_only_step_06(tiny):
+def test_a_changed_statistics_setting_reruns_only_the_tests_of_06_and_07(tiny):
     layout, options = RunLayout(tiny.run_dir), {**tiny.options, "figures": str(tiny.figures)}
     table1 = layout.table1(".csv").read_bytes()
     alpha = {**options["parameters"], "stats.alpha": 0.9}
     code, _, err = _run(**{**options, "parameters": alpha})
     assert code == 0, err
     statuses = _statuses(tiny.run_dir)
-    assert [statuses[n] for n in STEPS] == ["skipped"] * 6 + ["done"]
+    assert [statuses[n] for n in STEPS] == ["skipped"] * 6 + ["done", "done"]
     assert layout.table1(".csv").read_bytes() != table1  # more cells significant at 0.9
+    # 07 redid its tests only: its folds' and its sanity check's records were still fresh
+    records = sorted(p.name for p in layout.records_dir.glob("07_attribution_*.json"))
+    assert records and all(
+        layout.records_dir.joinpath(name).stat().st_mtime < layout.attribution_tests.stat().st_mtime
+        for name in records
+    )
 
 
 # the profile's own fill last: the run is left as the profile makes it

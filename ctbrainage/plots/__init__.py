@@ -1,6 +1,11 @@
 """Figures. Every function returns the Figure and saves it (atomically) when given an output
 path. Grouped by pipeline step; everything is importable from ``ctbrainage.plots``."""
 
+from ctbrainage.plots.attribution import (
+    group_maps_figure,
+    lobe_importance_figure,
+    sanity_figure,
+)
 from ctbrainage.plots.common import LOBE_COLOURS, canonical_slices, group_palette, save
 from ctbrainage.plots.evaluation import (
     bland_altman,
@@ -29,6 +34,9 @@ from ctbrainage.plots.inputs import (
 )
 
 __all__ = [
+    "group_maps_figure",
+    "lobe_importance_figure",
+    "sanity_figure",
     "LOBE_COLOURS",
     "bland_altman",
     "brain_age_gap_figure",

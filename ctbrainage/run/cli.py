@@ -27,8 +27,8 @@ def _assignment(text: str) -> tuple[str, Text]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python run_all.py",
-        description="Run notebooks 01-06 with papermill into the run directory: 01 -> 02 -> 03 "
-        "once per fold (in parallel) -> 04 -> 05 -> 06. Resumes: finished steps are skipped. "
+        description="Run notebooks 01-07 with papermill into the run directory: 01 -> 02 -> 03 "
+        "once per fold (in parallel) -> 04 -> 05 -> 06 -> 07. Resumes: finished steps are skipped. "
         "Without arguments: the demo profile on the embedded synthetic cohort.",
     )
     p.add_argument("--profile", default="demo", help="tiny | demo | paper, or a profile YAML")
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jobs", type=int, default=0, help="folds at once (default: one per GPU; CPU: cores/4)"
     )
-    p.add_argument("--figures", default="", help="04 and 06 also save their figures here")
+    p.add_argument("--figures", default="", help="04, 06 and 07 also save their figures here")
     p.add_argument(
         "-p",
         "--parameter",

@@ -1,7 +1,7 @@
 """Executing a checked plan: each notebook with papermill, then the run's HTML report.
 
 Phases run in turn, the notebook runs of a phase at once: 01 → 02 → 03 once per fold (one per
-GPU, bounded by cores on CPU, or as SLURM jobs through submitit) → 04 → 05 → 06. A notebook run
+GPU, bounded by cores on CPU, or as SLURM jobs through submitit) → 04 → 05 → 06 → 07. A notebook run
 is skipped (unless ``force``) when the manifest records it as done with the same notebook
 parameters, its executed notebook exists, and its step's record shows that nothing the step
 reads has changed (:func:`ctbrainage.steps.is_fresh`), checked when its phase comes.

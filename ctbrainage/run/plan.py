@@ -29,6 +29,7 @@ NOTEBOOKS = {  # the steps' names (ctbrainage.steps): notebook NN runs step NN
     4: "04_evaluate",
     5: "05_perturbation",
     6: "06_stats_figures",
+    7: "07_attribution",
 }
 FOLD_STEP = 3
 # set by the driver from its options; never through -p
@@ -59,11 +60,11 @@ class Options:
     run_dir: str = ""  # empty = the profile's (runs/<profile>)
     gpus: tuple[int, ...] = ()  # fold k trains on gpus[k % len(gpus)]; empty = CPU
     folds: tuple[int, ...] | None = None  # None = every fold of the profile
-    first: int = 1  # first notebook to run (1–6)
-    last: int = 6  # last notebook to run
+    first: int = 1  # first notebook to run (1–7)
+    last: int = 7  # last notebook to run
     executor: Literal["local", "slurm"] = "local"  # where the per-fold notebooks run
     jobs: int = 0  # folds at once; 0 = one per GPU, or max(1, cores // 4) on CPU
-    figures: str = ""  # 04 and 06 also save their figures here
+    figures: str = ""  # 04, 06 and 07 also save their figures here
     parameters: dict[str, Any] = field(default_factory=dict)  # notebook parameters, profile keys
     force: bool = False  # rerun steps that are already done
     timeout: float | None = None  # seconds per cell
@@ -297,9 +298,9 @@ def _step_parameters(
             for k in folds
         ]
     own: dict[str, Any] = {}
-    if n == 5:
+    if n in (5, 7):
         own["gpu"] = gpus[0] if gpus else -1
-    if n in (4, 6):
+    if n in (4, 6, 7):
         own["figures_dir"] = _absolute(options.figures)
     return [(NOTEBOOKS[n], None, own)]
 

@@ -248,3 +248,23 @@ def recovery_row(
             int(measured["significant"].sum()) if "significant" in measured else None
         ),
     }
+
+
+def voxel_scores(attribution_map, signal, brain, level: float = 0.25) -> dict[str, float]:
+    """A voxel map against the planted signal of one subject (same grid): the true region is
+    the brain's voxels whose |signal| reaches ``level`` × its maximum. Returns the AUROC of
+    |map| for that region over the brain's voxels and the relevance-mass accuracy (Arras et al.
+    2022: the share of the brain's |map| inside the region); NaN without a planted signal."""
+    from sklearn.metrics import roc_auc_score
+
+    inside = np.asarray(brain) > 0
+    score = np.abs(np.asarray(attribution_map, np.float64))[inside]
+    planted = np.abs(np.asarray(signal, np.float64))[inside]
+    if planted.size == 0 or planted.max() <= 0:
+        return {"auroc": float("nan"), "mass_accuracy": float("nan")}
+    region = planted >= level * planted.max()
+    total = score.sum()
+    return {
+        "auroc": float(roc_auc_score(region, score)) if 0 < region.sum() < region.size else np.nan,
+        "mass_accuracy": float(score[region].sum() / total) if total > 0 else float("nan"),
+    }

@@ -1,0 +1,140 @@
+"""Step 07 on the tiny run: every method on every subject, the tables it writes, its freshness,
+determinism and a bad subject."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctbrainage import stats
+from ctbrainage.layout import RunLayout
+from ctbrainage.steps import s05_perturbation, s07_attribution
+
+METHODS = [
+    "saliency",
+    "integrated_gradients",
+    "smoothgrad",
+    "guided_backprop",
+    "gradcam",
+    "occlusion",
+    "lobe_shapley",
+    "unoise",
+]
+FILLS = ["fill_noise", "fill_zero", "fill_mean", "fill_group_level"]
+
+
+@pytest.fixture(scope="module")
+def attributed(tiny_run, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("attribution") / "run"
+    shutil.copytree(tiny_run.run_path, dest)
+    profile = dataclasses.replace(tiny_run, run_dir=str(dest))
+    s05_perturbation.run(profile, progress=False)
+    return profile, s07_attribution.run(profile, progress=False)
+
+
+def test_every_method_attributes_every_subject(attributed):
+    profile, result = attributed
+    table = result.table
+    assert list(table.columns) == s07_attribution.COLUMNS
+    assert list(table["method"].unique()) == METHODS + FILLS
+    predictions = pd.read_csv(RunLayout(profile.run_path).predictions, dtype={"subject_id": str})
+    for _, rows in table.groupby("method"):
+        assert len(rows) == len(predictions) * 4  # every subject, four lobes
+        folds = rows.drop_duplicates("subject_id").set_index("subject_id")["fold"]
+        assert folds.to_dict() == predictions.set_index("subject_id")["fold"].to_dict()
+    shares = table[table["method"].isin(METHODS[:6] + ["unoise"])]
+    undefined = shares[shares["importance"].isna()]  # a map with no mass in the brain:
+    assert set(undefined["method"]) <= {"gradcam"}  # Grad-CAM's ReLU can zero all of it
+    shares = shares.dropna(subset=["importance"])
+    assert shares["importance"].between(0, 1).all()
+    assert (shares.groupby(["method", "subject_id"])["importance"].sum() <= 1 + 1e-9).all()
+
+
+def test_fills_are_step_05s_delta_ae(attributed):
+    profile, result = attributed
+    errors = stats.subject_lobe_errors(s05_perturbation.run(profile, progress=False).table)
+    ours = result.table[result.table["method"] == "fill_noise"]
+    merged = ours.merge(errors, on=["subject_id", "lobe"])
+    assert len(merged) == len(ours) and np.allclose(merged["importance"], merged["delta_ae"])
+
+
+def test_scores_tests_maps_and_sanity_are_written(attributed):
+    profile, result = attributed
+    scores = result.scores
+    assert list(scores.columns) == s07_attribution.SCORE_COLUMNS
+    for method in METHODS + FILLS:
+        mine = scores[scores["method"] == method]
+        lobe = mine[mine["level"] == "lobe"].set_index("metric")["value"]
+        assert -1 <= lobe["spearman_rho"] <= 1 and 0 <= lobe["top_lobe_matches"] <= 4
+        if method in METHODS and method != "lobe_shapley":
+            voxel = mine[mine["level"] == "voxel"].set_index("metric")["value"]
+            assert 0 <= voxel["auroc"] <= 1 and 0 <= voxel["mass_accuracy"] <= 1
+        if method in METHODS:
+            cost = mine[mine["level"] == "cost"].set_index("metric")["value"]
+            assert cost["seconds_per_subject"] > 0
+            assert cost["forward_passes"] >= (0 if method == "unoise" else 1)  # its own U-Net
+    cost = scores[scores["level"] == "cost"].set_index(["method", "metric"])["value"]
+    assert cost[("lobe_shapley", "forward_passes")] == 16  # 2^4 coalitions
+    assert cost[("lobe_shapley", "backward_passes")] == 0
+    assert cost[("integrated_gradients", "forward_passes")] == profile.attribution.ig_steps
+    assert cost[("unoise", "training_seconds")] > 0
+    assert set(result.tests["method"]) == set(METHODS + FILLS)
+    assert len(result.tests) == 12 * 16  # lobe × age-group cells per method
+    groups = {k.split("/")[1] for k in result.maps if k.startswith("input/")}
+    assert groups and all(f"{m}/{g}" in result.maps for m in ("saliency", "unoise") for g in groups)
+    sanity = result.sanity
+    assert set(sanity["method"]) == set(METHODS + FILLS)
+    assert set(sanity.loc[sanity["method"] == "unoise", "model"]) == {"conv1", "random_labels"}
+    assert set(sanity.loc[sanity["method"] == "saliency", "model"]) == {
+        "fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1", "random_labels",
+    }  # fmt: skip
+    verdict = s07_attribution.sanity_verdict(sanity)
+    assert set(verdict["sanity"]) <= {"passes", "fails"} and len(verdict) == 12
+    summary = s07_attribution.summary_table(result)
+    assert list(summary.index[:1]) and set(summary.index) == set(METHODS + FILLS)
+
+
+def test_a_rerun_computes_nothing_and_a_changed_setting_is_not_reused(attributed, tmp_path):
+    profile, result = attributed
+    layout = RunLayout(profile.run_path)
+    assert s07_attribution.is_fresh(profile)
+    stamps = {p: p.stat().st_mtime_ns for p in s07_attribution.outputs(profile)}
+    s07_attribution.run(profile, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # a copy computed from nothing gives the same numbers (seeded), a changed setting new ones
+    copy = tmp_path / "run"
+    shutil.copytree(profile.run_path, copy)
+    for path in [RunLayout(copy).attribution_part(k) for k in range(2)]:
+        path.unlink()
+    for path in RunLayout(copy).records_dir.glob("07_attribution*.json"):
+        path.unlink()  # the step's records: nothing of it is known
+    again = dataclasses.replace(profile, run_dir=str(copy))
+    assert not s07_attribution.is_fresh(again)
+    rerun = s07_attribution.run(again, progress=False)
+    assert RunLayout(copy).attribution.read_bytes() == layout.attribution.read_bytes()
+    fewer = dataclasses.replace(
+        again, attribution=dataclasses.replace(again.attribution, ig_steps=3)
+    )
+    assert not s07_attribution.is_fresh(fewer)
+    changed = s07_attribution.run(fewer, progress=False).table
+    ig = lambda t: t[t["method"] == "integrated_gradients"]["importance"].to_numpy()  # noqa: E731
+    assert not np.allclose(ig(changed), ig(rerun.table))
+
+
+def test_an_unreadable_subject_is_excluded_and_the_others_go_on(attributed, tmp_path):
+    profile, _ = attributed
+    copy = tmp_path / "run"
+    shutil.copytree(profile.run_path, copy)
+    layout = RunLayout(copy)
+    layout.brain("syn0003").write_bytes(b"not a nifti file")
+    broken = dataclasses.replace(profile, run_dir=str(copy))
+    result = s07_attribution.run(broken, progress=False)
+    assert list(result.excluded["subject_id"]) == ["syn0003"]
+    assert "syn0003" in result.excluded["reason"].iloc[0]
+    assert "brain mask" in result.excluded["reason"].iloc[0]
+    kept = result.table[result.table["method"] == "saliency"]["subject_id"].nunique()
+    assert kept == 11
