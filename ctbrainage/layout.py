@@ -263,7 +263,7 @@ class RunLayout:
 
     def attribution_part(self, fold: int) -> Path:
         """One fold's map sums (step 07's resumable unit)."""
-        return self.root / "attribution" / f"fold{fold}.npz"
+        return self.root / "attribution_parts" / f"fold{fold}.npz"
 
     @property
     def random_label_model(self) -> Path:

@@ -10,7 +10,7 @@ step   module                      writes
 05     ``s05_perturbation``        perturbation*.csv, lobe_levels.csv
 06     ``s06_stats``               lobe_age_tests.csv, lobe_age_windows.csv, table1.*,
                                    recovery.json
-07     ``s07_attribution``         attribution*.csv, attribution_maps.npz, attribution/
+07     ``s07_attribution``         attribution*.csv, attribution_maps.npz, attribution_parts/
 =====  ==========================  ==================================================
 
 Every step also writes its exclusions into ``exclusions.csv`` and its record into ``records/``.
