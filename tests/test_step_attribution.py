@@ -71,6 +71,8 @@ def test_scores_tests_maps_and_sanity_are_written(attributed):
         lobe = mine[mine["level"] == "lobe"].set_index("metric")["value"]
         assert -1 <= lobe["spearman_rho"] <= 1 and 0 <= lobe["top_lobe_matches"] <= 4
         if method in METHODS and method != "lobe_shapley":
+            per_voxel = mine[mine["level"] == "lobe_per_voxel"].set_index("metric")["value"]
+            assert 0 <= per_voxel["top_lobe_matches"] <= 4  # share ÷ the lobe's size
             voxel = mine[mine["level"] == "voxel"].set_index("metric")["value"]
             assert 0 <= voxel["auroc"] <= 1 and 0 <= voxel["mass_accuracy"] <= 1
         if method in METHODS:

@@ -770,7 +770,12 @@ def _ci(values, confidence: float = 0.95) -> tuple[float, float]:
 
 
 def lobe_scores(
-    rows: pd.DataFrame, expected: pd.DataFrame, edges, n_resamples: int, seed: int
+    rows: pd.DataFrame,
+    expected: pd.DataFrame,
+    edges,
+    n_resamples: int,
+    seed: int,
+    level: str = "lobe",
 ) -> list[dict]:
     """One method's lobe-level scores against the planted importance (one definition), with
     percentile CIs from resampling subjects within their age groups."""
@@ -792,7 +797,7 @@ def lobe_scores(
     names = ("spearman_rho", "within_group_rho", "top_lobe_matches")
     return [
         {
-            "level": "lobe",
+            "level": level,
             "metric": name,
             "value": value,
             **dict(
@@ -806,7 +811,7 @@ def lobe_scores(
         for i, (name, value) in enumerate(zip(names, point, strict=True))
     ] + [
         {
-            "level": "lobe",
+            "level": level,
             "metric": "groups",
             "value": len(members),
             "ci_low": np.nan,
@@ -830,6 +835,11 @@ def score_methods(
     for method, part in table.groupby("method", sort=False):
         for score in lobe_scores(part, expected, profile.age_group_edges, n_resamples, seed):
             rows.append({"method": method, **score})
+        if method in attribution.VOXEL_METHODS or method == "unoise":  # per voxel: share ÷ size
+            density = part.assign(importance=part["importance"] / part["reference"])
+            edges = profile.age_group_edges
+            for score in lobe_scores(density, expected, edges, n_resamples, seed, "lobe_per_voxel"):
+                rows.append({"method": method, **score})
         mine = voxel[voxel["method"] == method] if len(voxel) else voxel
         for metric in ("auroc", "mass_accuracy") if len(mine) else ():
             values = mine[metric].dropna()
@@ -857,7 +867,11 @@ def summary_table(result: Result, cost: bool = True) -> pd.DataFrame:
     ``cost``, seconds and passes per subject."""
     verdict = sanity_verdict(result.sanity).set_index("method")["sanity"]
     scores = result.scores if result.scores is not None else pd.DataFrame(columns=SCORE_COLUMNS)
-    cell = scores.set_index(["method", "metric"])
+    cell = scores.assign(
+        metric=np.where(
+            scores["level"] == "lobe_per_voxel", scores["metric"] + "/voxel", scores["metric"]
+        )
+    ).set_index(["method", "metric"])
 
     def with_ci(method, metric):
         if (method, metric) not in cell.index:
@@ -870,6 +884,14 @@ def summary_table(result: Result, cost: bool = True) -> pd.DataFrame:
         found = (method, metric) in cell.index
         return fmt.format(cell.loc[(method, metric), "value"]) if found else "–"
 
+    def fraction(method, metric):
+        found = (method, metric) in cell.index
+        return (
+            f"{value(method, metric, '{:.0f}')}/{value(method, 'groups', '{:.0f}')}"
+            if found
+            else "–"
+        )
+
     rows = []
     for method in result.table["method"].unique():
         rows.append(
@@ -877,8 +899,9 @@ def summary_table(result: Result, cost: bool = True) -> pd.DataFrame:
                 "method": method,
                 "lobe ρ": with_ci(method, "spearman_rho"),
                 "within-group ρ": with_ci(method, "within_group_rho"),
-                "top lobe": f"{value(method, 'top_lobe_matches', '{:.0f}')}/"
-                f"{value(method, 'groups', '{:.0f}')}",
+                "top lobe": fraction(method, "top_lobe_matches"),
+                "per voxel: ρ": with_ci(method, "spearman_rho/voxel"),
+                "per voxel: top lobe": fraction(method, "top_lobe_matches/voxel"),
                 "voxel AUROC": with_ci(method, "auroc"),
                 "relevance mass": with_ci(method, "mass_accuracy"),
                 "sanity": verdict.get(method, "–"),
