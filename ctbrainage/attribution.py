@@ -146,8 +146,8 @@ def occlusion(model, x, baseline, settings: MapSettings, brain=None) -> torch.Te
         whole = model(x)[:, 0]
         for b in range(len(x)):
             inside = [w for w in windows if brain is None or bool(brain[b, 0][w].any())]
-            total = torch.zeros(x.shape[2:])
-            count = torch.zeros(x.shape[2:])
+            total = torch.zeros(x.shape[2:], device=x.device)
+            count = torch.zeros(x.shape[2:], device=x.device)
             for start in range(0, len(inside), settings.batch_size):
                 chunk = inside[start : start + settings.batch_size]
                 batch = x[b].expand(len(chunk), *x.shape[1:]).clone()
@@ -199,10 +199,10 @@ def coalition_values(
     with torch.inference_mode():
         for start in range(0, len(members), batch_size):
             rows = members[start : start + batch_size]
-            absent = (~rows).float() @ masks.flatten(1).float()  # voxels to replace
+            absent = (~rows).to(masks.device).float() @ masks.flatten(1).float()  # replaced
             absent = absent.view(len(rows), 1, *x.shape[-3:]) > 0
             inputs = torch.where(absent, baseline.expand_as(absent), x.expand_as(absent))
-            outputs.append(model(inputs.float())[:, 0].double())
+            outputs.append(model(inputs.float())[:, 0].double().cpu())
     return torch.cat(outputs)
 
 

@@ -90,7 +90,8 @@ def train_noise_model(
     untouched. Deterministic for ``seed`` on CPU."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    noise_model = build_noise_model(settings.channels, levels_for(volumes.shape[2:]))
+    device = next(age_model.parameters()).device
+    noise_model = build_noise_model(settings.channels, levels_for(volumes.shape[2:])).to(device)
     optimiser = torch.optim.Adam(noise_model.parameters(), settings.lr)
     was_training = age_model.training
     frozen = [p.requires_grad for p in age_model.parameters()]
@@ -102,12 +103,12 @@ def train_noise_model(
         for epoch in range(settings.autoencoder_epochs + settings.epochs):
             autoencoder = epoch < settings.autoencoder_epochs
             for batch in torch.randperm(n, generator=generator).split(settings.batch_size):
-                x, brain = volumes[batch], brains[batch]
+                x, brain = volumes[batch].to(device), brains[batch].to(device)
                 optimiser.zero_grad()
                 if autoencoder:
                     loss = torch.nn.functional.mse_loss(noise_model(x), x)
                 else:
-                    months = ages_unit[batch] * span_months
+                    months = ages_unit[batch].to(device) * span_months
                     loss = unoise_loss(
                         age_model, noise_model, x, brain, months, span_months, settings, generator
                     )

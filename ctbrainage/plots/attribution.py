@@ -89,7 +89,7 @@ def lobe_importance_figure(table: pd.DataFrame, expected: pd.DataFrame | None, e
 def sanity_figure(sanity: pd.DataFrame, out=None):
     """Similarity of each method's maps from randomised models to the trained model's, along
     the cascade (top stage first) and for the label-randomised model."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 3.8), constrained_layout=True)
     cascade = sanity[sanity["model"] != "random_labels"]
     labels = cascade.drop_duplicates("step").sort_values("step")
     for ax, column, title in zip(
@@ -110,5 +110,5 @@ def sanity_figure(sanity: pd.DataFrame, out=None):
         ax.set_ylim(-0.5, 1.05)
         ax.set_ylabel(f"Spearman ρ with the trained model's {title}")
         ax.set_title(f"{title}: randomised up to …", fontsize=10)
-    axes[1].legend(fontsize=7, loc="lower left", ncol=2)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     return save(fig, out)

@@ -285,16 +285,16 @@ def _subject_rows(method, subject, values, reference, tested) -> list[dict]:
 
 def _maps_of(model, method, batch, data: _Inputs, settings, noise_model=None) -> torch.Tensor:
     """One method's voxel maps of the subjects ``batch`` (rows of the subject table)."""
-    ids = list(batch["subject_id"])
-    x = torch.from_numpy(np.stack([data.volume(s) for s in ids])[:, None])
-    brain = torch.from_numpy(np.stack([data.brain(s) for s in ids])[:, None])
+    ids, device = list(batch["subject_id"]), next(model.parameters()).device
+    x = torch.from_numpy(np.stack([data.volume(s) for s in ids])[:, None]).to(device)
+    brain = torch.from_numpy(np.stack([data.brain(s) for s in ids])[:, None]).to(device)
     if method == "unoise":
         from ctbrainage import unoise
 
         return unoise.importance_map(noise_model, x, brain)
     base = torch.from_numpy(
         np.stack([data.baseline(s, a) for s, a in zip(ids, batch["age_months"], strict=True)])
-    )[:, None]
+    )[:, None].to(device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
         return attribution.voxel_map(model, x, method, settings, base, brain)
@@ -327,14 +327,14 @@ def _voxel_rows(method, batch, maps, data: _Inputs, sums, counts, scores) -> lis
 
 
 def _shapley_rows(model, batch, data: _Inputs, scaler: AgeScaler) -> list[dict]:
-    rows = []
+    rows, device = [], next(model.parameters()).device
     for subject in batch.itertuples(index=False):
         sid = subject.subject_id
         values = attribution.coalition_values(
             model,
-            torch.from_numpy(data.volume(sid)[None]),
-            torch.from_numpy(data.labels(sid)),
-            data.shapley_baseline(sid),
+            torch.from_numpy(data.volume(sid)[None]).to(device),
+            torch.from_numpy(data.labels(sid)).to(device),
+            data.shapley_baseline(sid).to(device),
             list(LOBES),
             data.profile.attribution.batch_size,
         )
@@ -499,9 +499,11 @@ def load(profile: Profile) -> Result:
     with np.load(layout.attribution_maps) as stored:
         maps = {k: stored[k] for k in stored}
     excluded = read_exclusions(layout)
+    tests = pd.read_csv(layout.attribution_tests)
+    tests["marker"] = tests["marker"].fillna("")  # an empty marker reads back as NaN
     return Result(
         read(layout.attribution),
-        pd.read_csv(layout.attribution_tests),
+        tests,
         pd.read_csv(layout.attribution_sanity),
         pd.read_csv(layout.attribution_scores) if _synthetic(profile) else None,
         maps,
@@ -624,7 +626,7 @@ def _random_label_model(profile: Profile, progress: bool) -> torch.nn.Module:
             lambda ids: load_volumes([layout.preprocessed(s) for s in ids]),
             log_dir=layout.logs_dir,
             log_name=layout.random_label_log_name,
-            progress=progress,
+            progress=False,  # Lightning's bar would differ between runs of the notebook
         )
         fitted.save_model(layout.random_label_model)
         record.write(settings, STEP.version, prints)
