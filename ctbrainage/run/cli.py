@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=_int_list, default=(), help="e.g. 0,1: one fold per GPU")
     p.add_argument("--folds", type=_int_list, default=None, help="e.g. 0,2 (default: all)")
     p.add_argument("--from", dest="first", type=int, default=1, metavar="NN", help="first step")
-    p.add_argument("--to", dest="last", type=int, default=6, metavar="NN", help="last step")
+    p.add_argument(
+        "--to", dest="last", type=int, default=Options.last, metavar="NN", help="last step"
+    )
     p.add_argument(
         "--executor",
         choices=["local", "slurm"],
