@@ -143,16 +143,7 @@ class UNoiseConfig:
 class AttributionConfig:
     """Step 07: every attribution method on the fold models (README, "Attribution")."""
 
-    methods: tuple[AttributionMethod, ...] = (
-        "saliency",
-        "integrated_gradients",
-        "smoothgrad",
-        "guided_backprop",
-        "gradcam",
-        "occlusion",
-        "lobe_shapley",
-        "unoise",
-    )
+    methods: tuple[AttributionMethod, ...] = typing.get_args(AttributionMethod)  # all
     subjects_per_group: int = 0  # per fold and age group, age-stratified; 0 = every subject
     baseline: Literal["group_mean", "zeros"] = "group_mean"  # of integrated gradients, occlusion
     ig_steps: int = 32

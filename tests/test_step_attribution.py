@@ -11,19 +11,11 @@ import pandas as pd
 import pytest
 
 from ctbrainage import stats
+from ctbrainage.config import AttributionConfig
 from ctbrainage.layout import RunLayout
 from ctbrainage.steps import s05_perturbation, s07_attribution
 
-METHODS = [
-    "saliency",
-    "integrated_gradients",
-    "smoothgrad",
-    "guided_backprop",
-    "gradcam",
-    "occlusion",
-    "lobe_shapley",
-    "unoise",
-]
+METHODS = list(AttributionConfig().methods)  # every method, in the profile's order
 FILLS = ["fill_noise", "fill_zero", "fill_mean", "fill_group_level"]
 
 
