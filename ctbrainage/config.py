@@ -216,6 +216,24 @@ def load_profile(
     return _build(Profile, raw, where="")
 
 
+def profile_from_dict(values: dict[str, Any]) -> Profile:
+    """A profile from its nested dict form (``Profile.to_dict``, e.g. a run's manifest.json or
+    a bundle's profile), checked like a profile file."""
+    return _build(Profile, dict(values), where="")
+
+
+def profile_yaml(profile: Profile, header: str = "") -> str:
+    """The whole profile as YAML (``load_profile`` reads it back), ``header`` as a comment."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    return comment + yaml.safe_dump(plain(profile.to_dict()), sort_keys=False)
+
+
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     for part in parents:

@@ -209,3 +209,27 @@ def compare_with_baselines(predictions: pd.DataFrame, baselines: pd.DataFrame) -
             **{f"{m}_sd": table.loc["sd", m] for m in METRICS},
         }
     return pd.DataFrame(rows).T
+
+
+# ---- prediction intervals -----------------------------------------------------------------------
+def conformal_radius(residuals, level: float) -> float:
+    """Split-conformal half-width: the ⌈(n + 1)·level⌉-th smallest |residual| of n calibration
+    residuals (Vovk et al.; Lei et al. 2018), so that a new subject exchangeable with them lies
+    within ± radius with probability ≥ ``level``; inf when n is too small for the level."""
+    if not 0 < level < 1:
+        raise ValueError(f"the interval's level must lie in (0, 1), got {level}")
+    scores = np.sort(np.abs(np.asarray(residuals, float)))
+    rank = int(np.ceil((len(scores) + 1) * level))
+    return float(scores[rank - 1]) if rank <= len(scores) else float("inf")
+
+
+def cross_fold_coverage(out_of_fold: pd.DataFrame, level: float, column: str) -> dict[str, float]:
+    """How often each fold's ages lie within ``column`` ± the radius calibrated on the other
+    folds' residuals: the interval's coverage measured on the run itself (and mean width)."""
+    covered, widths = [], []
+    for k, test in out_of_fold.groupby("fold"):
+        rest = out_of_fold[out_of_fold["fold"] != k]
+        radius = conformal_radius(rest["age_months"] - rest[column], level)
+        covered += list((test["age_months"] - test[column]).abs() <= radius)
+        widths += [2 * radius] * len(test)
+    return {"coverage": float(np.mean(covered)), "width_months": float(np.mean(widths))}

@@ -73,6 +73,43 @@ class SyntheticLayout:
 
 
 @dataclass(frozen=True)
+class BundleLayout:
+    """A trained run exported for new scans (:mod:`ctbrainage.bundle`)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def manifest(self) -> Path:
+        """Versions, settings summary and the checksum of every other file."""
+        return self.root / "bundle.json"
+
+    @property
+    def profile(self) -> Path:
+        return self.root / "profile.yaml"
+
+    def model(self, fold: int) -> Path:
+        """One fold model's weights (a plain ``state_dict``)."""
+        return self.root / "models" / f"fold{fold}.pt"
+
+    @property
+    def out_of_fold(self) -> Path:
+        """The run's out-of-fold predictions, without subject ids (bias line, intervals)."""
+        return self.root / "out_of_fold.csv"
+
+    @property
+    def group_levels(self) -> Path:
+        """Each age group's mean input per lobe (the ``group_level`` fill's targets)."""
+        return self.root / "group_levels.csv"
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / "MODEL_CARD.md"
+
+
+@dataclass(frozen=True)
 class RunLayout:
     """Every path of one run directory."""
 
@@ -185,7 +222,8 @@ class RunLayout:
 
     @property
     def predictions(self) -> Path:
-        """Out-of-fold predictions of every subject (finalised by step 03)."""
+        """Out-of-fold predictions of every subject (finalised by step 03); in a folder of
+        new scans (:mod:`ctbrainage.predict`), the bundle's predictions."""
         return self.root / "predictions.csv"
 
     # ---- step 04: evaluation -----------------------------------------------------------------
@@ -273,6 +311,34 @@ class RunLayout:
     @property
     def random_label_log_name(self) -> str:
         return "fold0_random_labels"
+
+    # ---- new scans (ctbrainage.predict): a folder laid out like a run -----------------------
+    @property
+    def dicom_manifest(self) -> Path:
+        """The manifest built from a DICOM tree (:mod:`ctbrainage.manifest`)."""
+        return self.root / "dicom_manifest.csv"
+
+    @property
+    def dicom_skipped(self) -> Path:
+        """The DICOM series and files the manifest builder left out, with the reason."""
+        return self.root / "dicom_manifest_skipped.csv"
+
+    @property
+    def prediction_summary(self) -> Path:
+        """The bundle used, the interval's level and radius, timings."""
+        return self.root / "prediction.json"
+
+    @property
+    def pages_dir(self) -> Path:
+        return self.root / "pages"
+
+    def subject_page(self, subject_id: str) -> Path:
+        """One new scan's report page."""
+        return self.pages_dir / f"{subject_id}.html"
+
+    def subject_figure(self, subject_id: str) -> Path:
+        """One new scan's figure: its brain age on the training cohort, lobe importance."""
+        return self.pages_dir / f"{subject_id}.png"
 
     # ---- what the notebooks and the driver leave -----------------------------------------------
     @property

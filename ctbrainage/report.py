@@ -216,3 +216,127 @@ def _qc(layout: RunLayout) -> str:
         "<p>Before and after, brain mask and lobes for every subject; click for full size.</p>"
         f"<div class='qc'>{items}</div>"
     )
+
+
+# ---------------------------------------------------------------- new scans (ctbrainage.predict)
+
+PREDICTION_COLUMNS = {  # predictions.csv column → heading on the index page
+    "age_months": "age",
+    "corrected_months": "brain age",
+    "interval_low": "interval from",
+    "interval_high": "to",
+    "gap_corrected_months": "gap",
+    "ensemble_sd_months": "fold spread (SD)",
+    "flags": "flags",
+}
+
+
+def write_prediction_report(
+    layout: RunLayout, bundle, table: pd.DataFrame, summary: dict, progress: bool = True
+) -> Path:
+    """One page per predicted scan (its figure, QC image and numbers) and ``index.html``
+    listing every scan, the exclusions and the DICOM series left out; returns the index."""
+    import matplotlib.pyplot as plt
+
+    from ctbrainage.bundle import describe
+    from ctbrainage.labels import LOBES
+    from ctbrainage.parallel import progress_bar
+    from ctbrainage.plots import new_scan_figure
+
+    level = f"{summary['level']:.0%}"
+    for row in progress_bar(table.to_dict("records"), desc="report pages", progress=progress):
+        sid = row["subject_id"]
+        lobes = {name: row[f"delta_ae_{name}"] for name in LOBES.values()}
+        interval = (row["interval_low"], row["interval_high"])
+        fig = new_scan_figure(
+            bundle.out_of_fold,
+            row["age_months"],
+            row["corrected_months"],
+            interval,
+            lobes,
+            title=sid,
+            out=layout.subject_figure(sid),
+        )
+        plt.close(fig)
+        atomic_write_text(layout.subject_page(sid), _subject_page(layout, row, level))
+    head = "".join(f"<th>{_e(h)}</th>" for h in ["scan", *PREDICTION_COLUMNS.values()])
+    rows = "".join(
+        f"<tr><td><a href='{_href(layout, layout.subject_page(r['subject_id']))}'>"
+        f"{_e(r['subject_id'])}</a></td>"
+        + "".join(f"<td>{_cell(r[c])}</td>" for c in PREDICTION_COLUMNS)
+        + "</tr>"
+        for r in table.to_dict("records")
+    )
+    sections = [
+        "<h1>Brain age of new scans</h1>",
+        f"<pre class='meta'>{_e(describe(bundle))}</pre>",
+        f"<p>{summary['predicted']} scans predicted in {summary['seconds']} s. Ages and brain "
+        f"ages in months; the brain age is bias-corrected; the interval is the {level} "
+        f"split-conformal interval (its coverage on the training run: "
+        f"{summary['coverage_on_training_run']:.1%}). Full table: "
+        f"<a href='{_href(layout, layout.predictions)}'>predictions.csv</a>.</p>",
+        f"<table><tr>{head}</tr>{rows}</table>" if len(table) else "<p>No scan predicted.</p>",
+        _exclusions(layout.exclusions),
+        _skipped(layout.dicom_skipped),
+    ]
+    page = (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>Brain age of new scans</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(s for s in sections if s)
+        + "\n</body></html>\n"
+    )
+    atomic_write_text(layout.index, page)
+    return layout.index
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "–" if pd.isna(value) else f"{value:.1f}"
+    return _e(value)
+
+
+def _subject_page(layout: RunLayout, row: dict, level: str) -> str:
+    """One scan's page; links are relative to ``pages/``."""
+    sid = row["subject_id"]
+    up = "../"
+    facts = [
+        ("chronological age", f"{row['age_months']:.1f} months"),
+        ("brain age (bias-corrected)", f"{row['corrected_months']:.1f} months"),
+        (f"{level} interval", f"{row['interval_low']:.1f} – {row['interval_high']:.1f} months"),
+        ("brain-age gap (corrected)", f"{row['gap_corrected_months']:+.1f} months"),
+        ("age within the interval", "yes" if row["age_in_interval"] else "no"),
+        ("raw ensemble brain age", f"{row['brain_age_months']:.1f} months"),
+        ("fold models' spread (SD)", f"{row['ensemble_sd_months']:.2f} months"),
+        ("flags", row["flags"] or "none"),
+    ]
+    items = "".join(
+        f"<tr><th style='text-align:left'>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts
+    )
+    qc = layout.qc(sid)
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_e(sid)}: brain age</title><style>{STYLE}</style></head><body>\n"
+        f"<p><a href='{up}{_href(layout, layout.index)}'>all scans</a></p>"
+        f"<h1>{_e(sid)}</h1><table>{items}</table>"
+        f"<h2>Brain age and lobe importance</h2><img style='max-width:100%' "
+        f"src='{_e(layout.subject_figure(sid).name)}' alt='brain age of {_e(sid)}'>"
+        "<p>Left: the child (red) on the training cohort's out-of-fold brain ages; the grey "
+        "band is the interval's half-width. Right: how much the ensemble's absolute error grows "
+        "when a lobe's level is set to its age group's level in the training cohort (ΔAE).</p>"
+        + (
+            f"<h2>Preprocessing QC</h2><img style='max-width:100%' src='{up}"
+            f"{_href(layout, qc)}' alt='QC of {_e(sid)}'>"
+            if qc.exists()
+            else ""
+        )
+        + "\n</body></html>\n"
+    )
+
+
+def _skipped(path: Path) -> str:
+    if not path.exists():
+        return ""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if table.empty:
+        return ""
+    return f"<h2>DICOM series and files not used ({len(table)})</h2>" + table.to_html(index=False)

@@ -32,6 +32,7 @@ from ctbrainage.plots.inputs import (
     qc_montage,
     synthetic_cohort_figure,
 )
+from ctbrainage.plots.new_scans import new_scan_figure
 
 __all__ = [
     "group_maps_figure",
@@ -52,6 +53,7 @@ __all__ = [
     "learning_curves",
     "lobe_overlay_montage",
     "lobe_volumes_vs_age",
+    "new_scan_figure",
     "perturbed_slices",
     "planted_vs_measured",
     "predicted_vs_true",

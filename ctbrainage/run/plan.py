@@ -19,6 +19,7 @@ import nbformat
 import yaml
 
 from ctbrainage.config import Profile, did_you_mean, load_profile
+from ctbrainage.config import profile_yaml as profile_yaml_text
 from ctbrainage.layout import NOTEBOOK_SOURCES, RunLayout
 
 NOTEBOOK_DIR = NOTEBOOK_SOURCES
@@ -246,7 +247,11 @@ def make_plan(options: Options) -> Plan:
         raise UsageError(
             f"--folds {bad or '(none)'}: the profile has folds 0-{profile.train.folds - 1}"
         )
-    profile_yaml = _profile_yaml(profile) if overrides else ""
+    profile_yaml = (
+        profile_yaml_text(profile, "written by run_all.py: the profile with its -p overrides")
+        if overrides
+        else ""
+    )
     layout = RunLayout(profile.run_path)
     common = {
         "profile": str(layout.profile) if overrides else _profile_arg(options.profile),
@@ -270,16 +275,6 @@ def make_plan(options: Options) -> Plan:
 
 def _profile_arg(profile: str) -> str:
     return _absolute(profile) if Path(profile).suffix in (".yaml", ".yml") else profile
-
-
-def _profile_yaml(profile: Profile) -> str:
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return [plain(v) for v in value] if isinstance(value, list | tuple) else value
-
-    header = "# written by run_all.py: the profile with its -p overrides\n"
-    return header + yaml.safe_dump(plain(profile.to_dict()), sort_keys=False)
 
 
 def _step_parameters(
