@@ -48,7 +48,7 @@ def code_versions() -> dict[str, str]:
     return {
         "bundle_format": str(BUNDLE_FORMAT),
         "preprocess": s01_preprocess.SUBJECT_VERSION,
-        "lobes": s02_lobes.STEP.version,
+        "lobe_labels": s02_lobes.STEP.version,
         "model": s03_train.STEP.version,
         "perturb": f"perturb{PERTURB_VERSION}",
     }

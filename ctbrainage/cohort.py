@@ -45,8 +45,9 @@ def _read_table(path: Path) -> pd.DataFrame:
     return table
 
 
-def _check_image(given: str, base: Path):
-    """(absolute path, DICOM (age, sex) or None, reason or None)."""
+def _check_image(given: str, base: Path, series: str = ""):
+    """(absolute path, DICOM (age, sex) or None, reason or None); ``series``: the digest of the
+    DICOM folder's series to read (:func:`ctio.series_digest`), empty for any."""
     if not given:
         return None, None, "image missing"
     path = Path(given) if Path(given).is_absolute() else base / given
@@ -56,7 +57,7 @@ def _check_image(given: str, base: Path):
         from ctbrainage import ctio  # DICOM readers only here: training imports this module
 
         try:
-            return path, ctio.read_dicom_age_sex(path), None
+            return path, ctio.read_dicom_age_sex(path, series.strip() or None), None
         except ctio.ImageError as err:
             return path, None, f"image unreadable: {err}"
     if path.name.endswith((".nii", ".nii.gz")):
@@ -113,7 +114,7 @@ def validate_manifest(
         if sid and len(rows_of[sid]) > 1:
             reasons.append(f"duplicate subject_id (rows {', '.join(map(str, rows_of[sid]))})")
 
-        image_path, dicom, problem = _check_image(row["image"], base)
+        image_path, dicom, problem = _check_image(row["image"], base, row.get("series", ""))
         reasons += [problem] if problem else []
         dicom_age, dicom_sex = dicom or (None, "")
 

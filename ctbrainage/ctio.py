@@ -4,6 +4,7 @@ series folder) into int16 Hounsfield-unit SimpleITK images."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import math
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "read_ct",
     "read_dicom_age_sex",
     "resample_to_orthogonal",
+    "series_digest",
     "sitk_to_ras",
     "write_nifti",
 ]
@@ -236,17 +238,21 @@ def _make_scan(array, affine, age, sex, source, header_tilt=0.0) -> CTScan:
     return CTScan(ras_to_sitk(hu, affine), age, sex, round(float(tilt), 4), source)
 
 
-def read_ct(path: str | os.PathLike) -> CTScan:
+def read_ct(path: str | os.PathLike, series: str | None = None) -> CTScan:
     """Read a NIfTI file (.nii/.nii.gz) or a DICOM series folder as an int16 HU CT scan.
 
     Gantry-tilted (sheared) geometry is resampled onto an orthogonal grid. Only age and sex are
-    taken from DICOM headers. Raises ImageError for anything that is not a usable CT.
+    taken from DICOM headers. ``series`` (a :func:`series_digest`) keeps only that series'
+    files of a DICOM folder that holds several. Raises ImageError for anything that is not a
+    usable CT.
     """
     path = Path(path)
     if path.is_dir():
-        return _read_dicom(path)
+        return _read_dicom(path, series)
     if not path.exists():
         raise ImageError(f"image not found: {path}")
+    if series:
+        raise ImageError("a series applies to a DICOM folder only, not to a file")
     if path.name.endswith((".nii", ".nii.gz")):
         return _read_nifti(path)
     raise ImageError(f"not a NIfTI file (.nii, .nii.gz) or a DICOM folder: {path.name}")
@@ -285,6 +291,18 @@ def parse_dicom_age(value) -> float | None:
     return int(match[1]) * per_unit[match[2].upper()]
 
 
+def series_digest(uid: str) -> str:
+    """A one-way digest of a SeriesInstanceUID (16 hex digits): names a series without the UID."""
+    return hashlib.sha256(str(uid).strip("\0 ").encode()).hexdigest()[:16]
+
+
+def _in_series(ds: Dataset, series: str | None) -> bool:
+    """Whether the file belongs to series ``series`` (a :func:`series_digest`; None: any)."""
+    return not series or (
+        "SeriesInstanceUID" in ds and series_digest(ds.SeriesInstanceUID) == series
+    )
+
+
 def _age_sex(ds: Dataset) -> tuple[float | None, str]:
     sex = str(ds.get("PatientSex", "") or "").strip().upper()
     return parse_dicom_age(ds.get("PatientAge")), sex if sex in ("F", "M") else ""
@@ -304,14 +322,22 @@ def _dicom_files(folder: Path, tags: list[str]) -> Iterator[tuple[Path, Dataset]
         yield path, ds
 
 
-def read_dicom_age_sex(folder: str | os.PathLike) -> tuple[float | None, str]:
-    """Age (months) and sex of the first DICOM file in ``folder``, reading only those two fields."""
+def read_dicom_age_sex(
+    folder: str | os.PathLike, series: str | None = None
+) -> tuple[float | None, str]:
+    """Age (months) and sex of the first DICOM file in ``folder`` (of series ``series``, a
+    :func:`series_digest`, when given), reading only those fields."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageError(f"not a folder: {folder}")
-    for _, ds in _dicom_files(folder, ["PatientAge", "PatientSex"]):
-        return _age_sex(ds)
-    raise ImageError("no DICOM files in the folder")
+    seen = False
+    for _, ds in _dicom_files(folder, ["PatientAge", "PatientSex", "SeriesInstanceUID"]):
+        if _in_series(ds, series):
+            return _age_sex(ds)
+        seen = True
+    raise ImageError(
+        f"no series {series} in the folder" if seen else "no DICOM files in the folder"
+    )
 
 
 def _slice_hu(path: Path) -> np.ndarray:
@@ -334,11 +360,14 @@ def _slice_hu(path: Path) -> np.ndarray:
     return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
-def _read_dicom(folder: Path) -> CTScan:
+def _read_dicom(folder: Path, series: str | None = None) -> CTScan:
     headers = list(_dicom_files(folder, _DICOM_TAGS))
     if not headers:
         raise ImageError("no DICOM files in the folder")
-    series: dict[str, list[tuple[Path, Dataset]]] = {}
+    headers = [(path, ds) for path, ds in headers if _in_series(ds, series)]
+    if not headers:
+        raise ImageError(f"no series {series} in the folder")
+    groups: dict[str, list[tuple[Path, Dataset]]] = {}
     needed = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "Rows")
     for path, ds in headers:
         if not all(t in ds for t in needed):
@@ -346,12 +375,12 @@ def _read_dicom(folder: Path) -> CTScan:
                 raise ImageError(f"unreadable DICOM: {path.name}: CT image header incomplete")
             continue  # not an image slice (DICOMDIR, dose report, ...)
         if "LOCALIZER" not in ds.get("ImageType", []):
-            series.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
-    if not series:
+            groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
+    if not groups:
         raise ImageError("no DICOM image series in the folder")
-    ct = [s for s in series.values() if str(s[0][1].get("Modality", "")).upper() == "CT"]
+    ct = [s for s in groups.values() if str(s[0][1].get("Modality", "")).upper() == "CT"]
     if not ct:
-        modality = max(series.values(), key=len)[0][1].get("Modality", "") or "missing"
+        modality = max(groups.values(), key=len)[0][1].get("Modality", "") or "missing"
         raise ImageError(f"modality {modality}, not CT")
     files = max(ct, key=len)
     first = files[0][1]

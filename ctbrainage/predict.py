@@ -137,6 +137,11 @@ def _manifest(
 ) -> tuple[Path, pd.DataFrame | None]:
     """The manifest to read: ``data`` itself, or the one built from a DICOM tree."""
     if data.is_file():
+        if data.resolve() == layout.cohort.resolve():
+            raise PredictError(
+                f"the output folder's {layout.cohort.name} would overwrite the manifest {data}: "
+                "choose another output folder"
+            )
         return data.absolute(), None
     if not data.is_dir():
         raise PredictError(f"--data {data}: no such manifest file or DICOM folder")

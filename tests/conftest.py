@@ -37,3 +37,11 @@ def tiny_run(tmp_path_factory):
         s03_train.run(profile, fold, progress=False)
     assert RunLayout(profile.run_path).predictions.exists()  # the last fold finalised step 03
     return profile
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run, tmp_path_factory):
+    """The tiny run exported as a bundle (tests that change it work on a copy)."""
+    from ctbrainage.bundle import export_bundle
+
+    return export_bundle(tiny_run, tmp_path_factory.mktemp("bundle") / "tiny", progress=False)

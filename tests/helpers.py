@@ -62,3 +62,70 @@ def planted_perturbation(ages, effects=PLANTED, repeats=1, noise=0.8, seed=0) ->
     err = (table["pred_masked"] - table["age_months"]).abs()
     table["delta_ae"] = err - (table["pred_whole"] - table["age_months"]).abs()
     return table
+
+
+def _contents(name: str, blob: bytes):
+    """``(where, bytes)`` of a file and, recursively, of what it holds when gzip or zip."""
+    import gzip
+    import io
+    import zipfile
+
+    yield name, blob
+    if blob[:2] == b"\x1f\x8b":
+        yield from _contents(f"{name} (gunzipped)", gzip.decompress(blob))
+    elif zipfile.is_zipfile(io.BytesIO(blob)):
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            for member in archive.namelist():
+                yield from _contents(f"{name}/{member}", archive.read(member))
+
+
+def assert_no_identifiers(paths, values) -> None:
+    """Assert that no value of ``values`` (identifying strings, 4 characters or more) occurs in
+    the files ``paths`` (a folder: every file under it), as UTF-8 (any letter case) or UTF-16,
+    also inside gzip files and zip archives (by their content, whatever their names)."""
+    from pathlib import Path
+
+    secrets = sorted({str(v) for v in values if str(v)})
+    assert secrets, "no identifying value to search for"
+    short = [s for s in secrets if len(s) < 4]
+    assert not short, f"values too short to search for: {short}"
+    files = []
+    for path in map(Path, paths):
+        assert path.exists(), f"nothing to scan at {path}"
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        for where, blob in _contents(str(file), file.read_bytes()):
+            lower = blob.lower()
+            for secret in secrets:
+                assert secret.lower().encode() not in lower, f"{secret!r} found in {where}"
+                assert secret.encode("utf-16-le") not in blob, f"{secret!r} (UTF-16) in {where}"
+
+
+# the header fields whose values identify someone (what no output may hold)
+IDENTIFYING = (
+    *("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "SeriesDate"),
+    *("AcquisitionDate", "ContentDate", "AccessionNumber", "InstitutionName", "StationName"),
+    *("ReferringPhysicianName", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"),
+    "FrameOfReferenceUID",
+)
+
+
+def dicom_identifiers(root) -> set[str]:
+    """Every identifying header value written into the tree (and each date in ISO form)."""
+    import datetime as dt
+
+    import pydicom
+
+    values = set()
+    for path in root.rglob("*.dcm"):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # the truncated copies hold nothing the others do not
+            continue
+        for tag in IDENTIFYING:
+            text = str(ds.get(tag, "") or "")
+            values |= {text, *(p for p in text.split("^") if len(p) >= 4)}
+            if tag.endswith("Date") and text:
+                values.add(dt.datetime.strptime(text, "%Y%m%d").date().isoformat())
+        values.add(str(ds.file_meta.MediaStorageSOPInstanceUID))
+    return values - {""}

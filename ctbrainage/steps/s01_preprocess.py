@@ -153,22 +153,26 @@ def _preprocess(profile: Profile, cohort: pd.DataFrame, progress: bool) -> dict[
     layout = RunLayout(profile.run_path)
     settings = {"preprocess": STEP.settings_of(profile)["preprocess"]}
     truth = layout.synthetic
-    items = [
-        {
-            "subject_id": r.subject_id,
-            "image_path": r.image_path,
-            "signal_path": None if profile.data else str(truth.truth_signal(r.subject_id)),
-            "root": str(layout.root),
-            "settings": settings,
-        }
-        for r in cohort.itertuples()
-    ]
+    items = []
+    for r in cohort.itertuples():
+        # the series of a DICOM folder that holds several (ctbrainage.manifest writes it)
+        series = str(getattr(r, "series", "") or "").strip()
+        items.append(
+            {
+                "subject_id": r.subject_id,
+                "image_path": r.image_path,
+                "series": series or None,
+                "signal_path": None if profile.data else str(truth.truth_signal(r.subject_id)),
+                "root": str(layout.root),
+                # only when given, so that the records of subjects without one stay valid
+                "settings": {**settings, "series": series} if series else settings,
+            }
+        )
     results, errors = map_subjects(
         _preprocess_subject, items, profile.synth.workers, desc="preprocess", progress=progress
     )
-    table = pd.DataFrame(results)
-    if not table.empty:
-        table = cohort[["subject_id", "age_months"]].merge(table, on="subject_id")
+    table = pd.DataFrame(results, columns=["subject_id"] if not results else None)
+    table = cohort[["subject_id", "age_months"]].merge(table, on="subject_id")
     write_table(layout.preprocess_table, table)
     return errors
 
@@ -190,7 +194,7 @@ def _preprocess_subject(item: dict) -> dict:
     start = time.perf_counter()
     config = settings["preprocess"]
     try:
-        scan = ctio.read_ct(item["image_path"])
+        scan = ctio.read_ct(item["image_path"], series=item["series"])
         ptile = (config["ptile_low"], config["ptile_high"])
         result = preprocess_scan(scan.image, config["spacing_mm"], config["size"], ptile)
     except ValueError as err:

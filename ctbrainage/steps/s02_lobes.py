@@ -94,7 +94,8 @@ def run(profile: Profile, progress: bool = True) -> Result:
         results, errors = map_subjects(
             _lobes_subject, items, profile.synth.workers, desc="lobe labels", progress=progress
         )
-        write_table(layout.lobes_table, pd.DataFrame(results))
+        empty = ["subject_id", "method"]  # a table with its header even when no subject is left
+        write_table(layout.lobes_table, pd.DataFrame(results, columns=None if results else empty))
         reasons, retry = failures(errors)
         write_exclusions(layout, STEP, reasons)
         record.write(settings, STEP.version, prints, {"retry": retry})

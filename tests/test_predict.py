@@ -1,0 +1,150 @@
+"""Brain age for new scans: a bundle of the tiny run applied to another synthetic cohort."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctbrainage import predict as predicting
+from ctbrainage.bundle import load_bundle
+from ctbrainage.labels import LOBES
+from ctbrainage.layout import RunLayout
+from ctbrainage.predict import PredictError, predict
+
+
+@pytest.fixture(scope="module")
+def predicted(tiny_bundle, cohort_dir, tmp_path_factory):
+    """The tiny run's bundle on the 16-subject session cohort (seed 7; the run's is 42)."""
+    out = tmp_path_factory.mktemp("predict") / "new"
+    return predict(tiny_bundle, cohort_dir / "cohort.csv", out, level=0.8, progress=False)
+
+
+def test_round_trip_predicts_every_new_subject(predicted, tiny_run, cohort_dir):
+    table = predicted.table
+    cohort = pd.read_csv(cohort_dir / "cohort.csv", dtype={"subject_id": str})
+    assert sorted(table["subject_id"]) == sorted(cohort["subject_id"])
+    assert predicted.excluded.empty
+    oof = pd.read_csv(RunLayout(tiny_run.run_path).predictions)
+    oof_mae = (oof["predicted_months"] - oof["age_months"]).abs().mean()
+    new_mae = (table["brain_age_months"] - table["age_months"]).abs().mean()
+    assert new_mae <= 1.5 * oof_mae, (new_mae, oof_mae)
+
+
+def test_each_number_follows_from_the_fold_models(predicted, tiny_bundle):
+    bundle, table = load_bundle(tiny_bundle), predicted.table
+    folds = table[[f"fold{k}_months" for k in range(bundle.folds)]]
+    assert np.allclose(table["brain_age_months"], folds.mean(axis=1))
+    assert np.allclose(table["ensemble_sd_months"], folds.std(axis=1, ddof=1))
+    slope, intercept = bundle.bias
+    assert np.allclose(table["corrected_months"], (table["brain_age_months"] - intercept) / slope)
+    assert np.allclose(
+        table["gap_corrected_months"], table["corrected_months"] - table["age_months"]
+    )
+    radius = bundle.radius(0.8)
+    assert np.allclose(table["interval_high"] - table["corrected_months"], radius)
+    assert np.allclose(table["corrected_months"] - table["interval_low"], radius)
+    inside = (table["age_months"] - table["corrected_months"]).abs() <= radius
+    assert (table["age_in_interval"] == inside).all()
+    lobes = table[[f"delta_ae_{name}" for name in LOBES.values()]]
+    assert np.isfinite(lobes.to_numpy()).all()  # every age lies in an age group
+    summary = json.loads(predicted.layout.prediction_summary.read_text())
+    assert summary["predicted"] == len(table) and summary["level"] == 0.8
+
+
+def test_pages_and_index_link_every_subject(predicted):
+    layout = predicted.layout
+    index = layout.index.read_text()
+    for sid in predicted.table["subject_id"]:
+        assert f"pages/{sid}.html" in index
+        page = layout.subject_page(sid).read_text()
+        assert f"{sid}.png" in page and f"../qc/{sid}.png" in page
+        assert layout.subject_figure(sid).stat().st_size > 10_000
+    assert str(layout.root) not in index  # relative links: the folder can be moved
+
+
+def test_a_rerun_gives_the_same_numbers_without_preprocessing_again(
+    predicted, tiny_bundle, cohort_dir
+):
+    layout = predicted.layout
+    stamp = layout.preprocessed(predicted.table["subject_id"][0]).stat().st_mtime_ns
+    manifest = cohort_dir / "cohort.csv"
+    again = predict(tiny_bundle, manifest, layout.root, level=0.8, progress=False)
+    pd.testing.assert_frame_equal(again.table, predicted.table)
+    assert layout.preprocessed(predicted.table["subject_id"][0]).stat().st_mtime_ns == stamp
+
+
+def test_bad_scans_are_listed_and_others_go_on(tiny_bundle, cohort_dir, tmp_path):
+    cohort = pd.read_csv(cohort_dir / "cohort.csv", dtype=str, keep_default_na=False).head(3)
+    cohort["image"] = [str(cohort_dir / p) for p in cohort["image"]]
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti file")
+    extra = [
+        {
+            **cohort.iloc[0].to_dict(),
+            "subject_id": "broken",
+            "image": str(tmp_path / "broken.nii.gz"),
+        },
+        {**cohort.iloc[1].to_dict(), "subject_id": "older", "age_months": "60"},
+        {**cohort.iloc[2].to_dict(), "subject_id": "negative", "age_months": "-1"},
+    ]
+    manifest = tmp_path / "new.csv"
+    pd.concat([cohort, pd.DataFrame(extra)]).to_csv(manifest, index=False)
+    result = predict(tiny_bundle, manifest, tmp_path / "out", progress=False)
+    assert sorted(result.table["subject_id"]) == sorted([*cohort["subject_id"], "older"])
+    reasons = result.excluded.set_index("subject_id")["reason"]
+    assert "image unreadable" in reasons["broken"] and "negative" in reasons["negative"]
+    older = result.table.set_index("subject_id").loc["older"]
+    assert "age outside the training ages" in older["flags"] and not older["in_training_ages"]
+    assert np.isnan(older["delta_ae_frontal"])  # no age group: no group level to fill with
+
+
+def test_refusals(tiny_bundle, tmp_path, capsys):
+    manifest = tmp_path / "none.csv"
+    manifest.write_text("subject_id,age_months,sex,site,image\na,12,F,A,missing.nii.gz\n")
+    with pytest.raises(PredictError, match="no scan could be predicted"):
+        predict(tiny_bundle, manifest, tmp_path / "out", progress=False)
+    assert "image not found" in (tmp_path / "out" / "exclusions.csv").read_text()
+    with pytest.raises(PredictError, match="would overwrite the manifest"):
+        predict(tiny_bundle, tmp_path / "out" / "cohort.csv", tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="level"):
+        predict(tiny_bundle, manifest, tmp_path / "out2", level=1.5, progress=False)
+    code = predicting.main(
+        ["--bundle", str(tmp_path), "--data", str(manifest), "--out", str(tmp_path / "o")]
+    )
+    assert code == 2 and "no bundle.json" in capsys.readouterr().err
+    code = predicting.main(
+        [
+            "--bundle",
+            str(tiny_bundle),
+            "--data",
+            str(tmp_path / "nope.csv"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2 and "no such manifest file or DICOM folder" in capsys.readouterr().err
+
+
+def test_a_dicom_tree_is_predicted_under_pseudonyms_only(tiny_bundle, tmp_path):
+    from helpers import assert_no_identifiers, dicom_identifiers
+
+    from ctbrainage.synth import generate_cohort
+
+    generate_cohort(tmp_path / "export", n=3, seed=5, fmt="dicom", workers=2, progress=False)
+    truth = pd.read_csv(tmp_path / "export" / "cohort.csv")
+    out = tmp_path / "out"
+    result = predict(
+        tiny_bundle, tmp_path / "export" / "dicom", out, key="a-secret-key", progress=False
+    )
+    table = result.table
+    assert len(table) == 3 and table["subject_id"].str.fullmatch(r"s[0-9a-f]{12}").all()
+    assert np.allclose(sorted(table["age_months"]), sorted(truth["age_months"]), atol=0.1)
+    assert result.skipped is not None and result.skipped.empty
+    # no name, id, date or UID of the headers in any output, compressed images included
+    values = dicom_identifiers(tmp_path / "export" / "dicom")
+    values.discard("Synthetic")  # the referrer "Synthetic^Referrer": also our word for the cohort
+    assert_no_identifiers([out], values)
+    with pytest.raises(Exception, match="key"):
+        predict(tiny_bundle, tmp_path / "export" / "dicom", tmp_path / "o2", progress=False)
