@@ -405,14 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("out_dir", type=Path)
     export.add_argument("--no-progress", action="store_true")
     check = commands.add_parser("check", help="verify a bundle and describe it")
-    check.add_argument("bundle", type=Path)
+    check.add_argument("bundle_dir", type=Path, metavar="BUNDLE")
     args = parser.parse_args(argv)
     try:
         if args.command == "export":
             out = export_bundle(run_profile(args.run_dir), args.out_dir, not args.no_progress)
             print(describe(load_bundle(out)))
         else:
-            print(describe(load_bundle(args.bundle)))
+            print(describe(load_bundle(args.bundle_dir)))
     except (BundleError, ProfileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -312,6 +312,17 @@ class RunLayout:
     def random_label_log_name(self) -> str:
         return "fold0_random_labels"
 
+    # ---- step 09: new scans ------------------------------------------------------------------
+    @property
+    def bundle_dir(self) -> Path:
+        """The run exported as a bundle (:mod:`ctbrainage.bundle`)."""
+        return self.root / "bundle"
+
+    @property
+    def new_scans_dir(self) -> Path:
+        """Brain age of new scans with the run's bundle: a folder laid out like a run."""
+        return self.root / "new_scans"
+
     # ---- new scans (ctbrainage.predict): a folder laid out like a run -----------------------
     @property
     def dicom_manifest(self) -> Path:

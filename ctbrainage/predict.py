@@ -110,7 +110,7 @@ def predict(
     write_table(layout.predictions, table)
     excluded = read_exclusions(layout)
     summary = {
-        "bundle": str(bundle.root),
+        "bundle_path": str(bundle.root),
         "bundle_created": bundle.info["created"],
         "level": level,
         "radius_months": radius,

@@ -148,3 +148,28 @@ def test_a_dicom_tree_is_predicted_under_pseudonyms_only(tiny_bundle, tmp_path):
     assert_no_identifiers([out], values)
     with pytest.raises(Exception, match="key"):
         predict(tiny_bundle, tmp_path / "export" / "dicom", tmp_path / "o2", progress=False)
+
+
+def test_step_09_exports_the_bundle_and_predicts_a_new_synthetic_cohort(tiny_run, tmp_path):
+    import dataclasses
+    import shutil
+
+    from ctbrainage.layout import BundleLayout
+    from ctbrainage.steps import s09_new_scans
+
+    run_dir = shutil.copytree(tiny_run.run_path, tmp_path / "run")
+    profile = dataclasses.replace(tiny_run, run_dir=str(run_dir))
+    assert not s09_new_scans.is_fresh(profile, new_subjects=3)
+    result = s09_new_scans.run(profile, new_subjects=3, progress=False)
+    layout = RunLayout(run_dir)
+    assert BundleLayout(layout.bundle_dir).manifest.exists() and result.synthetic
+    new = pd.read_csv(RunLayout(layout.new_scans_dir).synthetic.manifest)
+    assert len(new) == 3 and set(result.prediction.table["subject_id"]) == set(new["subject_id"])
+    ours = pd.read_csv(layout.cohort)
+    assert not set(new["age_months"]) & set(ours["age_months"])  # another seed: other children
+    accuracy = result.accuracy()
+    table = result.prediction.table
+    assert accuracy["mae_months"] == pytest.approx(table["gap_months"].abs().mean())
+    assert accuracy["coverage"] == table["age_in_interval"].mean() and accuracy["level"] == 0.9
+    assert s09_new_scans.is_fresh(profile, new_subjects=3)
+    assert not s09_new_scans.is_fresh(profile, new_subjects=3, level=0.8)

@@ -32,7 +32,7 @@ from ctbrainage.plots.inputs import (
     qc_montage,
     synthetic_cohort_figure,
 )
-from ctbrainage.plots.new_scans import new_scan_figure
+from ctbrainage.plots.new_scans import new_cohort_figure, new_scan_figure
 
 __all__ = [
     "group_maps_figure",
@@ -53,6 +53,7 @@ __all__ = [
     "learning_curves",
     "lobe_overlay_montage",
     "lobe_volumes_vs_age",
+    "new_cohort_figure",
     "new_scan_figure",
     "perturbed_slices",
     "planted_vs_measured",

@@ -75,3 +75,66 @@ def new_scan_figure(
     if title:
         fig.suptitle(title)
     return save(fig, out)
+
+
+def new_cohort_figure(out_of_fold: pd.DataFrame, table: pd.DataFrame, edges, out=None):
+    """Left: every new scan's bias-corrected brain age (with its interval) on the training
+    cohort's out-of-fold cloud; red when the chronological age lies outside the interval.
+    Right: mean lobe ΔAE of the new scans per age group."""
+    from ctbrainage.cohort import age_group
+    from ctbrainage.labels import LOBES
+
+    fig, (cloud, bars) = plt.subplots(
+        1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.2, 1]}, constrained_layout=True
+    )
+    cloud.scatter(
+        out_of_fold["age_months"],
+        out_of_fold["corrected_months"],
+        s=8,
+        c="0.75",
+        label="training cohort (out-of-fold)",
+    )
+    inside = table["age_in_interval"].astype(bool)
+    for mask, colour, label in (
+        (inside, "#2c7fb8", "age within the interval"),
+        (~inside, "#c0392b", "age outside the interval"),
+    ):
+        part = table[mask]
+        if part.empty:
+            continue
+        error = [
+            part["corrected_months"] - part["interval_low"],
+            part["interval_high"] - part["corrected_months"],
+        ]
+        cloud.errorbar(
+            part["age_months"],
+            part["corrected_months"],
+            yerr=error,
+            fmt="o",
+            ms=4,
+            color=colour,
+            alpha=0.8,
+            elinewidth=0.6,
+            label=label,
+        )
+    hi = max(float(out_of_fold["age_months"].max()), float(table["age_months"].max())) * 1.05
+    cloud.plot([0, hi], [0, hi], color="0.4", lw=1)
+    cloud.set(
+        xlabel="chronological age (months)",
+        ylabel="brain age, bias-corrected (months)",
+        xlim=(0, hi),
+        title=f"{len(table)} new scans",
+    )
+    cloud.legend(loc="upper left", fontsize=8)
+    columns = {f"delta_ae_{name}": name for name in LOBES.values()}
+    groups = age_group(table["age_months"], edges)
+    means = table[list(columns)].groupby(groups, observed=True).mean().rename(columns=columns)
+    if len(means):
+        means.plot.bar(ax=bars, color=[LOBE_COLOURS[n] for n in means.columns], rot=0)
+        bars.axhline(0, color="0.3", lw=1)
+        bars.set(
+            xlabel="age group (months)",
+            ylabel="mean ΔAE (months)",
+            title="lobe importance (group_level fill)",
+        )
+    return save(fig, out)

@@ -31,6 +31,7 @@ NOTEBOOKS = {  # the steps' names (ctbrainage.steps): notebook NN runs step NN
     5: "05_perturbation",
     6: "06_stats_figures",
     7: "07_attribution",
+    9: "09_new_scans",  # on request (--to 9): brain age of new scans with the run's bundle
 }
 FOLD_STEP = 3
 # set by the driver from its options; never through -p
@@ -62,7 +63,7 @@ class Options:
     gpus: tuple[int, ...] = ()  # fold k trains on gpus[k % len(gpus)]; empty = CPU
     folds: tuple[int, ...] | None = None  # None = every fold of the profile
     first: int = 1  # first notebook to run (1–7)
-    last: int = 7  # last notebook to run
+    last: int = 7  # last notebook to run (09, new scans, runs only when asked: --to 9)
     executor: Literal["local", "slurm"] = "local"  # where the per-fold notebooks run
     jobs: int = 0  # folds at once; 0 = one per GPU, or max(1, cores // 4) on CPU
     figures: str = ""  # 04, 06 and 07 also save their figures here
@@ -226,13 +227,17 @@ def _default_jobs(options: Options, folds: int) -> int:
 
 def make_plan(options: Options) -> Plan:
     """Check everything (raises UsageError / ProfileError) and lay out the steps."""
-    if not 1 <= options.first <= options.last <= len(NOTEBOOKS):
-        raise UsageError(f"--from/--to must satisfy 1 <= from <= to <= {len(NOTEBOOKS)}")
+    if not 1 <= options.first <= options.last <= max(NOTEBOOKS):
+        raise UsageError(f"--from/--to must satisfy 1 <= from <= to <= {max(NOTEBOOKS)}")
     if options.executor not in ("local", "slurm"):
         raise UsageError(f"unknown executor {options.executor!r}; use local or slurm")
     if options.data and not Path(options.data).expanduser().is_file():
         raise UsageError(f"--data: no such file {options.data!r}")
-    numbers = range(options.first, options.last + 1)
+    numbers = [n for n in NOTEBOOKS if options.first <= n <= options.last]
+    if not numbers:
+        raise UsageError(
+            f"no step from {options.first} to {options.last}; steps: {list(NOTEBOOKS)}"
+        )
     declared = {n: declared_parameters(NOTEBOOK_DIR / f"{NOTEBOOKS[n]}.ipynb") for n in numbers}
     base = load_profile(_profile_arg(options.profile))
     notebook_params, overrides = _route(options.parameters, declared, base.to_dict())
@@ -293,7 +298,7 @@ def _step_parameters(
             for k in folds
         ]
     own: dict[str, Any] = {}
-    if n in (5, 7):
+    if n in (5, 7, 9):
         own["gpu"] = gpus[0] if gpus else -1
     if n in (4, 6, 7):
         own["figures_dir"] = _absolute(options.figures)

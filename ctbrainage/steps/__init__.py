@@ -11,6 +11,7 @@ step   module                      writes
 06     ``s06_stats``               lobe_age_tests.csv, lobe_age_windows.csv, table1.*,
                                    recovery.json
 07     ``s07_attribution``         attribution*.csv, attribution_maps.npz, attribution_parts/
+09     ``s09_new_scans``           bundle/, new_scans/ (a folder of new scans laid out like a run)
 =====  ==========================  ==================================================
 
 Every step also writes its exclusions into ``exclusions.csv`` and its record into ``records/``.
@@ -31,6 +32,7 @@ MODULES = {
     5: "s05_perturbation",
     6: "s06_stats",
     7: "s07_attribution",
+    9: "s09_new_scans",
 }
 
 

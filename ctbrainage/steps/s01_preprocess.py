@@ -106,7 +106,7 @@ def run(profile: Profile, progress: bool = True) -> Result:
     """Generate (synthetic runs), validate and preprocess the cohort; see the module docstring."""
     layout = RunLayout(profile.run_path)
     if not profile.data:
-        _generate(profile, progress)
+        generate_synthetic(profile, progress=progress)
     record, settings, files = STEP.record(layout), STEP.settings_of(profile), inputs(profile)
     if up_to_date(record, settings, STEP.version, files, outputs(profile)):
         return _read(profile)
@@ -129,14 +129,22 @@ def _read(profile: Profile) -> Result:
     return Result(cohort, table, excluded[excluded["step"] == STEP.name].reset_index(drop=True))
 
 
-def _generate(profile: Profile, progress: bool) -> None:
+def generate_synthetic(
+    profile: Profile,
+    root: Path | None = None,
+    n: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> None:
+    """The profile's synthetic cohort (its ``synth`` settings) into ``root`` (default: the run's
+    ``synthetic/``), with ``n`` subjects and ``seed`` when given (default: the profile's)."""
     from ctbrainage.synth import generate_cohort
 
     synth = profile.synth
     generate_cohort(
-        RunLayout(profile.run_path).synthetic.root,
-        n=synth.n,
-        seed=profile.seed,
+        root or RunLayout(profile.run_path).synthetic.root,
+        n=synth.n if n is None else n,
+        seed=profile.seed if seed is None else seed,
         schedule=synth.schedule,
         mode=synth.mode,
         fmt=synth.format,
