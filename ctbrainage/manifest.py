@@ -175,11 +175,8 @@ def _read_tree(root: Path, progress: bool, ignore: set[Path]) -> tuple[list[_Hea
     """The headers of the DICOM files under ``root`` (less ``ignore``, absolute paths), and a
     skipped row for every other file."""
     paths = sorted(p for p in root.rglob("*") if p.is_file() and p.absolute() not in ignore)
-    # shown from the first update on, so that it never shows the bar's default unit
-    bar = progress_bar(paths, desc="DICOM headers", progress=progress, delay=0.1)
-    bar.unit = "file"
     headers, skipped = [], []
-    for path in bar:
+    for path in progress_bar(paths, desc="DICOM headers", progress=progress, unit="file"):
         rel = path.relative_to(root)
         found = _read_header(path, rel)
         if isinstance(found, str):
@@ -443,8 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     studies = (set(manifest["subject_id"]) | set(skipped["subject_id"])) - {""}
+    noun = "study" if len(studies) == 1 else "studies"
     print(
-        f"{len(studies)} studies → {len(manifest)} subjects in {args.out}; {len(skipped)}"
+        f"{len(studies)} {noun} → {len(manifest)} subjects in {args.out}; {len(skipped)}"
         f" series/files skipped (see {skipped_path(args.out)})"
     )
     return 0 if len(manifest) else 1

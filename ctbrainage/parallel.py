@@ -46,11 +46,11 @@ def map_subjects(
 
 
 def progress_bar(iterable=None, *, desc: str, progress: bool = True, **kwargs) -> tqdm:
-    """A progress bar over subjects, unless ``progress`` is False or the environment variable
-    ``TQDM_DISABLE`` is set (run_all.py sets it for the notebooks it executes; tqdm's notebook
-    bars would not read it themselves)."""
+    """A progress bar over subjects (``unit`` may say otherwise), unless ``progress`` is False
+    or the environment variable ``TQDM_DISABLE`` is set (run_all.py sets it for the notebooks
+    it executes; tqdm's notebook bars would not read it themselves)."""
     hidden = not progress or os.environ.get("TQDM_DISABLE", "0") not in ("", "0")
-    return tqdm(iterable, desc=desc, unit="subject", disable=hidden, **kwargs)
+    return tqdm(iterable, desc=desc, disable=hidden, **{"unit": "subject", **kwargs})
 
 
 def _one_thread_each() -> None:

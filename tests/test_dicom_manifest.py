@@ -377,7 +377,7 @@ def test_a_tree_without_a_head_ct_fails_with_its_skipped_table(tree, tmp_path, c
     out = root / "cohort.csv"  # inside the tree: not read as input on a rerun
     for _ in range(2):
         assert mf.main([str(root), "--out", str(out), "--key", KEY, "--no-progress"]) == 1
-        assert "1 studies → 0 subjects" in capsys.readouterr().out
+        assert "1 study → 0 subjects" in capsys.readouterr().out
         assert pd.read_csv(out).empty
         skipped = pd.read_csv(mf.skipped_path(out), dtype=str, keep_default_na=False)
         assert skipped["reason"].tolist() == [mf.NO_SERIES, "modality MR"]  # study, series
