@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -77,10 +78,24 @@ class Bundle:
     def training_ages(self) -> tuple[float, float]:
         return tuple(self.info["cohort"]["age_months_range"])
 
+    @property
+    def scaler(self):
+        """Network output ↔ months, as in training (the profile's age range)."""
+        from ctbrainage.data import AgeScaler
+
+        return AgeScaler(*self.profile.age_range_months)
+
     def radius(self, level: float) -> float:
-        """The split-conformal half-width (months) around a bias-corrected brain age."""
-        oof = self.out_of_fold
-        return evaluate.conformal_radius(oof["age_months"] - oof["corrected_months"], level)
+        """The split-conformal half-width (months) around a bias-corrected brain age; a
+        :class:`BundleError` when the run has too few subjects for ``level``."""
+        radius = evaluate.conformal_radius(_residuals(self.out_of_fold), level)
+        if radius == float("inf"):
+            n = len(self.out_of_fold)
+            raise BundleError(
+                f"a {level:.0%} interval needs more than the run's {n} out-of-fold predictions; "
+                f"the highest level they allow is {n / (n + 1):.0%}"
+            )
+        return radius
 
     def coverage(self, level: float) -> dict[str, float]:
         """The interval's coverage measured on the training run (each fold calibrated on the
@@ -141,11 +156,19 @@ def export_bundle(profile: Profile, out_dir: str | Path, progress: bool = True) 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not BundleLayout(out).manifest.exists():
         raise BundleError(f"{out} exists and is not a bundle: choose an empty or new folder")
+    from ctbrainage.steps import s01_preprocess, s02_lobes
+
     layout = RunLayout(profile.run_path)
     try:
         predictions = s03_train.predictions(profile)
     except FileNotFoundError as err:
         raise BundleError(f"run {layout.root}: {err}") from None
+    stale = [m.STEP.name for m in (s01_preprocess, s02_lobes) if not m.is_fresh(profile)]
+    if stale:  # this code would preprocess new scans otherwise than the models' inputs were
+        raise BundleError(
+            f"run {layout.root}: {', '.join(stale)} is out of date with this installation or its "
+            "inputs; run it and retrain first (python run_all.py --to 3)"
+        )
     oof, line = _out_of_fold(predictions)
     levels = _group_levels(profile, predictions, progress)
     info = {
@@ -155,20 +178,11 @@ def export_bundle(profile: Profile, out_dir: str | Path, progress: bool = True) 
         "packages": _packages(),
         "run": _run_record(layout),
         "training_data": "user manifest" if profile.data else "embedded synthetic cohort",
-        "age_range_months": list(profile.age_range_months),
         "age_group_edges": list(profile.age_group_edges),
         "bias": line,
         "metrics": _metrics(predictions, profile.seed),
         "by_age_group": _by_age_group(predictions, profile.age_group_edges),
-        "intervals": {
-            str(level): {
-                "radius_months": evaluate.conformal_radius(
-                    oof["age_months"] - oof["corrected_months"], level
-                ),
-                **evaluate.cross_fold_coverage(oof, level, "corrected_months"),
-            }
-            for level in LEVELS
-        },
+        "intervals": _intervals(oof),
         "cohort": _cohort_summary(layout, predictions),
     }
     portable = replace(profile, run_dir="", data="")  # no path of the training machine
@@ -187,8 +201,32 @@ def export_bundle(profile: Profile, out_dir: str | Path, progress: bool = True) 
             for p in sorted(tmp.rglob("*"))
             if p.is_file()
         }
+        info["digest"] = _digest(info)  # bundle.json's own checksum
         bundle.manifest.write_text(json.dumps(info, indent=1) + "\n")
     return out
+
+
+def _residuals(out_of_fold: pd.DataFrame) -> pd.Series:
+    """Age − bias-corrected brain age: the interval's calibration scores."""
+    return out_of_fold["age_months"] - out_of_fold["corrected_months"]
+
+
+def _intervals(oof: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Half-width and coverage on the run of each of :data:`LEVELS` that the run allows."""
+    out = {}
+    for level in LEVELS:
+        radius = evaluate.conformal_radius(_residuals(oof), level)
+        if radius < float("inf"):
+            coverage = evaluate.cross_fold_coverage(oof, level, "corrected_months")
+            out[str(level)] = {"radius_months": radius, **coverage}
+    return out
+
+
+def _digest(info: dict[str, Any]) -> str:
+    """SHA-256 of the record without its digest (canonical JSON)."""
+    from ctbrainage.freshness import settings_hash
+
+    return settings_hash({k: v for k, v in info.items() if k != "digest"})
 
 
 def _out_of_fold(predictions: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -237,7 +275,11 @@ def _cohort_summary(layout: RunLayout, predictions: pd.DataFrame) -> dict[str, A
     ages = predictions["age_months"]
     return {
         "subjects": len(predictions),
-        "age_months_range": [round(float(ages.min()), 1), round(float(ages.max()), 1)],
+        # widened to 0.1 month, so that no training age lies outside the stored range
+        "age_months_range": [
+            math.floor(float(ages.min()) * 10) / 10,
+            math.ceil(float(ages.max()) * 10) / 10,
+        ],
         "age_months_mean": round(float(ages.mean()), 1),
         "sex": {k or "unknown": int(v) for k, v in cohort["sex"].value_counts().items()},
         "sites": {k or "unknown": int(v) for k, v in cohort["site"].value_counts().items()},
@@ -347,6 +389,10 @@ def load_bundle(path: str | Path) -> Bundle:
         files, recorded = info["files"], info["versions"]
     except (ValueError, KeyError, TypeError) as err:
         raise BundleError(f"corrupt bundle {root}: bundle.json is unreadable ({err})") from None
+    if info.get("digest") != _digest(info):
+        raise BundleError(
+            f"corrupt bundle {root}: bundle.json does not match its checksum (damaged or edited)"
+        )
     current = code_versions()
     different = {k: (recorded.get(k), v) for k, v in current.items() if recorded.get(k) != v}
     if different:
@@ -382,15 +428,20 @@ def describe(bundle: Bundle) -> str:
     """A few lines about a bundle (``check``, the notebook)."""
     info, cohort = bundle.info, bundle.info["cohort"]
     mae = info["metrics"]["mae"]
-    level = info["intervals"][str(DEFAULT_LEVEL)]
+    level = info["intervals"].get(str(DEFAULT_LEVEL))
+    interval = (
+        f"{DEFAULT_LEVEL:.0%} interval ±{level['radius_months']:.1f} months, coverage on the run "
+        f"{level['coverage']:.1%}"
+        if level
+        else f"too few subjects for a {DEFAULT_LEVEL:.0%} interval"
+    )
     return (
-        f"bundle {bundle.root}: {bundle.folds} × {bundle.profile.model.arch}, profile "
+        f"bundle {bundle.root.name}: {bundle.folds} × {bundle.profile.model.arch}, profile "
         f"{bundle.profile.name}, made {info['created']}\n"
         f"trained on {cohort['subjects']} children ({info['training_data']}), "
         f"{cohort['age_months_range'][0]}–{cohort['age_months_range'][1]} months\n"
         f"out-of-fold MAE {mae['value']:.2f} months (95 % CI {mae['low']:.2f}–{mae['high']:.2f}); "
-        f"{DEFAULT_LEVEL:.0%} interval ±{level['radius_months']:.1f} months, "
-        f"coverage on the run {level['coverage']:.1%}"
+        f"{interval}"
     )
 
 

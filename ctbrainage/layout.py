@@ -330,11 +330,6 @@ class RunLayout:
         return self.root / "dicom_manifest.csv"
 
     @property
-    def dicom_skipped(self) -> Path:
-        """The DICOM series and files the manifest builder left out, with the reason."""
-        return self.root / "dicom_manifest_skipped.csv"
-
-    @property
     def prediction_summary(self) -> Path:
         """The bundle used, the interval's level and radius, timings."""
         return self.root / "prediction.json"

@@ -58,12 +58,16 @@ MANIFEST_COLUMNS = [
 ]
 SKIPPED_COLUMNS = ["subject_id", "series", "path", "files", "modality", "reason"]
 NOT_DICOM = "not a DICOM file"
+WITHHELD = "(name withheld: it holds a header identifier or a UID)"
+_UID_LIKE = re.compile(r"\d+(\.\d+){4,}")  # 1.2.840.113619....: a DICOM UID in a file name
 NO_SERIES = "no axial head CT series in the study"
 # the header fields read: grouping, selection, geometry, age and sex; nothing else
 _TAGS = [
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "PatientID",
+    "PatientName",
+    "SOPInstanceUID",
     "PatientBirthDate",
     "StudyDate",
     "PatientAge",
@@ -91,6 +95,8 @@ class _Header:
     study: str
     series: str
     patient: str
+    name: str  # PatientName
+    sop: str  # SOPInstanceUID
     birth: str
     date: str
     age: str
@@ -142,6 +148,17 @@ def build_manifest(
         if row is not None:
             image = os.path.relpath(root.absolute() / row.pop("folder"), base)
             rows.append({**row, "site": site, "image": Path(image).as_posix()})
+    secrets = _identifying_values(headers)
+    named = sum(_names_someone(row["image"], secrets) for row in rows)
+    if named:
+        raise BuildError(
+            f"{named} series folder(s) under {root} are named with header identifiers (patient "
+            "ID or name, dates or UIDs), which the manifest would carry: rename them, or export "
+            "with de-identified folder names, and build the manifest again"
+        )
+    for row in skipped:
+        if _names_someone(row["path"], secrets):
+            row["path"] = WITHHELD
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest = manifest.sort_values(["image", "subject_id"], ignore_index=True)
     skipped_table = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
@@ -151,6 +168,21 @@ def build_manifest(
     atomic_write_text(out_csv, manifest.to_csv(index=False))
     atomic_write_text(skipped_path(out_csv), skipped_table.to_csv(index=False))
     return manifest, skipped_table
+
+
+def _identifying_values(headers: list[_Header]) -> set[str]:
+    """The header values no path may show (lower case; parts of names of 3+ characters)."""
+    values = set()
+    for h in headers:
+        values |= {h.patient, h.birth, h.date, h.study, h.series, h.sop}
+        values |= {part for part in re.split(r"[\^\s]+", h.name) if len(part) >= 3}
+    return {v.lower() for v in values if len(v) >= 3}
+
+
+def _names_someone(path: str, secrets: set[str]) -> bool:
+    """Whether a relative path shows a header identifier or a UID."""
+    text = path.lower()
+    return bool(_UID_LIKE.search(text)) or any(secret in text for secret in secrets)
 
 
 def _check_key(key: str | None) -> str:
@@ -265,6 +297,8 @@ def _header(ds: Dataset, rel: Path) -> _Header:
         study=_text(ds, "StudyInstanceUID"),
         series=_text(ds, "SeriesInstanceUID"),
         patient=_text(ds, "PatientID"),
+        name=_text(ds, "PatientName"),
+        sop=_text(ds, "SOPInstanceUID"),
         birth=_text(ds, "PatientBirthDate"),
         date=_text(ds, "StudyDate"),
         age=_text(ds, "PatientAge"),

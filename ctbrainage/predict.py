@@ -28,10 +28,9 @@ import numpy as np
 import pandas as pd
 
 from ctbrainage.atomic import atomic_write_text
-from ctbrainage.bundle import DEFAULT_LEVEL, Bundle, BundleError, load_bundle
+from ctbrainage.bundle import DEFAULT_LEVEL, Bundle, BundleError, code_versions, load_bundle
 from ctbrainage.cohort import ManifestError
 from ctbrainage.config import Profile
-from ctbrainage.data import AgeScaler
 from ctbrainage.evaluate import correct_bias
 from ctbrainage.labels import LOBES
 from ctbrainage.layout import RunLayout
@@ -45,7 +44,9 @@ from ctbrainage.steps.contract import (
     write_table,
 )
 
-STEP = Step("09_new_scans", settings=(), version="1")  # its exclusions: scans the models failed on
+# its exclusions are the scans the models failed on; its version changes with the code that
+# decides a prediction, so that a run's step 09 is redone when any of it changes
+STEP = Step("09_new_scans", settings=(), version="1/" + "/".join(code_versions().values()))
 
 
 class PredictError(ValueError):
@@ -102,15 +103,16 @@ def predict(
         raise PredictError(str(err)) from None
     s02_lobes.run(profile, progress=progress)
     cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str, "sex": str, "site": str})
+    cohort[["sex", "site"]] = cohort[["sex", "site"]].fillna("")
     ids = kept_subjects(layout, STEP)
     rows, errors = _predict_subjects(bundle, profile, cohort, ids, level, radius, gpu, progress)
     reasons, _ = failures(errors)
     write_exclusions(layout, STEP, reasons)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=None if rows else ["subject_id"])
     write_table(layout.predictions, table)
     excluded = read_exclusions(layout)
     summary = {
-        "bundle_path": str(bundle.root),
+        "bundle_name": bundle.root.name,
         "bundle_created": bundle.info["created"],
         "level": level,
         "radius_months": radius,
@@ -123,7 +125,7 @@ def predict(
     atomic_write_text(layout.prediction_summary, json.dumps(summary, indent=1) + "\n")
     from ctbrainage.report import write_prediction_report
 
-    write_prediction_report(layout, bundle, table, summary, progress=progress)
+    write_prediction_report(layout, bundle, table, summary, skipped, progress=progress)
     if table.empty:
         raise PredictError(
             f"no scan could be predicted; every one is listed with its reason in "
@@ -161,12 +163,12 @@ def _predict_subjects(bundle, profile, cohort, ids, level, radius, gpu, progress
     import torch
 
     from ctbrainage.loaders import subject_arrays
-    from ctbrainage.perturb import perturb_subject, prepare_model
+    from ctbrainage.perturb import delta_ae, perturb_subject, prepare_model
 
     layout = RunLayout(profile.run_path)
     device = torch.device("cpu" if gpu is None else f"cuda:{gpu}")
     models = [prepare_model(m, device) for m in bundle.models()]
-    scaler = AgeScaler(*bundle.info["age_range_months"])
+    scaler = bundle.scaler
     slope, intercept = bundle.bias
     low, high = bundle.training_ages
     by_id = cohort.set_index("subject_id")
@@ -199,7 +201,7 @@ def _predict_subjects(bundle, profile, cohort, ids, level, radius, gpu, progress
         masked = scaler.to_months(np.stack([o.masked[:, 0] for o in outputs])).mean(axis=0)
         brain_age = float(whole.mean())
         corrected = float(correct_bias(brain_age, slope, intercept))
-        delta = np.abs(masked - age) - abs(brain_age - age)
+        delta = delta_ae(age, brain_age, masked)
         flags = []
         if not low <= age <= high:
             flags.append(f"age outside the training ages ({low:g}-{high:g} months)")
@@ -216,7 +218,7 @@ def _predict_subjects(bundle, profile, cohort, ids, level, radius, gpu, progress
                 "corrected_months": corrected,
                 "gap_months": brain_age - age,
                 "gap_corrected_months": corrected - age,
-                "interval_low": corrected - radius,
+                "interval_low": max(0.0, corrected - radius),  # no age is below 0
                 "interval_high": corrected + radius,
                 "level": level,
                 "age_in_interval": bool(abs(corrected - age) <= radius),
@@ -248,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--key",
         default=os.environ.get("CTBRAINAGE_KEY"),
-        help="DICOM tree only: the secret key of the pseudonyms (or env CTBRAINAGE_KEY)",
+        help="DICOM tree only: the secret key of the pseudonyms; safer in the environment "
+        "variable CTBRAINAGE_KEY (a command line is visible to other users)",
     )
     parser.add_argument("--workers", type=int, default=0, help="processes; 0 = every core")
     parser.add_argument("--gpu", type=int, default=None, help="CUDA device for the models")

@@ -232,10 +232,16 @@ PREDICTION_COLUMNS = {  # predictions.csv column → heading on the index page
 
 
 def write_prediction_report(
-    layout: RunLayout, bundle, table: pd.DataFrame, summary: dict, progress: bool = True
+    layout: RunLayout,
+    bundle,
+    table: pd.DataFrame,
+    summary: dict,
+    skipped: pd.DataFrame | None = None,
+    progress: bool = True,
 ) -> Path:
     """One page per predicted scan (its figure, QC image and numbers) and ``index.html``
-    listing every scan, the exclusions and the DICOM series left out; returns the index."""
+    listing every scan, the exclusions and (``skipped``) the DICOM series and files left out;
+    pages of scans not in ``table`` (an earlier run's) are removed. Returns the index."""
     import matplotlib.pyplot as plt
 
     from ctbrainage.bundle import describe
@@ -244,6 +250,13 @@ def write_prediction_report(
     from ctbrainage.plots import new_scan_figure
 
     level = f"{summary['level']:.0%}"
+    current = {
+        p
+        for sid in table["subject_id"]
+        for p in (layout.subject_page(sid), layout.subject_figure(sid))
+    }
+    for old in set(layout.pages_dir.glob("*")) - current if layout.pages_dir.exists() else ():
+        old.unlink()
     for row in progress_bar(table.to_dict("records"), desc="report pages", progress=progress):
         sid = row["subject_id"]
         lobes = {name: row[f"delta_ae_{name}"] for name in LOBES.values()}
@@ -277,7 +290,7 @@ def write_prediction_report(
         f"<a href='{_href(layout, layout.predictions)}'>predictions.csv</a>.</p>",
         f"<table><tr>{head}</tr>{rows}</table>" if len(table) else "<p>No scan predicted.</p>",
         _exclusions(layout.exclusions),
-        _skipped(layout.dicom_skipped),
+        _skipped(skipped),
     ]
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -302,7 +315,10 @@ def _subject_page(layout: RunLayout, row: dict, level: str) -> str:
     facts = [
         ("chronological age", f"{row['age_months']:.1f} months"),
         ("brain age (bias-corrected)", f"{row['corrected_months']:.1f} months"),
-        (f"{level} interval", f"{row['interval_low']:.1f} – {row['interval_high']:.1f} months"),
+        (
+            f"chronological ages consistent with this scan ({level} interval)",
+            f"{row['interval_low']:.1f} – {row['interval_high']:.1f} months",
+        ),
         ("brain-age gap (corrected)", f"{row['gap_corrected_months']:+.1f} months"),
         ("age within the interval", "yes" if row["age_in_interval"] else "no"),
         ("raw ensemble brain age", f"{row['brain_age_months']:.1f} months"),
@@ -333,10 +349,7 @@ def _subject_page(layout: RunLayout, row: dict, level: str) -> str:
     )
 
 
-def _skipped(path: Path) -> str:
-    if not path.exists():
-        return ""
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if table.empty:
+def _skipped(table: pd.DataFrame | None) -> str:
+    if table is None or table.empty:
         return ""
     return f"<h2>DICOM series and files not used ({len(table)})</h2>" + table.to_html(index=False)

@@ -92,9 +92,33 @@ def test_a_bundle_of_other_code_versions_is_refused(tiny_bundle, tmp_path):
     path = BundleLayout(root).manifest
     info = json.loads(path.read_text())
     info["versions"]["preprocess"] = "preprocess0"
+    info["digest"] = bundles._digest(info)  # a consistent record from another version
     path.write_text(json.dumps(info))
     with pytest.raises(BundleError, match="preprocess: bundle preprocess0, installed preprocess"):
         load_bundle(root)
+
+
+def test_an_edited_record_and_an_impossible_level_are_refused(tiny_bundle, tmp_path):
+    root = copy(tiny_bundle, tmp_path)
+    bundle = load_bundle(root)
+    n = len(bundle.out_of_fold)  # 12 subjects: a 95 % interval needs at least 19
+    assert "0.95" not in bundle.info["intervals"] and "0.8" in bundle.info["intervals"]
+    with pytest.raises(BundleError, match=f"the highest level they allow is {n / (n + 1):.0%}"):
+        bundle.radius(0.95)
+    path = BundleLayout(root).manifest
+    info = json.loads(path.read_text())
+    info["bias"]["intercept"] += 1.0
+    path.write_text(json.dumps(info))
+    with pytest.raises(BundleError, match="bundle.json does not match its checksum"):
+        load_bundle(root)
+
+
+def test_a_run_with_stale_lobe_labels_is_not_exported(tiny_run, tmp_path):
+    # the lobes would be made otherwise for new scans than for the run's group levels
+    lobes = dataclasses.replace(tiny_run.lobes, method="auto")
+    profile = dataclasses.replace(tiny_run, lobes=lobes)
+    with pytest.raises(BundleError, match="02_lobes is out of date"):
+        export_bundle(profile, tmp_path / "bundle", progress=False)
 
 
 def test_a_corrupt_or_missing_file_is_refused(tiny_bundle, tmp_path):

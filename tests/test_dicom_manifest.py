@@ -412,3 +412,18 @@ def test_python_dash_m_runs_the_command(tree):
     assert done.returncode == 0, done.stderr
     assert "5 subjects" in done.stdout
     assert out.read_bytes() == tree["out"].read_bytes()
+
+
+def test_paths_that_show_identifiers_are_refused_or_withheld(tmp_path):
+    root = tmp_path / "export"
+    _write(root / "study1" / "ct", 12, seed="P1", pid="MRN-778812")
+    (root / "junk").mkdir()
+    (root / "junk" / "1.2.840.113619.2.55.3.2831.dcm").write_bytes(b"not a DICOM file at all")
+    manifest, skipped = mf.build_manifest(root, tmp_path / "ok.csv", KEY, progress=False)
+    assert len(manifest) == 1
+    assert list(skipped["path"]) == [mf.WITHHELD]  # the UID-named junk file
+    assert "113619" not in (tmp_path / "ok_skipped.csv").read_text()
+    _write(root / "MRN-778812" / "ct", 12, seed="P2", pid="MRN-778812")  # a folder named by ID
+    with pytest.raises(mf.BuildError, match=r"1 series folder\(s\) .* are named with header"):
+        mf.build_manifest(root, tmp_path / "bad.csv", KEY, progress=False)
+    assert not (tmp_path / "bad.csv").exists()

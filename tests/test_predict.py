@@ -12,6 +12,7 @@ from ctbrainage import predict as predicting
 from ctbrainage.bundle import load_bundle
 from ctbrainage.labels import LOBES
 from ctbrainage.layout import RunLayout
+from ctbrainage.manifest import BuildError
 from ctbrainage.predict import PredictError, predict
 
 
@@ -45,13 +46,50 @@ def test_each_number_follows_from_the_fold_models(predicted, tiny_bundle):
     )
     radius = bundle.radius(0.8)
     assert np.allclose(table["interval_high"] - table["corrected_months"], radius)
-    assert np.allclose(table["corrected_months"] - table["interval_low"], radius)
     inside = (table["age_months"] - table["corrected_months"]).abs() <= radius
     assert (table["age_in_interval"] == inside).all()
+    assert (table["interval_low"] >= 0).all()  # clipped: no age is below 0
+    low = (table["corrected_months"] - radius).clip(lower=0)
+    assert np.allclose(table["interval_low"], low)
     lobes = table[[f"delta_ae_{name}" for name in LOBES.values()]]
     assert np.isfinite(lobes.to_numpy()).all()  # every age lies in an age group
     summary = json.loads(predicted.layout.prediction_summary.read_text())
     assert summary["predicted"] == len(table) and summary["level"] == 0.8
+
+
+def test_fold_predictions_and_lobe_delta_ae_are_the_models_outputs(predicted, tiny_bundle):
+    import torch
+
+    from ctbrainage.loaders import subject_arrays
+    from ctbrainage.perturb import fill_baseline
+
+    bundle, table = load_bundle(tiny_bundle), predicted.table
+    row = table.iloc[0]
+    volume, labels = subject_arrays(predicted.layout, row["subject_id"])
+    x = torch.from_numpy(volume)[None, None]
+    models = bundle.models()
+    with torch.inference_mode():
+        whole = [float(bundle.scaler.to_months(float(m(x)))) for m in models]
+    assert np.allclose([row[f"fold{k}_months"] for k in range(len(models))], whole, atol=1e-3)
+    # frontal set to its age group's training level, through every model: ΔAE of the mean
+    levels = bundle.levels_for(row["age_months"])
+    filled = fill_baseline(
+        volume,
+        labels,
+        0,
+        subject_id=row["subject_id"],
+        seed=bundle.profile.seed,
+        fill="group_level",
+        lobes=(1,),
+        levels=levels,
+    )
+    frontal = torch.where(torch.from_numpy(labels == 1), filled[0], torch.from_numpy(volume))
+    with torch.inference_mode():
+        masked = np.mean(
+            [float(bundle.scaler.to_months(float(m(frontal[None, None])))) for m in models]
+        )
+    age, mean = row["age_months"], np.mean(whole)
+    assert row["delta_ae_frontal"] == pytest.approx(abs(masked - age) - abs(mean - age), abs=1e-3)
 
 
 def test_pages_and_index_link_every_subject(predicted):
@@ -63,6 +101,7 @@ def test_pages_and_index_link_every_subject(predicted):
         assert f"{sid}.png" in page and f"../qc/{sid}.png" in page
         assert layout.subject_figure(sid).stat().st_size > 10_000
     assert str(layout.root) not in index  # relative links: the folder can be moved
+    assert str(predicted.layout.root.parent.parent) not in index  # nor the bundle's path
 
 
 def test_a_rerun_gives_the_same_numbers_without_preprocessing_again(
@@ -146,7 +185,7 @@ def test_a_dicom_tree_is_predicted_under_pseudonyms_only(tiny_bundle, tmp_path):
     values = dicom_identifiers(tmp_path / "export" / "dicom")
     values.discard("Synthetic")  # the referrer "Synthetic^Referrer": also our word for the cohort
     assert_no_identifiers([out], values)
-    with pytest.raises(Exception, match="key"):
+    with pytest.raises(BuildError, match="secret key is needed"):
         predict(tiny_bundle, tmp_path / "export" / "dicom", tmp_path / "o2", progress=False)
 
 

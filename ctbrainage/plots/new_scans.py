@@ -31,10 +31,10 @@ def new_scan_figure(
     cloud.scatter(ages, out_of_fold["corrected_months"], s=10, c="0.65", label="training cohort")
     hi = max(float(ages.max()), age_months, interval[1]) * 1.05
     line = np.array([0.0, hi])
-    half = (interval[1] - interval[0]) / 2
+    half = interval[1] - brain_age  # the upper end is never clipped (the lower one at 0 is)
     cloud.fill_between(line, line - half, line + half, color="0.9", zorder=0, label="interval")
     cloud.plot(line, line, color="0.4", lw=1)
-    low, high = brain_age - interval[0], interval[1] - brain_age
+    low, high = max(0.0, brain_age - interval[0]), interval[1] - brain_age
     cloud.errorbar(
         age_months,
         brain_age,
@@ -103,7 +103,7 @@ def new_cohort_figure(out_of_fold: pd.DataFrame, table: pd.DataFrame, edges, out
         if part.empty:
             continue
         error = [
-            part["corrected_months"] - part["interval_low"],
+            (part["corrected_months"] - part["interval_low"]).clip(lower=0),
             part["interval_high"] - part["corrected_months"],
         ]
         cloud.errorbar(
