@@ -83,6 +83,7 @@ def write_index(run_dir: str | Path) -> Path:
         _csv_section(layout.metrics, "Age prediction (months), per fold and pooled"),
         _csv_section(layout.table1(".csv"), "Table 1: ΔAE per lobe and age group", index=False),
         _recovery(layout.recovery),
+        _new_scans(layout),
         _figures(layout),
         _exclusions(layout.exclusions),
         _qc(layout),
@@ -180,6 +181,19 @@ def _recovery(path: Path) -> str:
         f"<p>{facts}</p><table><tr><th>group</th><th>planted top lobe</th>"
         f"<th>measured top lobe</th><th>match</th></tr>{rows}</table>"
     )
+
+
+def _new_scans(layout: RunLayout) -> str:
+    """Links to step 09's bundle and its brain-age pages of new scans, when made."""
+    from ctbrainage.layout import BundleLayout
+
+    pages, card = RunLayout(layout.new_scans_dir).index, BundleLayout(layout.bundle_dir).model_card
+    links = [
+        f"<a href='{_href(layout, path)}'>{label}</a>"
+        for path, label in ((pages, "brain age of new scans"), (card, "the bundle's model card"))
+        if path.exists()
+    ]
+    return f"<h2>New scans (step 09)</h2><p>{' · '.join(links)}</p>" if links else ""
 
 
 def _gallery(layout: RunLayout, folder: Path) -> tuple[int, str]:

@@ -212,3 +212,7 @@ def test_step_09_exports_the_bundle_and_predicts_a_new_synthetic_cohort(tiny_run
     assert accuracy["coverage"] == table["age_in_interval"].mean() and accuracy["level"] == 0.9
     assert s09_new_scans.is_fresh(profile, new_subjects=3)
     assert not s09_new_scans.is_fresh(profile, new_subjects=3, level=0.8)
+    from ctbrainage.report import write_index
+
+    page = write_index(run_dir).read_text()  # the run's index links the new scans' pages
+    assert "href='new_scans/index.html'" in page and "href='bundle/MODEL_CARD.md'" in page
