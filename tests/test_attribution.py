@@ -199,3 +199,12 @@ def test_lobe_scores_agree_with_step_06s_scoring():
     assert ours["top_lobe_matches"]["value"] == theirs["top_lobe_matches"]
     assert ours["spearman_rho"]["ci_low"] <= ours["spearman_rho"]["value"]
     assert _lobe_metrics(np.eye(4), np.eye(4))[2] == 4
+
+
+def test_the_voxel_methods_are_profile_methods():
+    import typing
+
+    from ctbrainage.config import AttributionMethod
+
+    methods = typing.get_args(AttributionMethod)
+    assert set(attribution.VOXEL_METHODS) == set(methods) - {"lobe_shapley", "unoise"}
