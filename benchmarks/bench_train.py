@@ -190,7 +190,7 @@ def run_lightning(setup: Setup, variant: Variant) -> Timing:
 def run_bare(setup: Setup) -> Timing:
     profile, device = setup.profile, setup.device
     pl.seed_everything(profile.seed, workers=True, verbose=False)
-    model = build_model(profile.model).to(device).train()
+    model = build_model(profile.model, profile.preprocess.size).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=profile.train.lr)
     loss_fn = torch.nn.MSELoss()
     loader = setup.loader()

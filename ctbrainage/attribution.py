@@ -64,7 +64,10 @@ class MapSettings:
 
 
 def last_conv_stage(model: torch.nn.Module) -> torch.nn.Module:
-    """The last convolutional stage of a network of the factory (Grad-CAM's layer)."""
+    """The last convolutional stage of a network of the factory (Grad-CAM's layer): the one it
+    names (``gradcam_layer``), a ResNet's ``layer4``, or its last convolution."""
+    if hasattr(model, "gradcam_layer"):
+        return model.gradcam_layer
     for name in ("layer4", "features"):
         if hasattr(model, name):
             return getattr(model, name)
@@ -221,6 +224,24 @@ def lobe_shares(maps: torch.Tensor, labels: torch.Tensor, brain: torch.Tensor, l
     total = magnitude.flatten(1).sum(1)
     shares = torch.stack([(magnitude * (labels == k)).flatten(1).sum(1) for k in lobes], 1)
     return (shares / total[:, None].where(total[:, None] > 0, torch.nan)).numpy()
+
+
+def top_set(maps: torch.Tensor, brain: torch.Tensor, share: float) -> torch.Tensor:
+    """The ``share`` of each map's brain voxels with the highest values, [B, X, Y, Z] bool
+    (exactly round(share × brain voxels) each; ties broken by voxel order)."""
+    flat = maps.flatten(1).double().masked_fill(~brain.flatten(1).bool(), -torch.inf)
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    for row, (values, count) in enumerate(zip(flat, brain.flatten(1).sum(1), strict=True)):
+        k = int(round(share * float(count)))
+        chosen[row, torch.argsort(values, descending=True, stable=True)[:k]] = True
+    return chosen.view(maps.shape)
+
+
+def jaccard(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """|a ∩ b| / |a ∪ b| of each pair of boolean sets [B, ...] (NaN where both are empty)."""
+    inter = (a & b).flatten(1).sum(1).double()
+    union = (a | b).flatten(1).sum(1).double()
+    return (inter / union.where(union > 0, torch.nan)).numpy()
 
 
 def randomised_cascade(model: torch.nn.Module, seed: int):

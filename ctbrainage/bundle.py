@@ -122,7 +122,7 @@ class Bundle:
             path = BundleLayout(self.root).model(k)
             try:
                 weights = torch.load(path, map_location="cpu", weights_only=True)
-                network = build_model(self.profile.model)
+                network = build_model(self.profile.model, self.profile.preprocess.size)
                 network.load_state_dict(weights)
             except Exception as err:  # torch raises many types for a damaged file
                 raise BundleError(f"bundle {self.root}: cannot load {path.name}: {err}") from None
@@ -305,7 +305,7 @@ def model_card(info: dict[str, Any], profile: Profile) -> str:
     from ctbrainage.models import build_model, count_parameters
 
     m, cohort = info["metrics"], info["cohort"]
-    parameters = count_parameters(build_model(profile.model))
+    parameters = count_parameters(build_model(profile.model, profile.preprocess.size))
     lo, hi = cohort["age_months_range"]
 
     def ci(name: str) -> str:

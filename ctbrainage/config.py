@@ -63,9 +63,9 @@ class LobesConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["resnet10", "resnet18", "resnet34", "resnet50"] = "resnet34"
-    width: int = 64  # channels of the first stage (64 = the standard ResNet)
-    first_stride: int = 2  # stride of the first convolution (He et al.; MONAI's default is 1)
+    arch: Literal["resnet10", "resnet18", "resnet34", "resnet50", "vgg8", "sfcn"] = "resnet34"
+    width: int = 64  # channels of the first stage (standard: ResNet 64, VGG8 16, SFCN 32)
+    first_stride: int = 2  # ResNets: stride of the first convolution (MONAI's default is 1)
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,9 @@ class TrainConfig:
     epochs: int = 75
     batch_size: int = 4
     lr: float = 1e-4
-    optimizer: Literal["adamw"] = "adamw"
+    optimizer: Literal["adamw", "adam"] = "adamw"
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate over the steps
-    loss: Literal["mse"] = "mse"
+    loss: Literal["mse", "mae"] = "mse"
     augment: bool = False  # TorchIO augmentation (the paper reports none)
     val_fraction: float = 0.0  # inner validation split of each training fold
 
@@ -159,6 +159,35 @@ class AttributionConfig:
 
 
 @dataclass(frozen=True)
+class SynthesisConfig:
+    """Step 08's synthesised second channel: one 3D U-Net (MONAI) per fold, trained on that
+    fold's training subjects to map the CT input to the planted white-matter maturity."""
+
+    channels: tuple[int, ...] = (16, 32, 64)  # per level; the U-Net halves the grid between
+    epochs: int = 30
+    batch_size: int = 4
+    lr: float = 1e-3  # Adam, L1 loss inside the brain
+
+
+@dataclass(frozen=True)
+class StackingConfig:
+    """Step 08 (Jomsky et al. 2025): one encoder per input channel — T, the CT input; A, the
+    synthesised map — stacked by linear regression on their out-of-fold predictions."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vgg8", width=16))
+    downsample: int = 1  # encoders and U-Net see the model grid averaged over n³ voxels
+    epochs: int = 100  # at most (paper: 100)
+    patience: int = 10  # early stopping on the inner validation loss (paper: 10)
+    batch_size: int = 3
+    lr: float = 1e-4  # Adam (paper: 1e-4)
+    loss: Literal["mae", "mse"] = "mae"
+    val_fraction: float = 0.1  # inner validation part of each training fold
+    control_seed_offset: int = 1000  # the second T encoder's seed: seed + this (the control)
+    gradcam_top: float = 0.2  # share of brain voxels in each encoder's Grad-CAM top set
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+
+
+@dataclass(frozen=True)
 class Profile:
     """All settings of one run."""
 
@@ -177,6 +206,7 @@ class Profile:
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    stacking: StackingConfig = field(default_factory=StackingConfig)
 
     @property
     def run_path(self) -> Path:
@@ -265,6 +295,11 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
                 f"unknown setting {where + key!r}{did_you_mean(key, list(fields), where)};"
                 f" valid settings here: {', '.join(fields)}"
             )
+        default = fields[key].default_factory
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and callable(default):
+            # a section whose defaults differ from its class's (stacking.model): given keys
+            # replace those defaults, the others keep them
+            value = {**dataclasses.asdict(default()), **value}
         kwargs[key] = _coerce(hints[key], value, where + key)
     try:
         return cls(**kwargs)

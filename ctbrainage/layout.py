@@ -312,6 +312,42 @@ class RunLayout:
     def random_label_log_name(self) -> str:
         return "fold0_random_labels"
 
+    # ---- step 08: two encoders and stacking -------------------------------------------------
+    @property
+    def stacking_dir(self) -> Path:
+        return self.root / "stacking"
+
+    def stacking_model(self, encoder: str, fold: int) -> Path:
+        """One fold's encoder (``T``, ``A``, ``T2``) or synthesis U-Net (``unet``)."""
+        return self.stacking_dir / "models" / f"fold{fold}_{encoder}.ckpt"
+
+    def stacking_log_name(self, encoder: str, fold: int) -> str:
+        return str(Path(self.stacking_dir.name) / f"fold{fold}_{encoder}")
+
+    def synthesised(self, subject_id: str) -> Path:
+        """The subject's synthesised map, made by the U-Net of its own test fold."""
+        return self.stacking_dir / "synthesised_maps" / f"{subject_id}{NIFTI}"
+
+    def stacking_fold(self, fold: int, part: str) -> Path:
+        """One fold's ``subjects`` (per test subject), ``encoders`` (.csv) or ``maps`` (.npz)."""
+        suffix = ".npz" if part == "maps" else ".csv"
+        return self.stacking_dir / "folds" / f"fold{fold}_{part}{suffix}"
+
+    @property
+    def stacking_table(self) -> Path:
+        """Model, features, n, MAE, MSE, R² of the encoders and the stacked models."""
+        return self.root / "stacking.csv"
+
+    @property
+    def stacking_anova(self) -> Path:
+        return self.root / "stacking_anova.csv"
+
+    def stacking_result(self, name: str) -> Path:
+        """The step's other tables (``predictions``, ``coefficients``, ``by_age_group``,
+        ``by_site``, ``synthesis``, ``gradcam``, ``encoders``) and ``maps`` (.npz)."""
+        suffix = ".npz" if name == "maps" else ".csv"
+        return self.stacking_dir / f"{name}{suffix}"
+
     # ---- step 09: new scans ------------------------------------------------------------------
     @property
     def bundle_dir(self) -> Path:

@@ -28,16 +28,35 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
 )
 
 
+LOSSES = {"mse": torch.nn.MSELoss, "mae": torch.nn.L1Loss}
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Lightning's informational lines ("GPU available: …", "`Trainer.fit` stopped: …") are
+    not printed while this is active (warnings still are)."""
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class AgeRegressor(pl.LightningModule):
-    """The network, MSE loss on normalised age, AdamW at a constant learning rate (the paper)
-    or annealed to zero over the steps with a cosine (``train.schedule``)."""
+    """The network and the loss on normalised age (``train.loss``: MSE, the paper, or MAE),
+    AdamW (the paper) or Adam at a constant learning rate or annealed to zero over the steps
+    with a cosine (``train.schedule``)."""
 
     def __init__(self, profile: Profile):
         super().__init__()
-        self.model = build_model(profile.model)
+        self.model = build_model(profile.model, profile.preprocess.size)
         self.lr = profile.train.lr
         self.schedule = profile.train.schedule
-        self.loss = torch.nn.MSELoss()
+        self.optimizer = OPTIMIZERS[profile.train.optimizer]
+        self.loss = LOSSES[profile.train.loss]()
 
     def forward(self, x):
         return self.model(x)
@@ -53,7 +72,7 @@ class AgeRegressor(pl.LightningModule):
         self.log("val_loss", self.loss(self(x), y), batch_size=len(x))
 
     def configure_optimizers(self):
-        optimiser = torch.optim.AdamW(self.parameters(), lr=self.lr)
+        optimiser = self.optimizer(self.parameters(), lr=self.lr)
         if self.schedule == "constant":
             return optimiser
         steps = self.trainer.estimated_stepping_batches
@@ -91,11 +110,13 @@ def _restored_determinism_flags():
 @dataclasses.dataclass
 class FoldFit:
     """A trained fold: its trainer (for the checkpoint) and the predictions of its test fold and
-    of its inner validation subjects (None without an inner validation split), in months."""
+    of its inner validation subjects (None without an inner validation split), in months; with
+    early stopping, the epoch whose weights were kept (the best validation loss)."""
 
     trainer: pl.Trainer
     predictions: pd.DataFrame
     validation: pd.DataFrame | None
+    best_epoch: int | None = None
 
     def save_model(self, path) -> None:
         """The weights as a Lightning checkpoint, written atomically
@@ -113,14 +134,17 @@ def fit_fold(
     log_name: str,
     gpu: int | None = None,
     progress: bool = True,
+    patience: int = 0,
 ) -> FoldFit:
     """Train on every fold of ``folds`` (subject_id, age_months, fold) but ``fold``, then predict
     ``fold``. ``load(ids)`` returns the subjects' model inputs [n, 1, x, y, z]; the loss curves
     go to Lightning's CSV logger under ``log_dir/log_name``.
 
     With ``train.val_fraction`` > 0, an age-stratified part of the training subjects is held out
-    for the validation loss and predicted too (used for bias correction). Deterministic on CPU
-    for the profile's seed.
+    for the validation loss and predicted too (used for bias correction). With ``patience`` > 0
+    (which needs that split), training stops when the validation loss has not improved for
+    ``patience`` epochs and the best epoch's weights are kept. Deterministic on CPU for the
+    profile's seed.
     """
     if not 0 <= fold < profile.train.folds:
         raise ValueError(f"fold must be in 0..{profile.train.folds - 1}, got {fold}")
@@ -130,6 +154,8 @@ def fit_fold(
     train = folds[folds["fold"] != fold].reset_index(drop=True)
     held_out = inner_validation(train, profile.train.val_fraction, profile.seed + fold)
     val, train = train[held_out], train[~held_out]
+    if patience > 0 and not len(val):
+        raise ValueError("early stopping (patience > 0) needs an inner validation split")
     train_set = VolumeDataset(
         load(train["subject_id"]),
         scaler.to_unit(train["age_months"]),
@@ -149,6 +175,8 @@ def fit_fold(
         val_set = VolumeDataset(load(val["subject_id"]), scaler.to_unit(val["age_months"]))
         val_loader = DataLoader(val_set, batch_size=profile.train.batch_size)
     module = AgeRegressor(profile)
+    best = _BestWeights() if patience > 0 else None
+    stopping = [pl.callbacks.EarlyStopping("val_loss", patience=patience), best] if best else []
     with _restored_determinism_flags():
         trainer = pl.Trainer(
             max_epochs=profile.train.epochs,
@@ -162,11 +190,14 @@ def fit_fold(
             enable_model_summary=False,
             num_sanity_val_steps=0,
             log_every_n_steps=1,
+            callbacks=stopping,
         )
         with warnings.catch_warnings():  # a deprecation inside Lightning; no val split is fine
             warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
             warnings.filterwarnings("ignore", message=".*`validation_step` but have no")
             trainer.fit(module, loader, val_loader)
+    if best is not None:
+        module.load_state_dict(best.state)
     module.eval()
 
     def predict(subjects: pd.DataFrame) -> pd.DataFrame:
@@ -178,4 +209,18 @@ def fit_fold(
         )
 
     validation = predict(val.assign(fold=fold)) if len(val) else None
-    return FoldFit(trainer, predict(test), validation)
+    return FoldFit(trainer, predict(test), validation, best.epoch if best else None)
+
+
+class _BestWeights(pl.Callback):
+    """Keeps, in memory, the weights of the epoch with the lowest validation loss (early
+    stopping's choice; Lightning's checkpoint callback would write every best epoch to disk)."""
+
+    def __init__(self):
+        self.loss, self.epoch, self.state = float("inf"), None, None
+
+    def on_validation_end(self, trainer, module):
+        loss = float(trainer.callback_metrics["val_loss"])
+        if loss < self.loss:
+            self.loss, self.epoch = loss, trainer.current_epoch
+            self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -23,7 +23,7 @@ def test_paper_profile_builds_resnet34_with_a_stride_2_stem():
 @pytest.mark.parametrize("profile", ["tiny", "demo", "paper"])
 def test_each_profile_network_maps_a_batch_to_one_age_each(profile):
     cfg = load_profile(profile)
-    model = build_model(cfg.model).eval()
+    model = build_model(cfg.model, cfg.preprocess.size).eval()
     size = min(cfg.preprocess.size, 32)  # a tiny input is enough to run every layer on CPU
     with torch.no_grad():
         out = model(torch.zeros(2, 1, size, size, size))
@@ -34,6 +34,6 @@ def test_width_and_depth_options():
     small = build_model(ModelConfig(arch="resnet10", width=8))
     assert small.conv1.out_channels == 8
     assert count_parameters(small) < count_parameters(build_model(ModelConfig("resnet18", 8)))
-    assert set(ARCHITECTURES) == {"resnet10", "resnet18", "resnet34", "resnet50"}
+    assert set(ARCHITECTURES) == {"resnet10", "resnet18", "resnet34", "resnet50", "vgg8", "sfcn"}
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_model(ModelConfig(arch="vgg8"))  # type: ignore[arg-type]
+        build_model(ModelConfig(arch="vgg16"))  # type: ignore[arg-type]

@@ -438,14 +438,17 @@ def test_a_changed_preprocessing_setting_reruns_everything_downstream(tiny):
     assert all(layout.model(k).read_bytes() != models[k] for k in (0, 1))  # retrained
 
 
-def test_step_09_runs_only_when_asked(tmp_path):
+def test_steps_08_and_09_run_only_when_asked(tmp_path):
     base = {"profile": "demo", "run_dir": str(tmp_path / "run")}
-    assert "09_new_scans" not in [s.name for s in run.make_plan(run.Options(**base)).steps]
+    default = [s.name for s in run.make_plan(run.Options(**base)).steps]
+    assert "08_stacking" not in default and "09_new_scans" not in default
     asked = run.Options(
         **base, first=9, last=9, gpus=(1,), parameters={"new_subjects": run.Text("4")}
     )
     plan = run.make_plan(asked)
     assert [s.name for s in plan.steps] == ["09_new_scans"]
     assert plan.steps[0].parameters["gpu"] == 1 and plan.steps[0].parameters["new_subjects"] == 4
-    with pytest.raises(run.UsageError, match="no step from 8 to 8"):
-        run.make_plan(run.Options(**base, first=8, last=8))
+    stacking = run.make_plan(run.Options(**base, first=8, last=8, gpus=(0,), figures="figs"))
+    assert [s.name for s in stacking.steps] == ["08_stacking"]
+    assert stacking.steps[0].parameters["gpu"] == 0
+    assert stacking.steps[0].parameters["figures_dir"].endswith("figs")

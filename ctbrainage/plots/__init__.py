@@ -33,8 +33,11 @@ from ctbrainage.plots.inputs import (
     synthetic_cohort_figure,
 )
 from ctbrainage.plots.new_scans import new_cohort_figure, new_scan_figure
+from ctbrainage.plots.stacking import stacking_figure, stacking_maps_figure
 
 __all__ = [
+    "stacking_figure",
+    "stacking_maps_figure",
     "group_maps_figure",
     "lobe_importance_figure",
     "sanity_figure",

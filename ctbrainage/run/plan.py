@@ -31,6 +31,7 @@ NOTEBOOKS = {  # the steps' names (ctbrainage.steps): notebook NN runs step NN
     5: "05_perturbation",
     6: "06_stats_figures",
     7: "07_attribution",
+    8: "08_stacking",  # on request (--to 8): two encoders and linear stacking
     9: "09_new_scans",  # on request (--to 9): brain age of new scans with the run's bundle
 }
 FOLD_STEP = 3
@@ -63,7 +64,7 @@ class Options:
     gpus: tuple[int, ...] = ()  # fold k trains on gpus[k % len(gpus)]; empty = CPU
     folds: tuple[int, ...] | None = None  # None = every fold of the profile
     first: int = 1  # first notebook to run (1–7)
-    last: int = 7  # last notebook to run (09, new scans, runs only when asked: --to 9)
+    last: int = 7  # last notebook to run (08 stacking and 09 new scans run only when asked)
     executor: Literal["local", "slurm"] = "local"  # where the per-fold notebooks run
     jobs: int = 0  # folds at once; 0 = one per GPU, or max(1, cores // 4) on CPU
     figures: str = ""  # 04, 06 and 07 also save their figures here
@@ -298,9 +299,9 @@ def _step_parameters(
             for k in folds
         ]
     own: dict[str, Any] = {}
-    if n in (5, 7, 9):
+    if n in (5, 7, 8, 9):
         own["gpu"] = gpus[0] if gpus else -1
-    if n in (4, 6, 7):
+    if n in (4, 6, 7, 8):
         own["figures_dir"] = _absolute(options.figures)
     return [(NOTEBOOKS[n], None, own)]
 

@@ -11,6 +11,7 @@ step   module                      writes
 06     ``s06_stats``               lobe_age_tests.csv, lobe_age_windows.csv, table1.*,
                                    recovery.json
 07     ``s07_attribution``         attribution*.csv, attribution_maps.npz, attribution_parts/
+08     ``s08_stacking``            stacking.csv, stacking_anova.csv, stacking/ (on request)
 09     ``s09_new_scans``           bundle/, new_scans/ (a folder of new scans laid out like a run)
 =====  ==========================  ==================================================
 
@@ -32,6 +33,7 @@ MODULES = {
     5: "s05_perturbation",
     6: "s06_stats",
     7: "s07_attribution",
+    8: "s08_stacking",
     9: "s09_new_scans",
 }
 

@@ -157,4 +157,4 @@ def load_model(profile: Profile, fold: int):
     path = RunLayout(profile.run_path).model(fold)
     if not path.exists():
         raise FileNotFoundError(f"no trained model for fold {fold}: {path} (run step 03 first)")
-    return load_weights(profile.model, path)
+    return load_weights(profile.model, path, profile.preprocess.size)

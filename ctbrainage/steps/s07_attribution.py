@@ -630,7 +630,7 @@ def _random_label_model(profile: Profile, progress: bool) -> torch.nn.Module:
         )
         fitted.save_model(layout.random_label_model)
         record.write(settings, STEP.version, prints)
-    return load_weights(profile.model, layout.random_label_model)
+    return load_weights(profile.model, layout.random_label_model, profile.preprocess.size)
 
 
 def _values(profile, model, method, part, data: _Inputs, device, progress):

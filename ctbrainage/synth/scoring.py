@@ -16,6 +16,7 @@ from ctbrainage.labels import LOBES
 from ctbrainage.layout import RunLayout, SyntheticLayout
 from ctbrainage.preprocess import map_to_grid
 from ctbrainage.synth.generate import measure_lobe_wm_hu
+from ctbrainage.synth.schedule import MaturationSchedule
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -268,3 +269,21 @@ def voxel_scores(attribution_map, signal, brain, level: float = 0.25) -> dict[st
         "auroc": float(roc_auc_score(region, score)) if 0 < region.sum() < region.size else np.nan,
         "mass_accuracy": float(score[region].sum() / total) if total > 0 else float("nan"),
     }
+
+
+def planted_maturity(layout: RunLayout, subject_id: str) -> np.ndarray:
+    """The planted white-matter maturity of one subject of a synthetic run, in its model grid:
+    each lobe's maturity fraction at the child's biological age (the schedule's curve, in
+    [0, 1]) on that lobe's white-matter core, 0 elsewhere; carried from the native grid like
+    the lobes (linear interpolation)."""
+    cohort = layout.synthetic
+    schedule = MaturationSchedule.from_dict(json.loads(cohort.schedule.read_text()))
+    age = json.loads(cohort.truth(subject_id).read_text())["biological_age_months"]
+    lookup = np.zeros(max(LOBES) + 1, np.float32)
+    for idx, name in LOBES.items():
+        lookup[idx] = float(schedule.lobes[name].fraction(age))
+    wm = sitk.ReadImage(str(cohort.truth_wm(subject_id)))
+    native = sitk.GetImageFromArray(lookup[sitk.GetArrayFromImage(wm)])
+    native.CopyInformation(wm)
+    reference = sitk.ReadImage(str(layout.preprocessed(subject_id)))
+    return map_to_grid(native, reference, labels=False).astype(np.float32)

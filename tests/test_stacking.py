@@ -1,0 +1,247 @@
+"""Step 08: VGG8 and SFCN in the factory, the synthesised channel, cross-fitted stacking that is
+exactly a statsmodels OLS, and a synthesis U-Net that never sees its test fold."""
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+import torch
+
+from ctbrainage import attribution, evaluate, synthesis
+from ctbrainage.config import ModelConfig, load_profile
+from ctbrainage.layout import RunLayout
+from ctbrainage.models import build_model, count_parameters
+from ctbrainage.steps import s08_stacking
+
+
+# ---- the factory ---------------------------------------------------------------------------------
+def _conv_bn(c_in: int, c_out: int, k: int = 3) -> int:
+    return c_in * c_out * k**3 + c_out + 2 * c_out  # weights, bias, batch-norm scale and shift
+
+
+def test_vgg8_is_the_papers_five_blocks_and_three_dense_layers():
+    model = build_model(load_profile("paper").stacking.model, size=128)
+    shapes, hooks = [], []
+    for block in model.features:
+        assert [type(m).__name__ for m in block] == ["Conv3d", "BatchNorm3d", "ReLU", "MaxPool3d"]
+        hooks.append(block.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape))))
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, 128, 128, 128))
+    assert out.shape == (1, 1)
+    channels = [16, 32, 64, 128, 256]
+    assert shapes == [(1, c, *[128 // 2 ** (i + 1)] * 3) for i, c in enumerate(channels)]
+    dense = [m for m in model.head if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in dense] == [
+        (256 * 4**3, 512), (512, 128), (128, 1)
+    ]  # fmt: skip
+    convs = sum(_conv_bn(a, b) for a, b in zip([1, *channels], channels, strict=False))
+    linear = 256 * 4**3 * 512 + 512 + 512 * 128 + 128 + 128 + 1
+    assert count_parameters(model) == convs + linear == 9_631_873
+
+
+def test_vgg8_needs_an_input_size_that_halves_five_times():
+    with pytest.raises(ValueError, match="needs the input size"):
+        build_model(ModelConfig(arch="vgg8", width=16))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model(ModelConfig(arch="sfcn", width=32), size=48)
+
+
+@pytest.mark.parametrize("size", [64, 128])  # the demo's and the paper's model grid
+def test_sfcn_maps_a_volume_of_the_demo_and_paper_sizes_to_one_age(size):
+    model = build_model(ModelConfig(arch="sfcn", width=32), size=size).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, size, size, size, generator=torch.Generator().manual_seed(0)))
+    assert out.shape == (1, 1) and torch.isfinite(out).all()
+    # Peng et al. 2021: ~3 M parameters (here one output instead of 40 age bins)
+    blocks = [1, 32, 64, 128, 256, 256]
+    expected = sum(_conv_bn(a, b) for a, b in zip(blocks, blocks[1:], strict=False))
+    expected += _conv_bn(256, 64, k=1) + 64 + 1
+    assert count_parameters(model) == expected == 2_950_401
+    assert model.gradcam_layer is model.features[-1]
+
+
+def test_a_section_with_its_own_model_keeps_its_defaults_under_overrides():
+    profile = load_profile("demo", {"stacking.model.width": 8})
+    assert profile.stacking.model == ModelConfig(arch="vgg8", width=8)
+    assert profile.model.arch == "resnet10"
+
+
+# ---- stacking = statsmodels OLS ------------------------------------------------------------------
+@pytest.fixture
+def design():
+    rng = np.random.default_rng(3)
+    n = 60
+    age = rng.uniform(0, 48, n)
+    table = pd.DataFrame(
+        {
+            "subject_id": [f"s{i}" for i in range(n)],
+            "fold": np.arange(n) % 5,
+            "age_months": age,
+            "T": age + rng.normal(0, 4, n),
+            "A": 0.8 * age + 5 + rng.normal(0, 6, n),
+            "T2": age + rng.normal(0, 4, n),
+            "sex": rng.choice(["F", "M"], n),
+        }
+    )
+    return evaluate.stacking_design(table)
+
+
+def _ols(rows: pd.DataFrame, features):
+    return sm.OLS(rows["age_months"].to_numpy(), sm.add_constant(rows[list(features)].to_numpy()))
+
+
+def test_cross_fitted_stacking_is_an_ols_fit_on_the_other_folds(design):
+    stacked = evaluate.stack_out_of_fold(design)
+    for name, features in evaluate.STACKED_MODELS.items():
+        for fold in range(5):
+            test = design["fold"] == fold
+            fit = _ols(design[~test], features).fit()
+            expected = sm.add_constant(design.loc[test, list(features)].to_numpy()) @ fit.params
+            np.testing.assert_allclose(stacked.loc[test, name], expected, rtol=1e-10)
+
+
+def test_coefficients_and_nested_f_tests_match_statsmodels_and_their_definition(design):
+    coefficients = evaluate.stacking_coefficients(design).set_index(["model", "term"])
+    fits = {m: _ols(design, f).fit() for m, f in evaluate.STACKED_MODELS.items()}
+    tas = coefficients.loc["TAS"]
+    np.testing.assert_allclose(tas["coef"], fits["TAS"].params, rtol=1e-10)
+    np.testing.assert_allclose(tas["p"], fits["TAS"].pvalues, rtol=1e-8)
+    assert list(tas.index) == ["Intercept", "T", "A", "male"]
+    anova = evaluate.stacking_anova(design).set_index("comparison")
+    for small, large in evaluate.NESTED_PAIRS:
+        s, big = fits[small], fits[large]
+        df = s.df_resid - big.df_resid
+        f = ((s.ssr - big.ssr) / df) / (big.ssr / big.df_resid)
+        row = anova.loc[f"{small} vs {large}"]
+        assert row["df_diff"] == df
+        np.testing.assert_allclose(row["f"], f, rtol=1e-10)
+    table = evaluate.stacking_table(design, evaluate.stack_out_of_fold(design)).set_index("model")
+    np.testing.assert_allclose(
+        table.loc["TA", "mae_in_sample"],
+        np.mean(np.abs(fits["TA"].fittedvalues - design["age_months"])),
+    )
+    assert table.loc["T encoder", "mae"] == pytest.approx(
+        np.mean(np.abs(design["T"] - design["age_months"]))
+    )
+
+
+def test_stacking_with_sex_refuses_a_subject_without_it(design):
+    with pytest.raises(ValueError, match="F or M"):
+        evaluate.stacking_design(design.assign(sex=["F"] * 59 + [""]))
+
+
+# ---- Grad-CAM sets and the synthesis helpers -----------------------------------------------------
+def test_top_sets_hold_exactly_their_share_of_the_brain_and_jaccard_counts_overlap():
+    brain = torch.zeros(1, 4, 5, 5, dtype=torch.bool)
+    brain[:, :2] = True  # 50 voxels
+    maps = torch.arange(100, dtype=torch.float32).view(1, 4, 5, 5)
+    top = attribution.top_set(maps, brain, 0.2)
+    assert top.sum() == 10 and (top & ~brain).sum() == 0
+    assert top[0, 1].flatten()[-10:].all()  # the highest values inside the brain
+    other = attribution.top_set(-maps, brain, 0.2)
+    assert attribution.jaccard(top, other)[0] == 0
+    assert attribution.jaccard(top, top)[0] == 1
+
+
+def test_downsampling_averages_blocks():
+    volume = np.arange(64, dtype=np.float32).reshape(1, 1, 4, 4, 4)
+    out = synthesis.downsample(volume, 2)
+    assert out.shape == (1, 1, 2, 2, 2)
+    assert out[0, 0, 0, 0, 0] == volume[0, 0, :2, :2, :2].mean()
+    with pytest.raises(ValueError, match="blocks of 3"):
+        synthesis.downsample(volume, 3)
+
+
+# ---- the step on the tiny run --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stacked_run(tiny_run, tmp_path_factory):
+    """Step 08 on a copy of the tiny run, with the training calls of the U-Net recorded."""
+    root = tmp_path_factory.mktemp("stacking") / "run"
+    shutil.copytree(tiny_run.run_path, root)
+    profile = dataclasses.replace(tiny_run, run_dir=str(root))
+    seen = []
+    original = synthesis.train_unet
+    with pytest.MonkeyPatch.context() as patch:
+
+        def spy(volumes, *args, **kwargs):
+            seen.append(volumes.copy())
+            return original(volumes, *args, **kwargs)
+
+        patch.setattr(synthesis, "train_unet", spy)
+        result = s08_stacking.run(profile, progress=False)
+    return profile, result, seen
+
+
+def test_the_synthesis_unet_never_sees_a_subject_of_its_test_fold(stacked_run):
+    profile, result, seen = stacked_run
+    layout = RunLayout(profile.run_path)
+    folds = pd.read_csv(layout.folds, dtype={"subject_id": str})
+    assert len(seen) == profile.train.folds
+    inputs = s08_stacking._Data(profile, folds, progress=False)
+    for fold, volumes in enumerate(seen):
+        rows = inputs.ct[inputs.rows(folds["subject_id"])]
+        used = [any(np.array_equal(v, r) for v in volumes) for r in rows]
+        assert used == list(folds["fold"] != fold)  # every training subject, no test subject
+
+
+def test_the_step_writes_every_table_and_stacks_its_own_out_of_fold_predictions(stacked_run):
+    profile, result, _ = stacked_run
+    n = len(result.predictions)
+    assert n == 12 and set(result.predictions["fold"]) == {0, 1}
+    assert list(result.table["model"]) == [
+        "T encoder", "A encoder", "T2 encoder", "T", "A", "TA", "TAS", "TT2"
+    ]  # fmt: skip
+    assert list(result.anova["comparison"]) == ["T vs TA", "A vs TA", "TA vs TAS", "T vs TT2"]
+    design = evaluate.stacking_design(result.predictions)
+    restacked = evaluate.stack_out_of_fold(design)
+    np.testing.assert_allclose(result.predictions["stacked_TA"], restacked["TA"], rtol=1e-9)
+    assert result.sex_coefficient()["term"] == "male"
+    assert result.synthesis["n"].sum() == n
+    assert result.synthesis[["mae", "ssim"]].notna().all().all()
+    assert (result.encoders["best_epoch"] < result.encoders["epochs_run"] + 1).all()
+    overall = result.gradcam.set_index("age_group").loc["all"]
+    assert 0 <= overall["gradcam_jaccard"] <= 1 and overall["n"] == n
+    shares = [c for c in result.gradcam if c.startswith("gradcam_T_")]
+    assert overall[shares].sum() <= 1 + 1e-9
+    assert {"0-11|synthesised", "36-47|gradcam_A"} <= set(result.maps)
+    layout = RunLayout(profile.run_path)
+    assert all(layout.synthesised(s).exists() for s in result.predictions["subject_id"])
+
+
+def test_the_planted_maturity_grows_with_age_inside_the_brain(stacked_run):
+    profile, result, _ = stacked_run
+    folds = pd.read_csv(RunLayout(profile.run_path).folds, dtype={"subject_id": str})
+    data = s08_stacking._Data(profile, folds, progress=False)
+    assert data.target.min() >= 0 and data.target.max() <= 1
+    assert (data.target * (1 - data.brain)).max() == 0
+    mean = data.target.sum((1, 2, 3, 4)) / data.brain.sum((1, 2, 3, 4))
+    assert np.corrcoef(mean, folds["age_months"])[0, 1] > 0.8
+
+
+def test_a_finished_step_is_fresh_and_a_changed_setting_is_not(stacked_run):
+    profile, _, _ = stacked_run
+    assert s08_stacking.is_fresh(profile)
+    changed = dataclasses.replace(
+        profile, stacking=dataclasses.replace(profile.stacking, gradcam_top=0.1)
+    )
+    assert not s08_stacking.is_fresh(changed)
+    assert s08_stacking.is_fresh(profile, fold=0)
+
+
+def test_a_real_cohort_is_refused_with_the_reason(tiny_run):
+    with pytest.raises(ValueError, match="planted white-matter maturity"):
+        s08_stacking.run(dataclasses.replace(tiny_run, data="cohort.csv"), progress=False)
+
+
+def test_early_stopping_needs_an_inner_validation_split(tiny_run):
+    from ctbrainage import train
+
+    profile = s08_stacking.encoder_profile(tiny_run)
+    profile = dataclasses.replace(profile, train=dataclasses.replace(profile.train, val_fraction=0))
+    folds = pd.DataFrame({"subject_id": ["a", "b"], "age_months": [1.0, 2.0], "fold": [0, 1]})
+    with pytest.raises(ValueError, match="inner validation"):
+        train.fit_fold(profile, folds, 0, lambda ids: None, log_dir=None, log_name="x", patience=2)
