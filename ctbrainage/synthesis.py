@@ -47,13 +47,14 @@ def train_unet(
     seed: int,
     progress: bool = True,
     desc: str = "synthesis U-Net",
+    device: str = "cpu",
 ) -> torch.nn.Module:
-    """A U-Net fitted to map ``volumes`` to ``targets`` (in [0, 1]) with the L1 loss inside
-    ``brains`` (all [n, 1, X, Y, Z]); Adam, deterministic for ``seed`` on CPU."""
+    """A U-Net fitted on ``device`` to map ``volumes`` to ``targets`` (in [0, 1]) with the L1
+    loss inside ``brains`` (all [n, 1, X, Y, Z]); Adam, deterministic for ``seed`` on CPU."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     x, y, brain = (torch.from_numpy(np.ascontiguousarray(a)) for a in (volumes, targets, brains))
-    model = build_unet(config.channels)
+    model = build_unet(config.channels).to(device)
     optimiser = torch.optim.Adam(model.parameters(), config.lr)
     n = len(x)
     bar = progress_bar(
@@ -64,9 +65,10 @@ def train_unet(
         for _ in range(config.epochs):
             for batch in torch.randperm(n, generator=generator).split(config.batch_size):
                 optimiser.zero_grad()
-                out = torch.sigmoid(model(x[batch]))
-                inside = brain[batch]
-                loss = ((out - y[batch]).abs() * inside).sum() / inside.sum().clamp_min(1)
+                out = torch.sigmoid(model(x[batch].to(device)))
+                inside = brain[batch].to(device)
+                error = (out - y[batch].to(device)).abs() * inside
+                loss = error.sum() / inside.sum().clamp_min(1)
                 loss.backward()
                 optimiser.step()
                 bar.update()
@@ -75,11 +77,16 @@ def train_unet(
     return model.eval()
 
 
-def synthesise(model: torch.nn.Module, volumes: np.ndarray, brains: np.ndarray) -> np.ndarray:
+def synthesise(
+    model: torch.nn.Module, volumes: np.ndarray, brains: np.ndarray, device: str = "cpu"
+) -> np.ndarray:
     """The U-Net's maps of ``volumes`` [n, 1, X, Y, Z], in [0, 1] inside ``brains``, 0 outside
     (like the CT input)."""
     with torch.no_grad():
-        parts = [torch.sigmoid(model(batch)) for batch in torch.from_numpy(volumes).split(4)]
+        parts = [
+            torch.sigmoid(model(batch.to(device))).cpu()
+            for batch in torch.from_numpy(volumes).split(4)
+        ]
     return (torch.cat(parts).numpy() * brains).astype(np.float32)
 
 

@@ -55,7 +55,7 @@ class AgeRegressor(pl.LightningModule):
         self.model = build_model(profile.model, profile.preprocess.size)
         self.lr = profile.train.lr
         self.schedule = profile.train.schedule
-        self.optimizer = OPTIMIZERS[profile.train.optimizer]
+        self.optimiser_class = OPTIMIZERS[profile.train.optimizer]
         self.loss = LOSSES[profile.train.loss]()
 
     def forward(self, x):
@@ -72,7 +72,7 @@ class AgeRegressor(pl.LightningModule):
         self.log("val_loss", self.loss(self(x), y), batch_size=len(x))
 
     def configure_optimizers(self):
-        optimiser = self.optimizer(self.parameters(), lr=self.lr)
+        optimiser = self.optimiser_class(self.parameters(), lr=self.lr)
         if self.schedule == "constant":
             return optimiser
         steps = self.trainer.estimated_stepping_batches

@@ -245,3 +245,38 @@ def test_early_stopping_needs_an_inner_validation_split(tiny_run):
     folds = pd.DataFrame({"subject_id": ["a", "b"], "age_months": [1.0, 2.0], "fold": [0, 1]})
     with pytest.raises(ValueError, match="inner validation"):
         train.fit_fold(profile, folds, 0, lambda ids: None, log_dir=None, log_name="x", patience=2)
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_validation_epoch(tiny_run, tmp_path):
+    from ctbrainage import train
+    from ctbrainage.data import AgeScaler, load_volumes
+
+    layout = RunLayout(tiny_run.run_path)
+    profile = s08_stacking.encoder_profile(tiny_run)  # tiny: VGG8 width 4, 3 epochs, MAE loss
+    folds = pd.read_csv(layout.folds, dtype={"subject_id": str})
+    with train.quiet_lightning():
+        fitted = train.fit_fold(
+            profile, folds, 0, lambda ids: load_volumes([layout.preprocessed(s) for s in ids]),
+            log_dir=tmp_path, log_name="encoder", progress=False, patience=1,
+        )  # fmt: skip
+    curve = pd.read_csv(tmp_path / "encoder" / "version_0" / "metrics.csv")
+    curve = curve.dropna(subset=["val_loss"])
+    scaler = AgeScaler(*profile.age_range_months)
+    val = fitted.validation
+    kept = np.mean(
+        np.abs(scaler.to_unit(val["predicted_months"]) - scaler.to_unit(val["age_months"]))
+    )
+    assert kept == pytest.approx(curve["val_loss"].min(), rel=1e-4)
+    assert fitted.best_epoch == curve.loc[curve["val_loss"].idxmin(), "epoch"]
+
+
+def test_lightning_is_quiet_only_inside_the_context():
+    import logging
+
+    from ctbrainage.train import quiet_lightning
+
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    before = logger.level
+    with quiet_lightning():
+        assert not logger.isEnabledFor(logging.INFO)
+    assert logger.level == before

@@ -37,7 +37,9 @@ from ctbrainage.layout import RunLayout
 from ctbrainage.steps import s03_train
 from ctbrainage.steps.contract import Step, kept_subjects, up_to_date, write_table
 
-STEP = Step("08_stacking", settings=("seed", "age_range_months", "stacking"), version=1)
+STEP = Step(
+    "08_stacking", settings=("seed", "age_range_months", "age_group_edges", "stacking"), version=1
+)
 ENCODER_INPUTS = {"T": "ct", "A": "synthesised", "T2": "ct"}
 NETWORKS = ("unet", *ENCODER_INPUTS)  # fitted per fold
 RESULTS = (
@@ -130,8 +132,7 @@ def _final_check(profile: Profile):
         for k in range(profile.train.folds)
         for p in ("subjects", "encoders", "maps")
     ]
-    settings = STEP.settings_of(profile, edges=list(profile.age_group_edges))
-    return STEP.record(layout, "_final"), settings, parts
+    return STEP.record(layout, "_final"), STEP.settings_of(profile), parts
 
 
 def is_fresh(profile: Profile, fold: int | None = None) -> bool:
@@ -242,6 +243,7 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
     from ctbrainage import attribution, ctio, synthesis, train
 
     layout, cfg = RunLayout(profile.run_path), profile.stacking
+    device = "cpu" if gpu is None else f"cuda:{gpu}"
     test = (table["fold"] == fold).to_numpy()
     train_rows = data.rows(table.loc[~test, "subject_id"])
     test_ids = table.loc[test, "subject_id"].tolist()
@@ -253,11 +255,12 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
         cfg.synthesis,
         seed=profile.seed + fold,
         progress=False,
+        device=device,
     )
     bar.update()
     with atomic_path(layout.stacking_model("unet", fold)) as tmp:
-        torch.save(unet.state_dict(), tmp)
-    maps = synthesis.synthesise(unet, data.ct, data.brain)
+        torch.save(unet.cpu().state_dict(), tmp)
+    maps = synthesis.synthesise(unet, data.ct, data.brain, device)
     for sid, row in zip(test_ids, test_rows, strict=True):
         ctio.write_nifti(layout.synthesised(sid), maps[row, 0], data.affines[sid])
     sources = {"ct": data.ct, "synthesised": maps}
