@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo new-scans test lint bench clean-demo check-notebooks update-notebooks
+.PHONY: demo stacking new-scans test lint bench clean-demo check-notebooks update-notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m ctbrainage.synth --profile demo --figure figures/synthetic_cohort.png
 	$(PY) run_all.py --profile demo --figures figures
+
+# After `make demo`: step 08, two encoders and linear stacking (about 5 minutes on 2 cores)
+stacking: $(STAMP)
+	$(PY) run_all.py --profile demo --from 8 --to 8 --figures figures
 
 # After `make demo`: step 09, the demo run's bundle on a new synthetic cohort of 40 children
 new-scans: $(STAMP)
