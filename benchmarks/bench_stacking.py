@@ -87,7 +87,7 @@ def main() -> None:
     start = time.perf_counter()
     unet = synthesis.train_unet(
         volumes, volumes * 0.5, brains, SynthesisConfig((16, 32, 64, 128), epochs=2),
-        seed=0, progress=False, device=device,
+        seed=0, device=device,
     )  # fmt: skip
     maps = synthesis.synthesise(unet, volumes, brains, device)
     print(

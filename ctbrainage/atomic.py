@@ -1,6 +1,7 @@
 """Atomic file writes: a file (or folder) appears complete under its name, or not at all.
 
-Standard library only, so that every module can write results safely without image libraries.
+Standard library only (numpy is imported by the one function that needs it), so that every
+module can write results safely without image libraries.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_npz", "atomic_write_text"]
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -67,3 +68,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_npz(path: str | os.PathLike, **arrays) -> None:
+    """``arrays`` as a compressed ``.npz`` file, written atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)

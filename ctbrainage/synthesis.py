@@ -11,7 +11,6 @@ from monai.metrics import SSIMMetric
 from monai.networks.nets import UNet
 
 from ctbrainage.config import SynthesisConfig
-from ctbrainage.parallel import progress_bar
 
 
 def downsample(volumes: np.ndarray, factor: int) -> np.ndarray:
@@ -45,8 +44,6 @@ def train_unet(
     brains: np.ndarray,
     config: SynthesisConfig,
     seed: int,
-    progress: bool = True,
-    desc: str = "synthesis U-Net",
     device: str = "cpu",
 ) -> torch.nn.Module:
     """A U-Net fitted on ``device`` to map ``volumes`` to ``targets`` (in [0, 1]) with the L1
@@ -56,24 +53,16 @@ def train_unet(
     x, y, brain = (torch.from_numpy(np.ascontiguousarray(a)) for a in (volumes, targets, brains))
     model = build_unet(config.channels).to(device)
     optimiser = torch.optim.Adam(model.parameters(), config.lr)
-    n = len(x)
-    bar = progress_bar(
-        total=config.epochs * -(-n // config.batch_size), desc=desc, progress=progress, unit="batch"
-    )
     model.train()
-    try:
-        for _ in range(config.epochs):
-            for batch in torch.randperm(n, generator=generator).split(config.batch_size):
-                optimiser.zero_grad()
-                out = torch.sigmoid(model(x[batch].to(device)))
-                inside = brain[batch].to(device)
-                error = (out - y[batch].to(device)).abs() * inside
-                loss = error.sum() / inside.sum().clamp_min(1)
-                loss.backward()
-                optimiser.step()
-                bar.update()
-    finally:
-        bar.close()
+    for _ in range(config.epochs):
+        for batch in torch.randperm(len(x), generator=generator).split(config.batch_size):
+            optimiser.zero_grad()
+            out = torch.sigmoid(model(x[batch].to(device)))
+            inside = brain[batch].to(device)
+            error = (out - y[batch].to(device)).abs() * inside
+            loss = error.sum() / inside.sum().clamp_min(1)
+            loss.backward()
+            optimiser.step()
     return model.eval()
 
 

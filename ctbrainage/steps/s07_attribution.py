@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from ctbrainage import attribution, loaders, perturb, stats
-from ctbrainage.atomic import atomic_path
+from ctbrainage.atomic import atomic_write_npz
 from ctbrainage.cohort import age_group
 from ctbrainage.config import Profile
 from ctbrainage.data import AgeScaler
@@ -439,9 +439,7 @@ def _save_part(path: Path, part) -> None:
     rows, scores, cost, sums, counts, _ = part
     arrays = {f"sum:{k}": v.astype(np.float32) for k, v in sums.items()}
     meta = {"rows": rows, "scores": scores, "cost": cost, "counts": counts}
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, meta=np.array(json.dumps(meta)), **arrays)
+    atomic_write_npz(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
 def _load_part(path: Path):
@@ -596,9 +594,7 @@ def _write_maps(layout: RunLayout, sums, counts, data: _Inputs) -> None:
         cut = np.quantile(mean[mean > 0], 1 - TOP_SHARE) if (mean > 0).any() else 0.0
         kept = np.where(mean >= cut, mean, 0.0)
         maps[key] = ndimage.gaussian_filter(kept, SMOOTH_VOXELS).astype(np.float32)
-    with atomic_path(layout.attribution_maps) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **maps)
+    atomic_write_npz(layout.attribution_maps, **maps)
 
 
 # ---- sanity checks -------------------------------------------------------------------------

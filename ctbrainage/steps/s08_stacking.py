@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ctbrainage import evaluate
-from ctbrainage.atomic import atomic_path
+from ctbrainage.atomic import atomic_path, atomic_write_npz
 from ctbrainage.cohort import age_group
 from ctbrainage.config import Profile
 from ctbrainage.labels import LOBES
@@ -190,7 +190,7 @@ class _Data:
 
         layout, f = RunLayout(profile.run_path), profile.stacking.downsample
         ids = table["subject_id"].tolist()
-        self.ids, self.row = ids, {sid: i for i, sid in enumerate(ids)}
+        self.row = {sid: i for i, sid in enumerate(ids)}
         self.ct = downsample(load_volumes([layout.preprocessed(s) for s in ids]), f)
         self.brain = downsample(load_volumes([layout.brain(s) for s in ids]), f) >= 0.5
         self.brain = self.brain.astype(np.float32)
@@ -232,7 +232,7 @@ def run(profile: Profile, gpu: int | None = None, progress: bool = True) -> Resu
     record, settings, parts = _final_check(profile)
     if not up_to_date(record, settings, STEP.version, parts, outputs(profile)):
         prints = record.fingerprints(parts)
-        _finalise(profile, table)
+        _finalise(profile)
         record.write(settings, STEP.version, prints)
     return load(profile)
 
@@ -254,7 +254,6 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
         data.brain[train_rows],
         cfg.synthesis,
         seed=profile.seed + fold,
-        progress=False,
         device=device,
     )
     bar.update()
@@ -313,10 +312,9 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
     subjects["gradcam_jaccard_other"] = attribution.jaccard(tops["T"], tops["A"].roll(1, 0))
     lobes = torch.from_numpy(data.lobes[test_rows])
     for name, top in tops.items():
-        size = top.flatten(1).sum(1).double().clamp_min(1)
-        for idx, lobe in LOBES.items():
-            share = (top & (lobes == idx)).flatten(1).sum(1) / size
-            subjects[f"gradcam_{name}_{lobe}"] = share.numpy()
+        shares = attribution.lobe_shares(top.float(), lobes, brain, list(LOBES))
+        for column, lobe in enumerate(LOBES.values()):
+            subjects[f"gradcam_{name}_{lobe}"] = shares[:, column]
     write_table(layout.stacking_fold(fold, "subjects"), subjects)
     write_table(layout.stacking_fold(fold, "encoders"), pd.DataFrame(encoders))
     groups = age_group(subjects["age_months"], profile.age_group_edges).astype(str).to_numpy()
@@ -333,12 +331,10 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
         for name, layer in layers.items()
     }
     counts = {f"{group}|count": np.array((groups == group).sum()) for group in np.unique(groups)}
-    with atomic_path(layout.stacking_fold(fold, "maps")) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **sums, **counts)
+    atomic_write_npz(layout.stacking_fold(fold, "maps"), **sums, **counts)
 
 
-def _finalise(profile: Profile, table: pd.DataFrame) -> None:
+def _finalise(profile: Profile) -> None:
     layout = RunLayout(profile.run_path)
     k = range(profile.train.folds)
     subjects = pd.concat(
@@ -407,9 +403,7 @@ def _write_maps(layout: RunLayout, profile: Profile) -> None:
         for key, value in sums.items()
         if not key.endswith("|count")
     }
-    with atomic_path(layout.stacking_result("maps")) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **means)
+    atomic_write_npz(layout.stacking_result("maps"), **means)
 
 
 def load(profile: Profile) -> Result:

@@ -65,13 +65,9 @@ def load_template(voxel_mm: float) -> Template:
     """The template at ``voxel_mm`` resolution, built on first use and cached on disk."""
     path = cache_dir() / f"template_v{CACHE_VERSION}_{voxel_mm:g}mm.npz"
     if not path.exists():
-        from ctbrainage.atomic import atomic_path
+        from ctbrainage.atomic import atomic_write_npz
 
-        template = build_template(voxel_mm)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **template.__dict__)
+        atomic_write_npz(path, **build_template(voxel_mm).__dict__)
     with np.load(path) as data:
         fields = {key: data[key] for key in data.files}
     fields["brain_volume_ml"] = float(fields["brain_volume_ml"])
