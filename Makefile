@@ -2,12 +2,13 @@
 #   make demo   - set up .venv on first use, then run the demo on the embedded synthetic cohort
 #                 (generate it, then notebooks 01-07 through run_all.py and papermill)
 #   make test   - set up .venv on first use, then run the test suite
+#   make lab    - also install JupyterLab, then open it on the repository (notebooks/ first)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo stacking new-scans test lint bench clean-demo check-notebooks update-notebooks
+.PHONY: demo stacking new-scans test lab test-browser lint bench clean-demo check-notebooks update-notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,24 @@ new-scans: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# JupyterLab on the repository, opened at notebooks/ (LAB_ARGS: e.g. --no-browser --port 8890)
+LAB_ARGS ?=
+$(VENV)/.lab-installed: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,lab]"
+	touch $@
+lab: $(VENV)/.lab-installed
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --ServerApp.default_url=/lab/tree/notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# The real-browser test (not in CI): Playwright drives Debian's chromium through JupyterLab and the
+# run's exported pages. Needs `apt-get install chromium` first (see README).
+$(VENV)/.browser-installed: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,browser]"
+	touch $@
+test-browser: $(VENV)/.browser-installed
+	@command -v chromium >/dev/null || { echo "test-browser needs Debian's chromium: apt-get update && apt-get install -y chromium"; exit 2; }
+	CTBRAINAGE_BROWSER=1 $(PY) -m pytest tests/browser -v -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ctbrainage tests benchmarks

@@ -27,6 +27,13 @@ def repo_path(path: str | Path) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it, else absolute: how paths are
+    shown in notebook parameters and outputs (no path of the machine that built them)."""
+    path = Path(path).expanduser().resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 class ProfileError(ValueError):
     """A profile file or override that cannot be used."""
 
@@ -223,12 +230,15 @@ def available_profiles() -> list[str]:
 def load_profile(
     profile: str | Path = "demo", overrides: dict[str, Any] | None = None, **kwargs: Any
 ) -> Profile:
-    """Load a profile by name (``configs/<name>.yaml``) or path, then apply overrides.
+    """Load a profile by name (``configs/<name>.yaml``) or path (a relative one that is not
+    found from the working directory: from the repository), then apply overrides.
 
     Overrides are nested dicts or dotted keys, e.g. ``{"train.epochs": 2}`` or
     ``synth={"n": 12}``; keyword arguments are overrides too (as papermill passes them).
     """
     path = Path(profile)
+    if path.suffix in (".yaml", ".yml") and not path.exists():
+        path = repo_path(path)
     if path.suffix not in (".yaml", ".yml"):
         path = CONFIG_DIR / f"{profile}.yaml"
         if not path.exists():

@@ -147,6 +147,12 @@ class RunLayout:
         """The model input, float32 in [0, 1] inside the brain."""
         return self.preprocessed_dir / f"{subject_id}{NIFTI}"
 
+    def preprocessed_ids(self) -> list[str]:
+        """The subjects with a model input in ``preprocessed/`` (not their brain masks)."""
+        ids = {p.name.removesuffix(NIFTI) for p in self.preprocessed_dir.glob(f"*{NIFTI}")}
+        masks = {m.name for i in ids for m in (self.brain(i), self.brain_native(i))}
+        return sorted(i for i in ids if self.preprocessed(i).name not in masks)
+
     def brain(self, subject_id: str) -> Path:
         """The brain mask in the model's grid."""
         return self.preprocessed_dir / f"{subject_id}_brain{NIFTI}"

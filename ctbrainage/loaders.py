@@ -123,6 +123,17 @@ def filled_volumes(
     return {name: filled_volume(profile, subject_id, k, fill, repeat) for k, name in LOBES.items()}
 
 
+def preprocessed_subjects(layout: RunLayout) -> pd.Series:
+    """Age in months (NaN when the run has no cohort table) of every subject with a
+    preprocessed volume, youngest first."""
+    ids = layout.preprocessed_ids()
+    ages = pd.Series(np.nan, index=pd.Index(ids, name="subject_id"), name="age_months")
+    if layout.cohort.exists():
+        cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str})
+        ages.update(cohort.set_index("subject_id")["age_months"])
+    return ages.sort_values(kind="stable")
+
+
 def predictions(layout: RunLayout) -> pd.DataFrame:
     """``predictions.csv`` indexed by subject."""
     if not layout.predictions.exists():

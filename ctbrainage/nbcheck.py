@@ -6,8 +6,8 @@ demo run) are copied with their injected parameters pointing at the new run dire
 executed cell by cell by nbval. Outputs are compared after the sanitising rules of
 ``nbval.cfg`` (paths, run directories, memory addresses, progress-bar times); images and widget
 state are not compared (nbval's defaults), nor are cells tagged ``nbval-ignore-output`` (the
-interactive viewers, and the training cell of 03 with Lightning's progress display). Folds
-without a stored 03 notebook are trained with ``run_all`` before 04, so the check also works
+interactive viewers, and the training cell of 03 with Lightning's progress bar in JupyterLab).
+Folds without a stored 03 notebook are trained with ``run_all`` before 04, so the check also works
 from the committed notebooks, which hold fold 0 only.
 
 Command line: ``python -m ctbrainage.nbcheck NOTEBOOK_DIR --run-dir DIR [pytest options]``.
@@ -28,6 +28,7 @@ import nbformat
 from ctbrainage import run
 from ctbrainage.config import REPO_ROOT, load_profile
 from ctbrainage.layout import NOTEBOOK_SOURCES, RunLayout
+from ctbrainage.run import stored
 
 SANITIZE = Path(__file__).with_name("nbval.cfg")
 INJECTED = "injected-parameters"
@@ -42,8 +43,9 @@ def injected_parameters(notebook: nbformat.NotebookNode) -> dict[str, Any]:
 
 
 def store_reference(executed_dir: str | Path, dest: Path = NOTEBOOK_SOURCES) -> list[Path]:
-    """Make a run's executed notebooks the committed ones (fold 0 for 03), with every path under
-    the repository written relative to it: no path of the build machine is stored."""
+    """Make a run's executed notebooks the committed ones (fold 0 for 03), as
+    :func:`ctbrainage.run.stored.store` keeps them: static outputs, no path of the build
+    machine."""
     executed_dir = Path(executed_dir)
     written = []
     for source in sorted(executed_dir.glob("[0-9][0-9]_*.ipynb")):
@@ -51,9 +53,7 @@ def store_reference(executed_dir: str | Path, dest: Path = NOTEBOOK_SOURCES) -> 
         if fold and source.stem != "03_train_fold0":
             continue  # one fold's notebook is committed
         name = "03_train.ipynb" if fold else source.name
-        text = source.read_text().replace(f"{REPO_ROOT}/", "").replace(str(REPO_ROOT), ".")
-        (dest / name).write_text(text)
-        written.append(dest / name)
+        written.append(stored.store(source, dest / name))
     return written
 
 
@@ -87,7 +87,9 @@ def sanitize_file(stored_run_dirs: set[str], run_dir: Path, out: Path) -> Path:
         f"[run_dir_{i}]\nregex: {re.escape(path)}\nreplace: <RUN>\n"
         for i, path in enumerate(sorted(stored_run_dirs | {str(run_dir)}, key=len, reverse=True))
     ]
-    rules.append(f"[repository]\nregex: {re.escape(str(REPO_ROOT))}\nreplace: <REPO>\n")
+    # the repository's paths as stored (ctbrainage.run.stored: relative to it)
+    rules.append(f"[repository]\nregex: {re.escape(str(REPO_ROOT))}/\nreplace: \n")
+    rules.append(f"[repository_root]\nregex: {re.escape(str(REPO_ROOT))}\nreplace: .\n")
     out.write_text("\n".join([*rules, SANITIZE.read_text()]))
     return out
 

@@ -45,11 +45,16 @@ def map_subjects(
     return results, errors
 
 
+def progress_shown(progress: bool = True) -> bool:
+    """Whether to show a progress bar: ``progress`` and the environment variable
+    ``TQDM_DISABLE`` unset (run_all.py sets it for the notebooks it executes; tqdm's notebook
+    bars and Lightning's would not read it themselves)."""
+    return progress and os.environ.get("TQDM_DISABLE", "0") in ("", "0")
+
+
 def progress_bar(iterable=None, *, desc: str, progress: bool = True, **kwargs) -> tqdm:
-    """A progress bar over subjects (``unit`` may say otherwise), unless ``progress`` is False
-    or the environment variable ``TQDM_DISABLE`` is set (run_all.py sets it for the notebooks
-    it executes; tqdm's notebook bars would not read it themselves)."""
-    hidden = not progress or os.environ.get("TQDM_DISABLE", "0") not in ("", "0")
+    """A progress bar over subjects (``unit`` may say otherwise), when :func:`progress_shown`."""
+    hidden = not progress_shown(progress)
     return tqdm(iterable, desc=desc, disable=hidden, **{"unit": "subject", **kwargs})
 
 

@@ -1,8 +1,11 @@
 """The readable side of a run: executed notebooks as HTML and one index page.
 
 ``<run>/html/NN_name.html`` shows code and outputs; ``NN_name.noinput.html`` only prose, tables
-and figures, for reviewers. ``<run>/index.html`` links them and shows the run at a glance: step
-status and timings, metrics, Table 1, ground-truth recovery, figures and the QC images.
+and figures, for reviewers. The pages are self-contained and work offline: images are embedded
+and nothing is loaded from the web (the ``offline`` template; the viewers appear as the static
+pictures stored with the notebook). ``<run>/index.html`` links them and shows the run at a
+glance: step status and timings, metrics, Table 1, ground-truth recovery, figures and the QC
+images.
 Every page uses paths relative to the run directory, so the run can be moved or shared as is.
 """
 
@@ -17,9 +20,11 @@ import pandas as pd
 from nbconvert import HTMLExporter
 
 from ctbrainage.atomic import atomic_write_text
+from ctbrainage.display import readable
 from ctbrainage.layout import RunLayout
 
 VARIANTS = {".html": False, ".noinput.html": True}  # suffix -> exclude the code
+TEMPLATES = Path(__file__).with_name("templates")  # offline: the pages load nothing from the web
 
 
 def export_notebook(notebook: str | Path, html_dir: str | Path) -> list[Path]:
@@ -29,6 +34,8 @@ def export_notebook(notebook: str | Path, html_dir: str | Path) -> list[Path]:
     written = []
     for suffix, no_input in VARIANTS.items():
         exporter = HTMLExporter(
+            template_name="offline",
+            extra_template_basedirs=[str(TEMPLATES)],
             exclude_input=no_input,
             exclude_input_prompt=no_input,
             exclude_output_prompt=no_input,
@@ -68,7 +75,8 @@ table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f4f4f4; } td.failed { color: #b00; font-weight: bold; }
 .meta { color: #555; } figure { display: inline-block; margin: 0.5em; vertical-align: top; }
-figure img { max-width: 32em; } .qc img { width: 9em; } .qc figure { margin: 0.2em; }
+figure { max-width: 100%; } figure img { max-width: 100%; }
+.qc img { width: 9em; } .qc figure { margin: 0.2em; }
 figcaption { font-size: 0.8em; color: #555; text-align: center; }
 """
 
@@ -162,7 +170,7 @@ def _csv_section(path: Path, title: str, index: bool = True) -> str:
     if not path.exists():
         return ""
     table = pd.read_csv(path, index_col=0 if index else None)
-    return f"<h2>{_e(title)}</h2>" + table.to_html(float_format=lambda v: f"{v:.3f}", na_rep="")
+    return f"<h2>{_e(title)}</h2>" + readable(table).to_html(index=index)
 
 
 def _recovery(path: Path) -> str:
@@ -218,7 +226,7 @@ def _exclusions(path: Path) -> str:
     table = pd.read_csv(path)
     if table.empty:
         return "<h2>Exclusions</h2><p>None: every subject went through.</p>"
-    return f"<h2>Exclusions ({len(table)})</h2>" + table.to_html(index=False, na_rep="")
+    return f"<h2>Exclusions ({len(table)})</h2>" + readable(table).to_html(index=False)
 
 
 def _qc(layout: RunLayout) -> str:

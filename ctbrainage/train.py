@@ -21,6 +21,7 @@ from ctbrainage.cohort import stratified_folds
 from ctbrainage.config import Profile
 from ctbrainage.data import AgeScaler, VolumeDataset, augmentation
 from ctbrainage.models import build_model
+from ctbrainage.parallel import progress_shown
 
 # Lightning's advertisement for its cloud logger is noise in every executed notebook
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
@@ -32,17 +33,33 @@ LOSSES = {"mse": torch.nn.MSELoss, "mae": torch.nn.L1Loss}
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
+MESSAGES = "lightning.log"  # Lightning's messages of a fit, beside its CSV log's version folder
+_LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning")
+
+
 @contextlib.contextmanager
-def quiet_lightning():
-    """Lightning's informational lines ("GPU available: …", "`Trainer.fit` stopped: …") are
-    not printed while this is active (warnings still are)."""
-    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+def lightning_messages_to(path: Path):
+    """Lightning's log lines ("GPU available: …", "`Trainer.fit` stopped: …") and the warnings
+    raised meanwhile are written to ``path``, not to the notebook or the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    saved = [(logger.handlers, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers, logger.propagate = [handler], False
+
+    def log_warning(message, category, filename, lineno, file=None, line=None):
+        handler.stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = log_warning
+            yield
     finally:
-        logger.setLevel(level)
+        for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
+            logger.handlers, logger.propagate = handlers, propagate
+        handler.close()
 
 
 class AgeRegressor(pl.LightningModule):
@@ -177,7 +194,7 @@ def fit_fold(
     module = AgeRegressor(profile)
     best = _BestWeights() if patience > 0 else None
     stopping = [pl.callbacks.EarlyStopping("val_loss", patience=patience), best] if best else []
-    with _restored_determinism_flags():
+    with _restored_determinism_flags(), lightning_messages_to(Path(log_dir, log_name, MESSAGES)):
         trainer = pl.Trainer(
             max_epochs=profile.train.epochs,
             accelerator="gpu" if gpu is not None else "cpu",
@@ -186,16 +203,13 @@ def fit_fold(
             deterministic=gpu is None,
             logger=pl.loggers.CSVLogger(log_dir, name=log_name, version=0),
             enable_checkpointing=False,
-            enable_progress_bar=progress,
+            enable_progress_bar=progress_shown(progress),
             enable_model_summary=False,
             num_sanity_val_steps=0,
             log_every_n_steps=1,
             callbacks=stopping,
         )
-        with warnings.catch_warnings():  # a deprecation inside Lightning; no val split is fine
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
-            warnings.filterwarnings("ignore", message=".*`validation_step` but have no")
-            trainer.fit(module, loader, val_loader)
+        trainer.fit(module, loader, val_loader)
     if best is not None:
         module.load_state_dict(best.state)
     module.eval()

@@ -14,8 +14,10 @@ coronal and sagittal planes (patient right on the image right, as in ``canonical
 
 from __future__ import annotations
 
+import base64
 import html
 import io as _io
+import textwrap
 from collections.abc import Iterable
 
 import ipywidgets as w
@@ -108,11 +110,41 @@ def to_png(rgb: np.ndarray, aspect: float = 1.0, size: int = DISPLAY_SIZE) -> by
     return buffer.getvalue()
 
 
-def lobe_centre(labels: np.ndarray, lobe: int | str, axis: str) -> int:
-    """Index of the slice along ``axis`` through the centre of ``lobe`` (the middle slice when
-    the lobe is absent)."""
-    where = np.nonzero(labels == lobe_id(lobe))[_dim(axis)]
-    return int(round(where.mean())) if where.size else labels.shape[_dim(axis)] // 2
+def lobe_slice(labels: np.ndarray, lobes: int | str | Iterable[int | str], axis: str) -> int:
+    """Index of the slice along ``axis`` with the most voxels of ``lobes`` (one or several, by
+    name or label; right-hemisphere labels 11-14 count as their lobe); the middle slice when
+    none is there. For a bilateral lobe on sagittal planes this is a slice through one
+    hemisphere, not the midline between them."""
+    dim = _dim(axis)
+    chosen = [lobes] if isinstance(lobes, str | int) else list(lobes)
+    labels = np.asarray(labels)
+    inside = np.isin(np.where(labels > 10, labels - 10, labels), [lobe_id(x) for x in chosen])
+    counts = inside.sum(axis=tuple(d for d in range(3) if d != dim))
+    return int(counts.argmax()) if counts.any() else labels.shape[dim] // 2
+
+
+def static_picture(
+    panels: list[tuple[str, np.ndarray, float]], caption: str, size: int = DISPLAY_SIZE
+) -> bytes:
+    """PNG of ``panels`` (title, RGB image, pixel aspect) side by side with ``caption`` below:
+    what a viewer shows where no kernel runs it (a stored notebook, an exported page)."""
+    from matplotlib.figure import Figure
+
+    width = int(len(panels) * size / 6.2)  # characters of 8 pt per line
+    caption = "\n".join(textwrap.fill(line, width) for line in caption.splitlines())
+    lines = caption.count("\n") + 1
+    inches = size / 100
+    fig = Figure(figsize=(inches * len(panels), inches + 0.3 + 0.17 * lines), layout="constrained")
+    for ax, (title, rgb, aspect) in zip(
+        fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
+    ):
+        ax.imshow(rgb, aspect=aspect, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.supxlabel(caption, fontsize=8)
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
 def perturbation_caption(
@@ -161,7 +193,7 @@ def perturbation_panels(
 
     ``filled``: the subject's input with the lobe filled, in the on-disk voxel order of
     ``subject.volume`` (:func:`ctbrainage.loaders.filled_volume`). The panels are slice
-    ``index`` along ``axis`` (default: through the lobe's centre, which needs
+    ``index`` along ``axis`` (default: the one with most of the lobe, which needs
     ``subject.labels``) of both volumes in RAS display orientation. ``rows``: perturbation-table
     rows (kept here: this subject, lobe and ``fill``; None or empty: no results); the caption
     gives ``age``, the whole and masked prediction and ΔAE of ``repeat`` (and the means over
@@ -177,7 +209,7 @@ def perturbation_panels(
     if index is None:
         if subject.labels is None:
             raise ValueError(f"{subject.subject_id}: lobe labels missing (run step 02)")
-        index = lobe_centre(subject.canonical(subject.labels), name, axis)
+        index = lobe_slice(subject.canonical(subject.labels), name, axis)
     shown = _rows_of(rows, subject.subject_id, name, fill)
     text = perturbation_caption(subject.subject_id, age, name, fill, seed, shown, repeat)
     if shown.empty:
@@ -210,16 +242,32 @@ def _caption_html(text: str) -> str:
 
 
 class _Displayable:
+    """Displays the live widget; its stored output also carries the current picture
+    (``image/png``) and caption (``text/plain``), shown where no kernel runs the widget."""
+
     widget: w.Widget
+    text: str
+
+    def picture(self) -> bytes:
+        """PNG of what the viewer shows now, with its caption."""
+        raise NotImplementedError
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs))
+        bundle["image/png"] = base64.b64encode(self.picture()).decode("ascii")
+        bundle["text/plain"] = f"{type(self).__name__}: {self.text}"
+        return bundle
+
+
+SLIDER = w.Layout(width="40em")  # a track of about 4 px per slice for 64 slices
 
 
 class SliceViewer(_Displayable):
     """A volume with optional lobe labels (RAS-ordered arrays [i, j, k]): axis, slice,
-    window, per-lobe overlay toggles and opacity. ``.image`` holds the PNG, ``.rgb`` the
-    rendered array, ``.caption`` the text; display the viewer (or ``.widget``) in a notebook."""
+    window, per-lobe overlay toggles and opacity; made with :meth:`from_run`, also a subject
+    picker. A new axis or subject starts at the slice with the most voxels of the lobes shown
+    (without labels: the middle one). ``.image`` holds the PNG, ``.rgb`` the rendered array,
+    ``.text`` (``.caption``: as HTML) the caption; display the viewer in a notebook."""
 
     def __init__(
         self,
@@ -231,20 +279,15 @@ class SliceViewer(_Displayable):
         title: str = "",
         size: int = DISPLAY_SIZE,
     ):
-        self.volume = np.asarray(volume, np.float32)
-        if self.volume.ndim != 3:
-            raise ValueError(f"expected a 3-D volume, got shape {self.volume.shape}")
-        self.labels = None if labels is None else np.asarray(labels)
-        if self.labels is not None and self.labels.shape != self.volume.shape:
-            raise ValueError(
-                f"lobe labels {self.labels.shape} do not match the volume {self.volume.shape}"
-            )
-        self.spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(map(float, spacing))
-        self.title, self.size = title, size
+        self.size = size
+        self._set_data(volume, labels, spacing, title)
         lo, hi = float(self.volume.min()), float(self.volume.max())
         hi = hi if hi > lo else lo + 1.0
-        self.axis = w.ToggleButtons(options=AXES, value="axial", description="axis")
-        self.slice = w.IntSlider(description="slice", continuous_update=False)
+        self.subject: w.Dropdown | None = None
+        self.axis = w.ToggleButtons(
+            options=AXES, value="axial", description="axis", style={"button_width": "6em"}
+        )
+        self.slice = w.IntSlider(description="slice", continuous_update=False, layout=SLIDER)
         self.window = w.FloatRangeSlider(
             value=window or (lo, hi),
             min=min(lo, *(window or (lo,))),
@@ -253,6 +296,7 @@ class SliceViewer(_Displayable):
             description="window",
             continuous_update=False,
             readout_format=".2f",
+            layout=SLIDER,
         )
         self.lobes = {
             name: w.Checkbox(value=True, description=name, indent=False) for name in LOBES.values()
@@ -263,17 +307,28 @@ class SliceViewer(_Displayable):
         self.image = w.Image(format="png")
         self.caption = w.HTML()
         self.rgb = np.zeros((0, 0, 3), np.uint8)
+        self.text = ""
         self._updating = False
         self._set_axis_range()
-        self.axis.observe(self._on_axis, "value")
+        self.axis.observe(self._on_view, "value")
         for control in (self.slice, self.window, self.opacity, *self.lobes.values()):
             control.observe(self._on_change, "value")
         overlay = []
         if self.labels is not None:
             overlay = [w.HBox(list(self.lobes.values())), self.opacity]
-        controls = w.VBox([self.axis, self.slice, self.window, *overlay])
-        self.widget = w.VBox([w.HBox([self.image, controls]), self.caption])
+        self.controls = w.VBox([self.axis, self.slice, self.window, *overlay])
+        self.widget = w.VBox([w.HBox([self.image, self.controls]), self.caption])
         self.update()
+
+    def _set_data(self, volume, labels, spacing, title: str) -> None:
+        volume = np.asarray(volume, np.float32)
+        if volume.ndim != 3:
+            raise ValueError(f"expected a 3-D volume, got shape {volume.shape}")
+        labels = None if labels is None else np.asarray(labels)
+        if labels is not None and labels.shape != volume.shape:
+            raise ValueError(f"lobe labels {labels.shape} do not match the volume {volume.shape}")
+        self.volume, self.labels, self.title = volume, labels, title
+        self.spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(map(float, spacing))
 
     @classmethod
     def from_subject(cls, subject: SubjectImage, **kwargs) -> SliceViewer:
@@ -289,29 +344,57 @@ class SliceViewer(_Displayable):
         )
 
     @classmethod
-    def from_run(cls, layout_or_run_dir, subject_id: str, **kwargs) -> SliceViewer:
-        """The preprocessed volume of ``subject_id`` with its lobe labels (if made), in RAS
-        orientation. The run: a :class:`~ctbrainage.layout.RunLayout`, a run directory or a
+    def from_run(cls, layout_or_run_dir, subject_id: str | None = None, **kwargs) -> SliceViewer:
+        """The preprocessed volumes of a run with their lobe labels (if made), in RAS
+        orientation, with a picker of every preprocessed subject (youngest first), starting at
+        ``subject_id`` (default: the youngest). The run: a
+        :class:`~ctbrainage.layout.RunLayout`, a run directory or a
         :class:`~ctbrainage.config.Profile`."""
-        return cls.from_subject(
-            loaders.subject_image(_layout(layout_or_run_dir), subject_id), **kwargs
+        layout = _layout(layout_or_run_dir)
+        ages = loaders.preprocessed_subjects(layout)
+        if subject_id is None:
+            if ages.empty:
+                raise ValueError(f"no preprocessed volume in {layout.root} (run step 01)")
+            subject_id = str(ages.index[0])
+        viewer = cls.from_subject(loaders.subject_image(layout, subject_id), **kwargs)
+        options = [
+            (sid if np.isnan(age) else f"{sid} ({age:.1f} months)", sid)
+            for sid, age in ages.items()
+        ]
+        viewer.subject = w.Dropdown(options=options, value=subject_id, description="subject")
+        viewer.subject.observe(
+            lambda change: viewer._show(loaders.subject_image(layout, change["new"])), "value"
         )
+        viewer.controls.children = (viewer.subject, *viewer.controls.children)
+        return viewer
+
+    def _show(self, subject: SubjectImage) -> None:
+        labels = None if subject.labels is None else subject.canonical(subject.labels)
+        self._set_data(
+            subject.canonical(subject.volume), labels, subject.spacing, subject.subject_id
+        )
+        self._on_view(None)
 
     @property
     def lobes_on(self) -> list[str]:
         return [name for name, box in self.lobes.items() if box.value]
 
     def _set_axis_range(self) -> None:
-        n = self.volume.shape[_dim(self.axis.value)]
+        """The slider's range for the axis, at the slice with the most of the lobes shown."""
+        axis = self.axis.value
+        if self.labels is not None and self.lobes_on:
+            start = lobe_slice(self.labels, self.lobes_on, axis)
+        else:
+            start = self.volume.shape[_dim(axis)] // 2
         self._updating = True
         try:
             self.slice.value = 0
-            self.slice.max = n - 1
-            self.slice.value = n // 2
+            self.slice.max = self.volume.shape[_dim(axis)] - 1
+            self.slice.value = start
         finally:
             self._updating = False
 
-    def _on_axis(self, _change) -> None:
+    def _on_view(self, _change) -> None:
         self._set_axis_range()
         self.update()
 
@@ -334,7 +417,12 @@ class SliceViewer(_Displayable):
         if self.labels is not None:
             shown = ", ".join(self.lobes_on) or "none"
             parts.append(f"lobes: {shown} at opacity {self.opacity.value:.2f}")
-        self.caption.value = _caption_html(" · ".join(parts))
+        self.text = " · ".join(parts)
+        self.caption.value = _caption_html(self.text)
+
+    def picture(self) -> bytes:
+        aspect = pixel_aspect(self.spacing, self.axis.value)
+        return static_picture([(self.title, self.rgb, aspect)], self.text, self.size)
 
 
 class PerturbationViewer(_Displayable):
@@ -378,8 +466,10 @@ class PerturbationViewer(_Displayable):
         self.repeat = w.IntSlider(
             value=0, min=0, max=repeats - 1, description="repeat", disabled=repeats == 1
         )
-        self.axis = w.ToggleButtons(options=AXES, value="axial", description="axis")
-        self.slice = w.IntSlider(description="slice", continuous_update=False)
+        self.axis = w.ToggleButtons(
+            options=AXES, value="axial", description="axis", style={"button_width": "6em"}
+        )
+        self.slice = w.IntSlider(description="slice", continuous_update=False, layout=SLIDER)
         self.original, self.perturbed = w.Image(format="png"), w.Image(format="png")
         self.caption = w.HTML()
         self.original_rgb = self.perturbed_rgb = np.zeros((0, 0, 3), np.uint8)
@@ -410,14 +500,14 @@ class PerturbationViewer(_Displayable):
         return self._filled[1]
 
     def _recentre(self) -> None:
-        """Slice range for the axis, and the slice through the chosen lobe's centre."""
+        """Slice range for the axis, and the slice with the most voxels of the chosen lobe."""
         canon = (subject := self._subject()).canonical(subject.labels)
         axis = self.axis.value
         self._updating = True
         try:
             self.slice.value = 0
             self.slice.max = canon.shape[_dim(axis)] - 1
-            self.slice.value = lobe_centre(canon, self.lobe.value, axis)
+            self.slice.value = lobe_slice(canon, self.lobe.value, axis)
         finally:
             self._updating = False
 
@@ -473,3 +563,13 @@ class PerturbationViewer(_Displayable):
         self.original.value = to_png(self.original_rgb, aspect, self.size)
         self.perturbed.value = to_png(self.perturbed_rgb, aspect, self.size)
         self.caption.value = _caption_html(self.text)
+
+    def picture(self) -> bytes:
+        aspect = pixel_aspect(
+            loaders.subject_image(self.layout, self.subject.value).spacing, self.axis.value
+        )
+        panels = [
+            ("original", self.original_rgb, aspect),
+            ("lobe filled", self.perturbed_rgb, aspect),
+        ]
+        return static_picture(panels, self.text, self.size)

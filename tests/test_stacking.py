@@ -251,18 +251,19 @@ def test_early_stopping_needs_an_inner_validation_split(tiny_run):
         train.fit_fold(profile, folds, 0, lambda ids: None, log_dir=None, log_name="x", patience=2)
 
 
-def test_early_stopping_keeps_the_weights_of_the_best_validation_epoch(tiny_run, tmp_path):
+def test_early_stopping_keeps_the_weights_of_the_best_validation_epoch(tiny_run, tmp_path, capfd):
     from ctbrainage import train
     from ctbrainage.data import AgeScaler, load_volumes
 
     layout = RunLayout(tiny_run.run_path)
     profile = s08_stacking.encoder_profile(tiny_run)  # tiny: VGG8 width 4, 3 epochs, MAE loss
     folds = pd.read_csv(layout.folds, dtype={"subject_id": str})
-    with train.quiet_lightning():
-        fitted = train.fit_fold(
-            profile, folds, 0, lambda ids: load_volumes([layout.preprocessed(s) for s in ids]),
-            log_dir=tmp_path, log_name="encoder", progress=False, patience=1,
-        )  # fmt: skip
+    fitted = train.fit_fold(
+        profile, folds, 0, lambda ids: load_volumes([layout.preprocessed(s) for s in ids]),
+        log_dir=tmp_path, log_name="encoder", progress=False, patience=1,
+    )  # fmt: skip
+    messages = (tmp_path / "encoder" / train.MESSAGES).read_text()
+    assert "GPU available" in messages and "GPU available" not in capfd.readouterr().err
     curve = pd.read_csv(tmp_path / "encoder" / "version_0" / "metrics.csv")
     curve = curve.dropna(subset=["val_loss"])
     scaler = AgeScaler(*profile.age_range_months)
@@ -274,13 +275,18 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_epoch(tiny_run,
     assert fitted.best_epoch == curve.loc[curve["val_loss"].idxmin(), "epoch"]
 
 
-def test_lightning_is_quiet_only_inside_the_context():
+def test_lightning_messages_go_to_the_file_only_inside_the_context(tmp_path, capfd):
     import logging
+    import warnings
 
-    from ctbrainage.train import quiet_lightning
+    from ctbrainage.train import lightning_messages_to
 
     logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    before = logger.level
-    with quiet_lightning():
-        assert not logger.isEnabledFor(logging.INFO)
-    assert logger.level == before
+    handlers = logging.getLogger("pytorch_lightning").handlers
+    with lightning_messages_to(tmp_path / "fit.log"):
+        logger.info("GPU available: False")
+        warnings.warn("a library warning", UserWarning, stacklevel=1)
+    text = (tmp_path / "fit.log").read_text()
+    assert "GPU available: False" in text and "a library warning" in text
+    assert "GPU available" not in capfd.readouterr().err
+    assert logging.getLogger("pytorch_lightning").handlers == handlers

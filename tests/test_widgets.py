@@ -99,65 +99,96 @@ def viewer():
     return widgets.SliceViewer(volume, labels, spacing=(1.0, 1.0, 2.0), window=(0.0, 1.0))
 
 
+@pytest.fixture
+def middle(viewer):
+    """The viewer at the middle axial slice, where the phantom's values span the window."""
+    viewer.slice.value = 14
+    return viewer
+
+
+def test_lobe_slice_has_the_most_voxels_of_the_lobes():
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[3:5, 2:4, 6] = 1  # frontal: 4 voxels on axial slice 6
+    labels[2:9, 2:9, 20] = 1  # 49 on slice 20
+    labels[12:18, 5:7, 10] = 13  # a right temporal lobe: 12 voxels, most on sagittal 12-17
+    labels[14, 5:20, 3:20] = 3  # left temporal: 255 voxels on sagittal slice 14
+    assert widgets.lobe_slice(labels, "frontal", "axial") == 20
+    assert widgets.lobe_slice(labels, ["frontal", "temporal"], "axial") == 20
+    assert widgets.lobe_slice(labels, "temporal", "sagittal") == 14  # right labels count too
+    assert widgets.lobe_slice(labels, 3, "coronal") == 5
+    assert widgets.lobe_slice(labels, "occipital", "axial") == SHAPE[2] // 2  # absent: middle
+    labels[labels == 3] = 0
+    assert widgets.lobe_slice(labels, "temporal", "sagittal") == 12  # only the right lobe
+
+
 def test_axis_sets_slider_range_and_image_shape(viewer):
-    assert viewer.axis.value == "axial" and viewer.slice.max == 27 and viewer.slice.value == 14
+    everything = list(LOBES.values())
+    axial = widgets.lobe_slice(viewer.labels, everything, "axial")
+    assert viewer.axis.value == "axial" and viewer.slice.max == 27 and viewer.slice.value == axial
     assert viewer.rgb.shape == (24, 20, 3)
-    assert "axial slice 14 of 27" in viewer.caption.value
+    assert f"axial slice {axial} of 27" in viewer.caption.value
     viewer.axis.value = "sagittal"
-    assert (viewer.slice.max, viewer.slice.value) == (19, 10)
+    sagittal = widgets.lobe_slice(viewer.labels, everything, "sagittal")
+    assert (viewer.slice.max, viewer.slice.value) == (19, sagittal)
     assert viewer.rgb.shape == (28, 24, 3)
     height, width = png_shape(viewer.image.value)
     assert height / width == pytest.approx(28 * 2 / 24, rel=0.02)  # 2 mm slices: taller pixels
-    assert "sagittal slice 10 of 19" in viewer.caption.value
+    assert f"sagittal slice {sagittal} of 19" in viewer.caption.value
     viewer.axis.value = "coronal"
-    assert (viewer.slice.max, viewer.slice.value, viewer.rgb.shape) == (23, 12, (28, 20, 3))
-
-
-def test_moving_the_slice_changes_image_and_caption(viewer):
-    before, png = viewer.rgb.copy(), viewer.image.value
-    viewer.slice.value = 3
-    assert not np.array_equal(before, viewer.rgb) and viewer.image.value != png
-    expected = widgets.render_slice(
-        viewer.volume, viewer.labels, "axial", 3, (0.0, 1.0), opacity=0.4
-    )
-    np.testing.assert_array_equal(viewer.rgb, expected)
-    assert "axial slice 3 of 27" in viewer.caption.value
-
-
-def test_lobe_toggle_removes_its_colour(viewer):
-    lab = widgets.plane(viewer.labels, "axial", 14)
-    frontal = lab == LOBE_IDS["frontal"]
-    assert not is_grey(viewer.rgb[frontal]).any()
-    viewer.lobes["frontal"].value = False
-    assert is_grey(viewer.rgb[frontal]).all()
-    assert not is_grey(viewer.rgb[lab > 1]).any()  # the other lobes keep theirs
-    assert "lobes: parietal, temporal, occipital" in viewer.caption.value
+    coronal = widgets.lobe_slice(viewer.labels, everything, "coronal")
+    assert (viewer.slice.max, viewer.slice.value, viewer.rgb.shape) == (23, coronal, (28, 20, 3))
     for box in viewer.lobes.values():
         box.value = False
-    assert is_grey(viewer.rgb).all() and "lobes: none" in viewer.caption.value
+    viewer.axis.value = "axial"  # no lobe shown: the middle slice
+    assert viewer.slice.value == 14
 
 
-def test_opacity_zero_is_the_grey_image(viewer):
-    viewer.opacity.value = 0.0
-    grey = widgets.window_grey(widgets.plane(viewer.volume, "axial", 14), (0.0, 1.0))
-    np.testing.assert_array_equal(viewer.rgb, np.repeat(grey[..., None], 3, -1))
-    assert "opacity 0.00" in viewer.caption.value
-    viewer.opacity.value = 1.0
-    lab = widgets.plane(viewer.labels, "axial", 14)
+def test_moving_the_slice_changes_image_and_caption(middle):
+    before, png = middle.rgb.copy(), middle.image.value
+    middle.slice.value = 3
+    assert not np.array_equal(before, middle.rgb) and middle.image.value != png
+    expected = widgets.render_slice(
+        middle.volume, middle.labels, "axial", 3, (0.0, 1.0), opacity=0.4
+    )
+    np.testing.assert_array_equal(middle.rgb, expected)
+    assert "axial slice 3 of 27" in middle.caption.value
+
+
+def test_lobe_toggle_removes_its_colour(middle):
+    lab = widgets.plane(middle.labels, "axial", middle.slice.value)
+    frontal = lab == LOBE_IDS["frontal"]
+    assert not is_grey(middle.rgb[frontal]).any()
+    middle.lobes["frontal"].value = False
+    assert is_grey(middle.rgb[frontal]).all()
+    assert not is_grey(middle.rgb[lab > 1]).any()  # the other lobes keep theirs
+    assert "lobes: parietal, temporal, occipital" in middle.caption.value
+    for box in middle.lobes.values():
+        box.value = False
+    assert is_grey(middle.rgb).all() and "lobes: none" in middle.caption.value
+
+
+def test_opacity_zero_is_the_grey_image(middle):
+    middle.opacity.value = 0.0
+    shown = middle.slice.value
+    grey = widgets.window_grey(widgets.plane(middle.volume, "axial", shown), (0.0, 1.0))
+    np.testing.assert_array_equal(middle.rgb, np.repeat(grey[..., None], 3, -1))
+    assert "opacity 0.00" in middle.caption.value
+    middle.opacity.value = 1.0
+    lab = widgets.plane(middle.labels, "axial", shown)
     colour = np.round(255 * np.asarray(to_rgb(LOBE_COLOURS["temporal"])))
-    assert (viewer.rgb[lab == LOBE_IDS["temporal"]] == colour).all()
+    assert (middle.rgb[lab == LOBE_IDS["temporal"]] == colour).all()
 
 
-def test_window_changes_pixel_values(viewer):
-    viewer.opacity.value = 0.0
-    before = viewer.rgb.copy()
-    viewer.window.value = (0.2, 0.5)
-    values = widgets.plane(viewer.volume, "axial", 14)
-    assert not np.array_equal(before, viewer.rgb)
-    assert (viewer.rgb[values <= 0.2] == 0).all() and (viewer.rgb[values >= 0.5] == 255).all()
+def test_window_changes_pixel_values(middle):
+    middle.opacity.value = 0.0
+    before = middle.rgb.copy()
+    middle.window.value = (0.2, 0.5)
+    values = widgets.plane(middle.volume, "axial", middle.slice.value)
+    assert not np.array_equal(before, middle.rgb)
+    assert (middle.rgb[values <= 0.2] == 0).all() and (middle.rgb[values >= 0.5] == 255).all()
     inside = (values > 0.21) & (values < 0.49)
-    assert inside.any() and (viewer.rgb[inside, 0] > before[inside, 0]).all()  # more contrast
-    assert "width 0.30, level 0.35" in viewer.caption.value
+    assert inside.any() and (middle.rgb[inside, 0] > before[inside, 0]).all()  # more contrast
+    assert "width 0.30, level 0.35" in middle.caption.value
 
 
 def test_viewer_without_labels_and_display(viewer):
@@ -303,7 +334,7 @@ def test_perturbation_viewer_follows_its_controls(run):
     first = viewer.text
 
     viewer.lobe.value = "occipital"
-    assert viewer.slice.value == widgets.lobe_centre(canonical(phantom()[1]), "occipital", "axial")
+    assert viewer.slice.value == widgets.lobe_slice(canonical(phantom()[1]), "occipital", "axial")
     check_view(viewer, run)
     assert viewer.text != first
 
@@ -315,7 +346,7 @@ def test_perturbation_viewer_follows_its_controls(run):
     viewer.subject.value = IDS[3]
     viewer.axis.value = "coronal"
     check_view(viewer, run)
-    viewer.slice.value -= 1
+    viewer.slice.value += 1
     check_view(viewer, run)
 
     viewer.show(subject=IDS[1], lobe="temporal")
@@ -399,6 +430,7 @@ def test_slice_viewer_from_run_is_in_canonical_orientation(run, given):
     image = nib.load(layout.preprocessed(IDS[1]))
     (axial, _), *_ = canonical_slices(image)
     viewer.opacity.value = 0.0
+    viewer.slice.value = viewer.volume.shape[2] // 2  # canonical_slices' default
     np.testing.assert_array_equal(viewer.rgb[..., 0], widgets.window_grey(np.flipud(axial), (0, 1)))
     assert viewer.caption.value.startswith(IDS[1]) and set(viewer.lobes_on) == set(LOBES.values())
     assert viewer.spacing == (2.0, 1.5, 1.0)
@@ -432,3 +464,39 @@ def test_viewer_without_a_table_shows_every_subject(tmp_path):
     assert viewer.repeat.disabled
     assert "no perturbation results" in viewer.text and "whole prediction 7.50" in viewer.text
     assert (viewer.perturbed_rgb[(viewer.original_rgb != viewer.perturbed_rgb).any(-1)] == 0).all()
+
+
+def test_slice_viewer_picks_every_preprocessed_subject_youngest_first(tmp_path):
+    layout = write_run(tmp_path, tables=False)
+    ages = {IDS[0]: 30.0, IDS[1]: 2.5, IDS[2]: 14.0, IDS[3]: 7.25}
+    pd.DataFrame({"subject_id": list(ages), "age_months": list(ages.values())}).to_csv(
+        layout.cohort, index=False
+    )
+    for sid in IDS:  # step 01 also writes brain masks there: they are no subjects
+        ctio.write_nifti(layout.brain(sid), phantom()[1] > 0, AFFINE)
+        ctio.write_nifti(layout.brain_native(sid), phantom()[1] > 0, AFFINE)
+    viewer = widgets.SliceViewer.from_run(layout)
+    assert viewer.subject.options == (
+        (f"{IDS[1]} (2.5 months)", IDS[1]),
+        (f"{IDS[3]} (7.2 months)", IDS[3]),
+        (f"{IDS[2]} (14.0 months)", IDS[2]),
+        (f"{IDS[0]} (30.0 months)", IDS[0]),
+    )
+    assert viewer.subject.value == IDS[1] and viewer.caption.value.startswith(IDS[1])
+    assert viewer.subject in viewer.controls.children
+    viewer.axis.value = "sagittal"
+    viewer.subject.value = IDS[2]
+    expected = widgets.SliceViewer.from_subject(loaders.subject_image(layout, IDS[2]))
+    expected.axis.value = "sagittal"
+    assert viewer.slice.value == widgets.lobe_slice(viewer.labels, LOBES.values(), "sagittal")
+    np.testing.assert_array_equal(viewer.rgb, expected.rgb)
+    assert viewer.text == expected.text and viewer.text.startswith(f"{IDS[2]} · sagittal")
+
+
+def test_perturbation_viewer_picture_shows_both_panels(run):
+    viewer = widgets.PerturbationViewer(run)
+    picture = Image.open(io.BytesIO(viewer.picture()))
+    bundle = viewer._repr_mimebundle_()
+    assert picture.width > 1.8 * widgets.DISPLAY_SIZE and bundle["text/plain"].endswith(viewer.text)
+    viewer.lobe.value = "temporal"
+    assert viewer._repr_mimebundle_()["image/png"] != bundle["image/png"]

@@ -29,6 +29,7 @@ from ctbrainage import report
 from ctbrainage.atomic import atomic_write_text
 from ctbrainage.config import REPO_ROOT, Profile, ProfileError
 from ctbrainage.layout import RunLayout
+from ctbrainage.run import stored
 from ctbrainage.run.manifest import Manifest, iso, plain, run_header
 from ctbrainage.run.plan import (
     FOLD_STEP,
@@ -66,7 +67,8 @@ def _quiet_papermill() -> None:
 def execute_notebook(
     source: str, output: str, parameters: dict[str, Any], timeout: float | None = None
 ) -> dict[str, Any]:
-    """Execute one notebook with papermill; never raises. Returns status (done/failed),
+    """Execute one notebook with papermill and keep its outputs static
+    (:func:`ctbrainage.run.stored.store`); never raises. Returns status (done/failed),
     start/end/duration and, on failure, an error summary. Module level: submitit pickles it."""
     import papermill as pm
 
@@ -85,6 +87,8 @@ def execute_notebook(
         )
     except Exception as err:  # a failed notebook is a result, reported by the caller
         error = _error_summary(err, Path(output))
+    if Path(output).exists():  # also a failed one: its outputs say where it stopped
+        stored.store(output)
     ended = time.time()
     return {
         "status": "failed" if error else "done",

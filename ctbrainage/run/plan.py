@@ -18,7 +18,7 @@ from typing import Any, Literal
 import nbformat
 import yaml
 
-from ctbrainage.config import Profile, did_you_mean, load_profile
+from ctbrainage.config import Profile, did_you_mean, load_profile, repo_relative
 from ctbrainage.config import profile_yaml as profile_yaml_text
 from ctbrainage.layout import NOTEBOOK_SOURCES, RunLayout
 
@@ -260,8 +260,8 @@ def make_plan(options: Options) -> Plan:
     )
     layout = RunLayout(profile.run_path)
     common = {
-        "profile": str(layout.profile) if overrides else _profile_arg(options.profile),
-        "run_dir": profile.run_dir,
+        "profile": repo_relative(layout.profile) if overrides else _profile_arg(options.profile),
+        "run_dir": repo_relative(profile.run_path),
         "data": data,
     }
     phases = []
@@ -280,7 +280,7 @@ def make_plan(options: Options) -> Plan:
 
 
 def _profile_arg(profile: str) -> str:
-    return _absolute(profile) if Path(profile).suffix in (".yaml", ".yml") else profile
+    return repo_relative(profile) if Path(profile).suffix in (".yaml", ".yml") else profile
 
 
 def _step_parameters(
@@ -302,7 +302,7 @@ def _step_parameters(
     if n in (5, 7, 8, 9):
         own["gpu"] = gpus[0] if gpus else -1
     if n in (4, 6, 7, 8):
-        own["figures_dir"] = _absolute(options.figures)
+        own["figures_dir"] = repo_relative(options.figures) if options.figures else ""
     return [(NOTEBOOKS[n], None, own)]
 
 

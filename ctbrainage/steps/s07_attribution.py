@@ -669,10 +669,11 @@ def _similarity(reference, other, part, data: _Inputs) -> tuple[float, float]:
         for i, sid in enumerate(part["subject_id"]):
             inside = data.brain(sid) > 0
             a, b = reference[0][i].abs().numpy()[inside], other[0][i].abs().numpy()[inside]
-            per_subject.append(spearmanr(a, b).statistic if a.std() > 0 and b.std() > 0 else np.nan)
+            varies = np.ptp(a) > 0 and np.ptp(b) > 0  # std > 0 can be rounding on a constant
+            per_subject.append(spearmanr(a, b).statistic if varies else np.nan)
         voxel = float(np.nanmean(per_subject)) if np.isfinite(per_subject).any() else np.nan
     a, b = reference[1].ravel(), other[1].ravel()
-    lobe = float(spearmanr(a, b).statistic) if a.std() > 0 and b.std() > 0 else np.nan
+    lobe = float(spearmanr(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else np.nan
     return voxel, lobe
 
 

@@ -273,18 +273,17 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
     for name, source in ENCODER_INPUTS.items():
         offset = cfg.control_seed_offset if name == "T2" else 0
         volumes = sources[source]
-        with train.quiet_lightning():
-            fitted = train.fit_fold(
-                encoder_profile(profile, offset),
-                table,
-                fold,
-                lambda ids, volumes=volumes: volumes[data.rows(ids)],
-                log_dir=layout.logs_dir,
-                log_name=layout.stacking_log_name(name, fold),
-                gpu=gpu,
-                progress=False,
-                patience=cfg.patience,
-            )
+        fitted = train.fit_fold(
+            encoder_profile(profile, offset),
+            table,
+            fold,
+            lambda ids, volumes=volumes: volumes[data.rows(ids)],
+            log_dir=layout.logs_dir,
+            log_name=layout.stacking_log_name(name, fold),
+            gpu=gpu,
+            progress=False,
+            patience=cfg.patience,
+        )
         bar.update()
         fitted.save_model(layout.stacking_model(name, fold))
         subjects[name] = fitted.predictions["predicted_months"].to_numpy()
