@@ -70,15 +70,19 @@ def header(name: str) -> str:
     return words + (UNITS[unit] if unit else "")
 
 
-def _label(value) -> str:
-    return header(value) if isinstance(value, str) else _cell(value, 3, False)
+def _labels(index: pd.Index, columns: bool) -> pd.Index:
+    """Column labels get :func:`header`; row labels are data (a method's or a lobe's name) and
+    keep their spelling, except the metric abbreviations of :data:`HEADERS`."""
 
+    def label(value) -> str:
+        if not isinstance(value, str):
+            return _cell(value, 3, False)
+        return header(value) if columns else HEADERS.get(value, value)
 
-def _labels(index: pd.Index) -> pd.Index:
     names = [header(n) if isinstance(n, str) else n for n in index.names]
     if isinstance(index, pd.MultiIndex):
-        return pd.MultiIndex.from_tuples([tuple(map(_label, key)) for key in index], names=names)
-    return pd.Index([_label(v) for v in index], name=names[0])
+        return pd.MultiIndex.from_tuples([tuple(map(label, key)) for key in index], names=names)
+    return pd.Index([label(v) for v in index], name=names[0])
 
 
 def readable(table: pd.DataFrame | pd.Series, digits: int = 3) -> pd.DataFrame:
@@ -91,9 +95,9 @@ def readable(table: pd.DataFrame | pd.Series, digits: int = 3) -> pd.DataFrame:
     numbered = isinstance(table.index, pd.RangeIndex) and table.index.name is None
     text = pd.DataFrame(
         {i: _column(table.iloc[:, i], digits) for i in range(table.shape[1])},
-        index=pd.Index([""] * len(table)) if numbered else _labels(table.index),
+        index=pd.Index([""] * len(table)) if numbered else _labels(table.index, columns=False),
     )
-    text.columns = _labels(table.columns)
+    text.columns = _labels(table.columns, columns=True)
     return text
 
 

@@ -58,3 +58,10 @@ def test_headings_name_their_units_and_row_numbers_are_blank():
     assert list(text.index) == [""]
     named = readable(table.rename_axis("subject_id").rename(index={0: "syn0001"}))
     assert list(named.index) == ["syn0001"] and named.index.name == "subject"
+
+
+def test_row_labels_keep_their_spelling():
+    table = pd.DataFrame({"s_per_subject": [0.3]}, index=pd.Index(["integrated_gradients"]))
+    text = readable(table.rename_axis("method"))
+    assert list(text.index) == ["integrated_gradients"] and list(text.columns) == ["s per subject"]
+    assert list(readable(pd.DataFrame({"value": [1.5]}, index=["mae"])).index) == ["MAE"]
