@@ -88,7 +88,10 @@ def execute_notebook(
     except Exception as err:  # a failed notebook is a result, reported by the caller
         error = _error_summary(err, Path(output))
     if Path(output).exists():  # also a failed one: its outputs say where it stopped
-        stored.store(output)
+        try:
+            stored.store(output)
+        except Exception as err:  # an unreadable notebook: the first error is the one to report
+            error = error or _error_summary(err, Path(output))
     ended = time.time()
     return {
         "status": "failed" if error else "done",
