@@ -14,6 +14,7 @@ coronal and sagittal planes (patient right on the image right, as in ``canonical
 
 from __future__ import annotations
 
+import abc
 import base64
 import html
 import io as _io
@@ -241,16 +242,16 @@ def _caption_html(text: str) -> str:
     return "<br>".join(html.escape(line) for line in text.splitlines())
 
 
-class _Displayable:
+class _Displayable(abc.ABC):
     """Displays the live widget; its stored output also carries the current picture
     (``image/png``) and caption (``text/plain``), shown where no kernel runs the widget."""
 
     widget: w.Widget
     text: str
 
+    @abc.abstractmethod
     def picture(self) -> bytes:
         """PNG of what the viewer shows now, with its caption."""
-        raise NotImplementedError
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = dict(self.widget._repr_mimebundle_(**kwargs))
