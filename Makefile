@@ -64,12 +64,12 @@ clean-demo:
 # (tables, numbers, printed text; not images or widgets) must come out the same (about a demo's time)
 check-notebooks: $(STAMP)
 	rm -rf runs/nbcheck
-	$(PY) -m ctbrainage.nbcheck notebooks --run-dir runs/nbcheck
+	$(PY) -m ctbrainage.run.nbcheck notebooks --run-dir runs/nbcheck
 
 # Maintainers: after `make demo`, make its executed notebooks the committed ones (fold 0 for 03),
 # with the repository's paths made relative
 update-notebooks:
-	$(PY) -c "from ctbrainage.nbcheck import store_reference; store_reference('runs/demo/notebooks')"
+	$(PY) -c "from ctbrainage.run.nbcheck import store_reference; store_reference('runs/demo/notebooks')"
 
 # TotalSegmentator in its own venv (the [totalseg] extra), to check our messages against it
 .PHONY: test-totalseg

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Throughput of step 07's attribution methods against the library's own call, same run.
 
-For each method we wrap or rewrite, subjects per second of ours (``ctbrainage.attribution``:
+For each method we wrap or rewrite, subjects per second of ours
+(``ctbrainage.interpret.attribution``:
 batched over subjects, occlusion only over cubes touching the brain, lobe Shapley from the 16
 coalitions in one batch) and of Captum's call on one subject at a time (Occlusion over every
 cube; ShapleyValues over the 5! permutations of the four lobes and the background, timed on 2
@@ -28,10 +29,10 @@ from captum.attr import (
     ShapleyValues,
 )
 
-from ctbrainage import attribution
-from ctbrainage.config import ModelConfig
-from ctbrainage.models import build_model
-from ctbrainage.perturb import prepare_model
+from ctbrainage.core.config import ModelConfig
+from ctbrainage.interpret import attribution
+from ctbrainage.interpret.perturb import prepare_model
+from ctbrainage.learn.networks import build_model
 
 
 def phantom(n: int, size: int):

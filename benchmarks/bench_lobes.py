@@ -16,9 +16,9 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ctbrainage import ctio
-from ctbrainage.lobes import atlas_lobes, build_atlas
-from ctbrainage.preprocess import preprocess_scan
+from ctbrainage.imaging import ctio
+from ctbrainage.imaging.preprocess import preprocess_scan
+from ctbrainage.lobes.segment import atlas_lobes, build_atlas
 from ctbrainage.synth import generate_cohort
 
 GRIDS = {"demo": (3.0, 64), "paper": (1.5, 128)}

@@ -4,7 +4,8 @@ Same weights, same inputs, same noise, one process, torch pinned to --threads (d
 and the bare forwards run the network as step 05 prepares it (channels-last weights on CPU;
 --contiguous: the default layout); Captum runs it as loaded (default layout, the faster one for
 its batch-1 forwards here: channels-last weights slow those down).
-  ours      ctbrainage.perturb.perturb_subject: the 1 + 4R variants of a subject in batches of at
+  ours      ctbrainage.interpret.perturb.perturb_subject: the 1 + 4R variants of a subject in
+  batches of at
             most --batch-size, each variant's noise drawn into its lobe on the fly
   captum    captum.attr.FeatureAblation, perturbations_per_eval=1 (the peer): one attribute call
             per subject and repeat, the lobe label map as feature_mask and the same noise
@@ -33,10 +34,10 @@ import numpy as np
 import torch
 from captum.attr import FeatureAblation
 
-from ctbrainage.config import ModelConfig
-from ctbrainage.labels import LOBES
-from ctbrainage.models import build_model
-from ctbrainage.perturb import fill_baseline, perturb_subject, prepare_model
+from ctbrainage.core.config import ModelConfig
+from ctbrainage.core.labels import LOBES
+from ctbrainage.interpret.perturb import fill_baseline, perturb_subject, prepare_model
+from ctbrainage.learn.networks import build_model
 
 MODELS = {  # the demo and paper profiles' networks and input sizes
     "demo": (ModelConfig(arch="resnet10", width=16), 64),

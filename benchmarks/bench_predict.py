@@ -1,4 +1,4 @@
-"""Wall time and peak memory of brain age for new scans (``python -m ctbrainage.predict``).
+"""Wall time and peak memory of brain age for new scans (``python -m ctbrainage.apps.predict``).
 
 Target (issue 16): 20 new demo-size scans (preprocessing + lobes + the fold ensemble, pages
 included) in <= 2 minutes on 2 cores with <= 4 GB peak memory (all processes together).
@@ -26,8 +26,8 @@ import psutil
 PEER = r"""
 import sys
 from pathlib import Path
-from ctbrainage.bundle import load_bundle
-from ctbrainage.predict import prediction_profile
+from ctbrainage.apps.bundle import load_bundle
+from ctbrainage.apps.predict import prediction_profile
 from ctbrainage.steps import s01_preprocess, s02_lobes
 profile = prediction_profile(load_bundle(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), 0)
 s01_preprocess.run(profile, progress=False)
@@ -65,7 +65,7 @@ def main() -> None:
             [
                 python,
                 "-m",
-                "ctbrainage.bundle",
+                "ctbrainage.apps.bundle",
                 "export",
                 str(args.run),
                 str(tmp / "bundle"),
@@ -98,7 +98,7 @@ def main() -> None:
             [
                 python,
                 "-m",
-                "ctbrainage.predict",
+                "ctbrainage.apps.predict",
                 "--bundle",
                 str(tmp / "bundle"),
                 "--data",
@@ -111,7 +111,7 @@ def main() -> None:
     print(f"{args.n} new scans, 2 cores; bundle from {args.run}")
     print(f"{'':34}{'seconds':>10}{'peak GB':>10}")
     print(f"{'peer: steps 01 + 02 alone':34}{peer_s:10.1f}{peer_gb:10.2f}")
-    print(f"{'ours: ctbrainage.predict':34}{ours_s:10.1f}{ours_gb:10.2f}")
+    print(f"{'ours: ctbrainage.apps.predict':34}{ours_s:10.1f}{ours_gb:10.2f}")
     print(f"ratio ours / peer: time {ours_s / peer_s:.2f}x, memory {ours_gb / peer_gb:.2f}x")
     if args.n == 20:
         verdict = "met" if ours_s <= 120 and ours_gb <= 4 else "NOT met"

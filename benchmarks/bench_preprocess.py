@@ -25,8 +25,8 @@ CHILD = r"""
 import json, os, resource, sys, time
 os.environ["OMP_NUM_THREADS"] = "2"
 import numpy as np, SimpleITK as sitk, torch, torchio as tio
-from ctbrainage import ctio
-from ctbrainage import preprocess as pp
+from ctbrainage.imaging import ctio
+from ctbrainage.imaging import preprocess as pp
 sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
 torch.set_num_threads(2)
 SPACING, SIZE, PTILE = 1.5, 128, (0.5, 99.5)  # the paper profile's settings

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctbrainage import synthesis, train
-from ctbrainage.config import ModelConfig, SynthesisConfig, load_profile
-from ctbrainage.models import build_model, count_parameters
+from ctbrainage.core.config import ModelConfig, SynthesisConfig, load_profile
+from ctbrainage.learn import maturity_net, train
+from ctbrainage.learn.networks import build_model, count_parameters
 from ctbrainage.steps.s08_stacking import encoder_profile
 
 NETWORKS = {  # name → model settings; the first is the peer
@@ -85,11 +85,11 @@ def main() -> None:
     volumes = rng.random((n, 1, size, size, size), dtype=np.float32)
     brains = np.ones_like(volumes)
     start = time.perf_counter()
-    unet = synthesis.train_unet(
+    unet = maturity_net.train_unet(
         volumes, volumes * 0.5, brains, SynthesisConfig((16, 32, 64, 128), epochs=2),
         seed=0, device=device,
     )  # fmt: skip
-    maps = synthesis.synthesise(unet, volumes, brains, device)
+    maps = maturity_net.synthesise(unet, volumes, brains, device)
     print(
         f"synthesis U-Net: 2 epochs on {n} volumes + synthesis {time.perf_counter() - start:.1f} s"
     )

@@ -21,7 +21,7 @@ CHILD = r"""
 import json, os, resource, sys, time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import nibabel as nib, numpy as np
-from ctbrainage import ctio
+from ctbrainage.imaging import ctio
 from ctbrainage.synth.generate import cohort_specs
 from ctbrainage.synth.head import cached_template, ACQUISITIONS, simulate_head
 from ctbrainage.synth.schedule import MaturationSchedule

@@ -3,7 +3,8 @@
 Target (issue #5): the Lightning loop's overhead against a bare loop (zero_grad / forward / MSE /
 backward / AdamW step) over the same model, synthetic data, DataLoader and optimiser is <= 10 %.
 Overhead = bare volumes/s / Lightning volumes/s - 1 (the extra time per volume). The Lightning arm
-is ``ctbrainage.train.AgeRegressor`` in a Trainer set up as ``fit_fold`` sets it up (precision,
+is ``ctbrainage.learn.train.AgeRegressor`` in a Trainer set up as ``fit_fold`` sets it up
+(precision,
 deterministic flag, CSV logger (to a temporary folder), log_every_n_steps=1, no checkpoints, no
 model summary), progress bar off. The bare arm runs with torch's default flags.
 
@@ -40,10 +41,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ctbrainage.config import Profile, load_profile
-from ctbrainage.data import VolumeDataset, augmentation
-from ctbrainage.models import build_model
-from ctbrainage.train import AgeRegressor
+from ctbrainage.core.config import Profile, load_profile
+from ctbrainage.learn.datasets import VolumeDataset, augmentation
+from ctbrainage.learn.networks import build_model
+from ctbrainage.learn.train import AgeRegressor
 
 TARGET = 0.10  # maximum Lightning overhead
 

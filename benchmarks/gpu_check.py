@@ -6,9 +6,11 @@ Sections, each printed and written to ``<out>/gpu_check.json``:
 2. a small preprocessed cohort written as a run directory: phantom heads at the profile's input
    size (an ellipsoid cut into four lobes whose intensities rise with age, plus noise), with
    ``cohort.csv``, ``preprocessed/`` and ``lobes/`` as steps 01-02 write them (no SimpleITK needed);
-3. the data loader alone (``ctbrainage.data.VolumeDataset`` in a shuffled DataLoader), volumes/s;
+3. the data loader alone (``ctbrainage.learn.datasets.VolumeDataset`` in a shuffled DataLoader),
+volumes/s;
 4. training throughput of the profile's model with the project's training step
-   (``ctbrainage.train.AgeRegressor`` in a Lightning Trainer, bf16-mixed on a GPU as ``fit_fold``
+   (``ctbrainage.learn.train.AgeRegressor`` in a Lightning Trainer, bf16-mixed on a GPU as
+   ``fit_fold``
    runs it): volumes/s over timed steps after a warm-up, seconds per epoch of a 160-subject
    training fold, peak GPU memory, and the model's training FLOPs per volume
    (``torch.utils.flop_counter``) as achieved TFLOP/s and its ratio to the GPU's dense bf16 peak;
@@ -46,12 +48,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ctbrainage.config import Profile, load_profile
-from ctbrainage.data import AgeScaler, VolumeDataset, load_volumes
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.config import Profile, load_profile
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.learn.datasets import AgeScaler, VolumeDataset, load_volumes
+from ctbrainage.learn.train import AgeRegressor
 from ctbrainage.steps import s03_train, s05_perturbation
-from ctbrainage.train import AgeRegressor
 
 TRAINING_FOLD = 160  # subjects in a training fold of the paper (201 × 4/5)
 # dense bf16 tensor throughput (TFLOP/s) from the vendors' data sheets, by a part of the GPU name

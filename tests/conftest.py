@@ -26,8 +26,8 @@ def tiny_run(tmp_path_factory):
     """The tiny profile run through steps 01–03: preprocessed, lobes, both folds trained, with
     out-of-fold predictions. Tests may add outputs but must leave these as they found them
     (copy the run directory with ``shutil.copytree`` before changing anything in it)."""
-    from ctbrainage.config import load_profile
-    from ctbrainage.layout import RunLayout
+    from ctbrainage.core.config import load_profile
+    from ctbrainage.core.layout import RunLayout
     from ctbrainage.steps import s01_preprocess, s02_lobes, s03_train
 
     profile = load_profile("tiny", {"run_dir": str(tmp_path_factory.mktemp("tiny_run"))})
@@ -42,6 +42,6 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_run, tmp_path_factory):
     """The tiny run exported as a bundle (tests that change it work on a copy)."""
-    from ctbrainage.bundle import export_bundle
+    from ctbrainage.apps.bundle import export_bundle
 
     return export_bundle(tiny_run, tmp_path_factory.mktemp("bundle") / "tiny", progress=False)

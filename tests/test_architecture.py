@@ -6,10 +6,25 @@ from pathlib import Path
 
 import pytest
 
-from ctbrainage.config import REPO_ROOT
+from ctbrainage.core.config import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "ctbrainage"
-LAYOUT = PACKAGE / "layout.py"
+LAYOUT = PACKAGE / "core" / "layout.py"
+# The layers, lowest first (docs/architecture.md): a module may import from its own package and
+# from any package listed before it, never from one after it.
+LAYERS = (
+    "core",
+    "imaging",
+    "synth",
+    "lobes",
+    "learn",
+    "interpret",
+    "stats",
+    "views",
+    "steps",
+    "apps",
+    "run",
+)
 # fragments of layout names that are ordinary words elsewhere: a column, pandas' orient, a lobe
 # method, a module
 GENERIC = {"fold", "version_0", "records", "totalsegmentator", "table1"}
@@ -134,14 +149,66 @@ def test_no_import_circle_in_the_package():
     assert not circles, "import circles:\n" + "\n".join(sorted(circles))
 
 
-@pytest.mark.parametrize("name", ["runner", "pipeline", "io"])
+@pytest.mark.parametrize("name", ["runner", "pipeline", "io", "manifest", "synthesis", "loaders"])
 def test_the_old_modules_are_gone(name):
     assert not (PACKAGE / f"{name}.py").exists()
 
 
+def _package_of(module: str) -> str:
+    """``ctbrainage.views.plots.common`` → ``views``; a top-level module is its own package."""
+    return module.split(".")[1]
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Each module of the package → the ctbrainage modules and packages it imports (also those
+    imported inside functions: a lazy import is still a dependency)."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+        if not name.endswith(".__main__"):  # a command line is an entry point, not a layer's module
+            found[name] = {m for m in _imports(path) if m.count(".") >= 1}
+    return found
+
+
+def test_every_package_is_in_a_layer():
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert packages == set(LAYERS), "a package without a layer (or a layer without a package)"
+    assert not modules, f"modules outside every layer: {sorted(modules)}"
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    """The layer rule (docs/architecture.md): a module imports only from its own package and
+    from the packages of lower layers."""
+    rank = {package: i for i, package in enumerate(LAYERS)}
+    upward = sorted(
+        f"{name} ({_package_of(name)}) imports {target} ({_package_of(target)})"
+        for name, targets in _module_imports().items()
+        if name.count(".") >= 1
+        for target in targets
+        if _package_of(target) in rank
+        and _package_of(target) != _package_of(name)
+        and rank[_package_of(target)] > rank[_package_of(name)]
+    )
+    assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
+
+
+def test_the_layer_rule_sees_an_upward_import(tmp_path, monkeypatch):
+    """The rule's own check: a core module that imports a view is reported."""
+    package = tmp_path / "ctbrainage"
+    for sub in ("core", "views"):
+        (package / sub).mkdir(parents=True)
+        (package / sub / "__init__.py").write_text("")
+    (package / "core" / "bad.py").write_text("from ctbrainage.views import plots\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", package)
+    monkeypatch.setattr(__import__(__name__), "REPO_ROOT", tmp_path)
+    with pytest.raises(AssertionError, match=r"ctbrainage.core.bad \(core\) imports"):
+        test_no_module_imports_from_a_layer_above_its_own()
+
+
 def test_each_notebook_runs_the_step_of_its_name():
     from ctbrainage.run import NOTEBOOKS
-    from ctbrainage.steps import MODULES, step_module
+    from ctbrainage.run.steps import MODULES, step_module
 
     assert set(NOTEBOOKS) == set(MODULES)
     for number, name in NOTEBOOKS.items():

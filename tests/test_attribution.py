@@ -10,9 +10,9 @@ import pytest
 import torch
 from captum.attr import Occlusion, ShapleyValues
 
-from ctbrainage import attribution
-from ctbrainage.config import ModelConfig
-from ctbrainage.models import build_model
+from ctbrainage.core.config import ModelConfig
+from ctbrainage.interpret import attribution
+from ctbrainage.learn.networks import build_model
 from ctbrainage.steps.s07_attribution import _lobe_metrics, lobe_scores
 from ctbrainage.synth.scoring import score_importance, voxel_scores
 
@@ -204,7 +204,7 @@ def test_lobe_scores_agree_with_step_06s_scoring():
 def test_the_voxel_methods_are_profile_methods():
     import typing
 
-    from ctbrainage.config import AttributionMethod
+    from ctbrainage.core.config import AttributionMethod
 
     methods = typing.get_args(AttributionMethod)
     assert set(attribution.VOXEL_METHODS) == set(methods) - {"lobe_shapley", "unoise"}

@@ -11,12 +11,12 @@ import pytest
 import SimpleITK as sitk
 from scipy import stats
 
-from ctbrainage import ctio
-from ctbrainage.cohort import age_group
-from ctbrainage.config import load_profile
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout
-from ctbrainage.preprocess import input_derivative, map_to_grid, preprocess_scan
+from ctbrainage.core.cohort import age_group
+from ctbrainage.core.config import load_profile
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.imaging import ctio
+from ctbrainage.imaging.preprocess import input_derivative, map_to_grid, preprocess_scan
 from ctbrainage.steps import s01_preprocess
 from ctbrainage.synth import MaturationSchedule, SubjectSpec, simulate_head
 from ctbrainage.synth.scoring import measure_age_cues

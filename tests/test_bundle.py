@@ -11,15 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
-from ctbrainage import bundle as bundles
-from ctbrainage import evaluate
-from ctbrainage.bundle import BundleError, export_bundle, load_bundle
-from ctbrainage.cohort import age_group
-from ctbrainage.config import profile_yaml
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import BundleLayout, RunLayout
-from ctbrainage.loaders import subject_arrays
-from ctbrainage.perturb import lobe_means
+from ctbrainage.apps import bundle as bundles
+from ctbrainage.apps.bundle import BundleError, export_bundle, load_bundle
+from ctbrainage.core.cohort import age_group
+from ctbrainage.core.config import profile_yaml
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import BundleLayout, RunLayout
+from ctbrainage.imaging.run_arrays import subject_arrays
+from ctbrainage.interpret.perturb import lobe_means
+from ctbrainage.stats import evaluate
 from ctbrainage.steps import s03_train
 
 

@@ -4,14 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctbrainage.cohort import (
-    REQUIRED_COLUMNS,
-    ManifestError,
-    age_group,
-    sliding_windows,
-    validate_manifest,
-)
-from ctbrainage.ctio import write_nifti
+from ctbrainage.core.cohort import age_group, sliding_windows
+from ctbrainage.imaging.cohort_manifest import REQUIRED_COLUMNS, ManifestError, validate_manifest
+from ctbrainage.imaging.ctio import write_nifti
 from ctbrainage.synth import generate_cohort
 from ctbrainage.synth.dicom import write_ct_dicom_series
 

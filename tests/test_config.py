@@ -2,8 +2,8 @@
 
 import pytest
 
-from ctbrainage.config import REPO_ROOT, ProfileError, available_profiles, load_profile
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.config import REPO_ROOT, ProfileError, available_profiles, load_profile
+from ctbrainage.core.layout import RunLayout
 from ctbrainage.steps import s01_preprocess
 
 

@@ -1,12 +1,13 @@
-"""Tests for ctbrainage.atomic (atomic writes) and the NIfTI writer of ctbrainage.ctio."""
+"""Tests for ctbrainage.core.atomic (atomic writes) and the NIfTI writer of
+ctbrainage.imaging.ctio."""
 
 import nibabel as nib
 import numpy as np
 import pytest
 from helpers import affine, random_hu, tilted_affine
 
-from ctbrainage.atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from ctbrainage.ctio import write_nifti
+from ctbrainage.core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from ctbrainage.imaging.ctio import write_nifti
 
 
 def test_atomic_path_names_and_replace(tmp_path):

@@ -13,8 +13,8 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import RLELossless
 
-from ctbrainage import ctio
-from ctbrainage.ctio import (
+from ctbrainage.imaging import ctio
+from ctbrainage.imaging.ctio import (
     ImageError,
     parse_dicom_age,
     ras_to_sitk,

@@ -1,4 +1,4 @@
-"""A DICOM export tree → a cohort manifest (``ctbrainage.manifest``): the series chosen per
+"""A DICOM export tree → a cohort manifest (``ctbrainage.apps.dicom_index``): the series chosen per
 study, the reason of every series and file skipped, ages, pseudonyms, the series digest that
 picks one series of a flat folder (reader, validation, step 01) and that no header value that
 identifies anyone reaches an output."""
@@ -19,8 +19,8 @@ import pydicom
 import pytest
 from helpers import assert_no_identifiers, dicom_identifiers, tilted_affine
 
-from ctbrainage import cohort, ctio
-from ctbrainage import manifest as mf
+from ctbrainage.apps import dicom_index as mf
+from ctbrainage.imaging import cohort_manifest, ctio
 from ctbrainage.synth.dicom import write_ct_dicom_series
 
 KEY = "correct-horse-battery"
@@ -263,7 +263,7 @@ def test_the_series_digest_picks_one_series_of_a_flat_folder(tree):
 
 
 def test_the_manifest_validates_with_its_series(tree):
-    valid, excluded = cohort.validate_manifest(tree["out"])
+    valid, excluded = cohort_manifest.validate_manifest(tree["out"])
     assert excluded.empty
     assert sorted(valid["subject_id"]) == sorted(tree["manifest"]["subject_id"])
     assert all(os.path.isdir(p) for p in valid["image_path"])
@@ -272,17 +272,17 @@ def test_the_manifest_validates_with_its_series(tree):
     table["age_months"] = ""
     blank = tree["out"].with_name("blank.csv")
     table.to_csv(blank, index=False)
-    valid, _ = cohort.validate_manifest(blank)
+    valid, _ = cohort_manifest.validate_manifest(blank)
     ages = dict(zip(valid["series"], valid["age_months"], strict=True))
     assert ages[tree["digests"]["d1"]] == 40.0 and ages[tree["digests"]["d2"]] == 44.0
 
 
 def test_step_01_reads_the_series_of_its_row(tree, tmp_path, monkeypatch):
-    from ctbrainage.config import load_profile
+    from ctbrainage.core.config import load_profile
     from ctbrainage.steps import s01_preprocess
 
     profile = load_profile("tiny", {"run_dir": str(tmp_path / "run"), "data": str(tree["out"])})
-    valid, _ = cohort.validate_manifest(tree["out"])
+    valid, _ = cohort_manifest.validate_manifest(tree["out"])
     valid.loc[valid["n_slices"] == "40", "series"] = ""  # a row without one
     captured: list[dict] = []
     monkeypatch.setattr(
@@ -401,7 +401,14 @@ def test_error_messages_lose_values_that_may_come_from_headers():
 def test_python_dash_m_runs_the_command(tree):
     out = tree["base"] / "out_cli" / "cohort.csv"  # as deep as the fixture's: the same paths
     env = {**os.environ, mf.KEY_ENV: KEY}
-    command = [sys.executable, "-m", "ctbrainage.manifest", str(tree["root"]), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "ctbrainage.apps.dicom_index",
+        str(tree["root"]),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(
         [*command, "--site", "north"],
         capture_output=True,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctbrainage.cohort import age_group
-from ctbrainage.display import MISSING, readable, show
+from ctbrainage.core.cohort import age_group
+from ctbrainage.views.tables import MISSING, readable, show
 
 
 def test_counts_are_integers_and_missing_values_a_dash():

@@ -7,10 +7,10 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from ctbrainage import evaluate as ev
-from ctbrainage import loaders
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.imaging import run_arrays
+from ctbrainage.stats import evaluate as ev
 
 
 def _predictions(n=100, folds=5, slope=0.7, intercept=7.0, noise=2.0, seed=0):
@@ -139,7 +139,7 @@ def test_image_features_of_a_run(tiny_run):
     preprocess = pd.read_csv(layout.preprocess_table, dtype={"subject_id": str})
     lobes = pd.read_csv(layout.lobes_table, dtype={"subject_id": str})
     ids = list(pd.read_csv(layout.predictions, dtype={"subject_id": str})["subject_id"])
-    arrays = {sid: loaders.subject_arrays(layout, sid) for sid in ids}
+    arrays = {sid: run_arrays.subject_arrays(layout, sid) for sid in ids}
     features = ev.image_features(preprocess, lobes, arrays)
     assert len(features) == 12 and not features.isna().any().any()
     assert {"brain_volume_ml", "ptile_high_hu", "frontal_ml", "occipital_intensity"} <= set(

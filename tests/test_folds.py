@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ctbrainage.cohort import stratified_folds
+from ctbrainage.core.cohort import stratified_folds
 
 
 def test_folds_are_balanced_in_size_and_age():

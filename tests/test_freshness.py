@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from ctbrainage.freshness import Record
+from ctbrainage.core.freshness import Record
 
 SETTINGS = {"size": 32, "fill": "noise", "edges": [0, 12, 24]}
 VERSION = 3

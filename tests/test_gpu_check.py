@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ctbrainage.config import REPO_ROOT, load_profile
+from ctbrainage.core.config import REPO_ROOT, load_profile
 
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
 # not installed on the lent GPU machine (monai and nibabel travel there as wheels)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ctbrainage.labels import LOBE_IDS, LOBES, aal_lobe_lookup, aal_region_lobe, load_aal
+from ctbrainage.core.labels import LOBE_IDS, LOBES, aal_lobe_lookup, aal_region_lobe, load_aal
 from ctbrainage.synth.anatomy import decode_truth, load_template
 
 

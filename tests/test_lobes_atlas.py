@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from ctbrainage import ctio
-from ctbrainage.labels import LOBES
-from ctbrainage.lobes import atlas_lobes, build_atlas, segment_lobes
-from ctbrainage.preprocess import map_to_grid, preprocess_scan
+from ctbrainage.core.labels import LOBES
+from ctbrainage.imaging import ctio
+from ctbrainage.imaging.preprocess import map_to_grid, preprocess_scan
+from ctbrainage.lobes.segment import atlas_lobes, build_atlas, segment_lobes
+from ctbrainage.lobes.totalseg import TotalSegmentatorUnavailable
 from ctbrainage.synth.scoring import dice
-from ctbrainage.totalseg import TotalSegmentatorUnavailable
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ctbrainage import stats
-from ctbrainage.config import ModelConfig
-from ctbrainage.labels import LOBE_IDS, LOBES
-from ctbrainage.models import build_model
-from ctbrainage.perturb import delta_ae, level_targets, lobe_means, perturb_subject
+from ctbrainage.core.config import ModelConfig
+from ctbrainage.core.labels import LOBE_IDS, LOBES
+from ctbrainage.interpret.perturb import delta_ae, level_targets, lobe_means, perturb_subject
+from ctbrainage.learn.networks import build_model
+from ctbrainage.stats import lobe_tests
 from ctbrainage.synth.schedule import LobeCurve, MaturationSchedule
 from ctbrainage.synth.scoring import score_importance
 
@@ -107,7 +107,7 @@ def recovered(request):
     scores = {}
     for fill in ("group_level", "noise"):
         table = perturbation_table(model, *held_out, fill)
-        scores[fill] = score_importance(stats.lobe_age_table(table, EDGES), expected)
+        scores[fill] = score_importance(lobe_tests.lobe_age_table(table, EDGES), expected)
     whole = table.drop_duplicates("subject_id")
     return request.param, scores, float((whole["pred_whole"] - whole["age_months"]).abs().mean())
 
@@ -139,8 +139,8 @@ def noise_tolerance():
     """U-Noise for a phantom model (posterior first): the noise model trained on the training
     phantoms, applied to held-out ones near each group's centre (where one lobe matures); and
     the model's own sensitivity to noise in each lobe of those phantoms."""
-    from ctbrainage.config import UNoiseConfig
-    from ctbrainage.unoise import importance_map, train_noise_model
+    from ctbrainage.core.config import UNoiseConfig
+    from ctbrainage.interpret.unoise import importance_map, train_noise_model
 
     order = ORDERS["posterior first"]
     schedule = staggered(order)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from monai.networks.nets.resnet import ResNetBlock
 
-from ctbrainage.config import ModelConfig, load_profile
-from ctbrainage.models import ARCHITECTURES, build_model, count_parameters
+from ctbrainage.core.config import ModelConfig, load_profile
+from ctbrainage.learn.networks import ARCHITECTURES, build_model, count_parameters
 
 
 def test_paper_profile_builds_resnet34_with_a_stride_2_stem():

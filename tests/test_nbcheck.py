@@ -10,7 +10,8 @@ import nbformat
 import pytest
 from nbval.plugin import get_sanitize_patterns
 
-from ctbrainage import nbcheck, report
+from ctbrainage.run import nbcheck
+from ctbrainage.views import pages
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,14 +90,14 @@ def test_the_committed_notebooks_are_executed_and_checkable():
 def test_the_index_page_of_an_empty_run_is_still_a_page(tmp_path):
     run = tmp_path / "run <1>"
     run.mkdir()
-    page = report.write_index(run).read_text()
+    page = pages.write_index(run).read_text()
     assert page.startswith("<!DOCTYPE html>") and "run <code>run &lt;1&gt;</code>" in page
 
 
 def test_a_figure_is_drawn_once_and_saved_to_every_folder(tmp_path):
     import matplotlib.pyplot as plt
 
-    from ctbrainage.plots.common import save
+    from ctbrainage.views.plots.common import save
 
     fig, ax = plt.subplots()
     ax.plot([0, 1])

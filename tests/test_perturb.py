@@ -13,14 +13,20 @@ import pytest
 import torch
 from captum.attr import FeatureAblation
 
-from ctbrainage import ctio
-from ctbrainage.cohort import age_group
-from ctbrainage.config import ModelConfig, ProfileError, load_profile
-from ctbrainage.data import load_volumes
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout
-from ctbrainage.models import build_model, load_weights
-from ctbrainage.perturb import COLUMNS, delta_ae, fill_baseline, noise_seed, perturb_subject
+from ctbrainage.core.cohort import age_group
+from ctbrainage.core.config import ModelConfig, ProfileError, load_profile
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.imaging import ctio
+from ctbrainage.interpret.perturb import (
+    COLUMNS,
+    delta_ae,
+    fill_baseline,
+    noise_seed,
+    perturb_subject,
+)
+from ctbrainage.learn.datasets import load_volumes
+from ctbrainage.learn.networks import build_model, load_weights
 from ctbrainage.steps import s03_train, s05_perturbation
 from ctbrainage.steps.s05_perturbation import perturbation_path
 

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctbrainage import ctio, plots
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout, SyntheticLayout
-from ctbrainage.loaders import SubjectImage
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout, SyntheticLayout
+from ctbrainage.imaging import ctio
+from ctbrainage.imaging.run_arrays import SubjectImage
 from ctbrainage.synth.schedule import MaturationSchedule
+from ctbrainage.views import plots
 
 SHAPE = (16, 18, 20)
 AFFINE = np.array([[-2.0, 0, 0, 20], [0, 0, 1.5, -10], [0, 1.0, 0, 5], [0, 0, 0, 1]])

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctbrainage import predict as predicting
-from ctbrainage.bundle import load_bundle
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout
-from ctbrainage.manifest import BuildError
-from ctbrainage.predict import PredictError, predict
+from ctbrainage.apps import predict as predicting
+from ctbrainage.apps.bundle import load_bundle
+from ctbrainage.apps.dicom_index import BuildError
+from ctbrainage.apps.predict import PredictError, predict
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_each_number_follows_from_the_fold_models(predicted, tiny_bundle):
 def test_fold_predictions_and_lobe_delta_ae_are_the_models_outputs(predicted, tiny_bundle):
     import torch
 
-    from ctbrainage.loaders import subject_arrays
-    from ctbrainage.perturb import fill_baseline
+    from ctbrainage.imaging.run_arrays import subject_arrays
+    from ctbrainage.interpret.perturb import fill_baseline
 
     bundle, table = load_bundle(tiny_bundle), predicted.table
     row = table.iloc[0]
@@ -193,7 +193,7 @@ def test_step_09_exports_the_bundle_and_predicts_a_new_synthetic_cohort(tiny_run
     import dataclasses
     import shutil
 
-    from ctbrainage.layout import BundleLayout
+    from ctbrainage.core.layout import BundleLayout
     from ctbrainage.steps import s09_new_scans
 
     run_dir = shutil.copytree(tiny_run.run_path, tmp_path / "run")
@@ -212,7 +212,7 @@ def test_step_09_exports_the_bundle_and_predicts_a_new_synthetic_cohort(tiny_run
     assert accuracy["coverage"] == table["age_in_interval"].mean() and accuracy["level"] == 0.9
     assert s09_new_scans.is_fresh(profile, new_subjects=3)
     assert not s09_new_scans.is_fresh(profile, new_subjects=3, level=0.8)
-    from ctbrainage.report import write_index
+    from ctbrainage.views.pages import write_index
 
     page = write_index(run_dir).read_text()  # the run's index links the new scans' pages
     assert "href='new_scans/index.html'" in page and "href='bundle/MODEL_CARD.md'" in page

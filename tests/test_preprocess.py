@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from ctbrainage import ctio
-from ctbrainage import preprocess as pp
+from ctbrainage.imaging import ctio
+from ctbrainage.imaging import preprocess as pp
 from ctbrainage.synth.scoring import dice, orientation_spread_deg, true_axes_in_grid
 
 

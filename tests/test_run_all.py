@@ -18,10 +18,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from ctbrainage import nbcheck, run
-from ctbrainage.config import REPO_ROOT, load_profile, repo_relative
-from ctbrainage.layout import RunLayout
-from ctbrainage.train import MESSAGES
+from ctbrainage import run
+from ctbrainage.core.config import REPO_ROOT, load_profile, repo_relative
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.learn.train import MESSAGES
+from ctbrainage.run import nbcheck
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = [

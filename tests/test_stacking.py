@@ -10,10 +10,12 @@ import pytest
 import statsmodels.api as sm
 import torch
 
-from ctbrainage import attribution, evaluate, synthesis
-from ctbrainage.config import ModelConfig, load_profile
-from ctbrainage.layout import RunLayout
-from ctbrainage.models import build_model, count_parameters
+from ctbrainage.core.config import ModelConfig, load_profile
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.interpret import attribution
+from ctbrainage.learn import maturity_net
+from ctbrainage.learn.networks import build_model, count_parameters
+from ctbrainage.stats import stacking
 from ctbrainage.steps import s08_stacking
 
 
@@ -87,7 +89,7 @@ def design():
             "sex": rng.choice(["F", "M"], n),
         }
     )
-    return evaluate.stacking_design(table)
+    return stacking.stacking_design(table)
 
 
 def _ols(rows: pd.DataFrame, features):
@@ -95,8 +97,8 @@ def _ols(rows: pd.DataFrame, features):
 
 
 def test_cross_fitted_stacking_is_an_ols_fit_on_the_other_folds(design):
-    stacked = evaluate.stack_out_of_fold(design)
-    for name, features in evaluate.STACKED_MODELS.items():
+    stacked = stacking.stack_out_of_fold(design)
+    for name, features in stacking.STACKED_MODELS.items():
         for fold in range(5):
             test = design["fold"] == fold
             fit = _ols(design[~test], features).fit()
@@ -105,21 +107,21 @@ def test_cross_fitted_stacking_is_an_ols_fit_on_the_other_folds(design):
 
 
 def test_coefficients_and_nested_f_tests_match_statsmodels_and_their_definition(design):
-    coefficients = evaluate.stacking_coefficients(design).set_index(["model", "term"])
-    fits = {m: _ols(design, f).fit() for m, f in evaluate.STACKED_MODELS.items()}
+    coefficients = stacking.stacking_coefficients(design).set_index(["model", "term"])
+    fits = {m: _ols(design, f).fit() for m, f in stacking.STACKED_MODELS.items()}
     tas = coefficients.loc["TAS"]
     np.testing.assert_allclose(tas["coef"], fits["TAS"].params, rtol=1e-10)
     np.testing.assert_allclose(tas["p"], fits["TAS"].pvalues, rtol=1e-8)
     assert list(tas.index) == ["Intercept", "T", "A", "male"]
-    anova = evaluate.stacking_anova(design).set_index("comparison")
-    for small, large in evaluate.NESTED_PAIRS:
+    anova = stacking.stacking_anova(design).set_index("comparison")
+    for small, large in stacking.NESTED_PAIRS:
         s, big = fits[small], fits[large]
         df = s.df_resid - big.df_resid
         f = ((s.ssr - big.ssr) / df) / (big.ssr / big.df_resid)
         row = anova.loc[f"{small} vs {large}"]
         assert row["df_diff"] == df
         np.testing.assert_allclose(row["f"], f, rtol=1e-10)
-    table = evaluate.stacking_table(design, evaluate.stack_out_of_fold(design)).set_index("model")
+    table = stacking.stacking_table(design, stacking.stack_out_of_fold(design)).set_index("model")
     np.testing.assert_allclose(
         table.loc["TA", "mae_in_sample"],
         np.mean(np.abs(fits["TA"].fittedvalues - design["age_months"])),
@@ -131,7 +133,7 @@ def test_coefficients_and_nested_f_tests_match_statsmodels_and_their_definition(
 
 def test_stacking_with_sex_refuses_a_subject_without_it(design):
     with pytest.raises(ValueError, match="F or M"):
-        evaluate.stacking_design(design.assign(sex=["F"] * 59 + [""]))
+        stacking.stacking_design(design.assign(sex=["F"] * 59 + [""]))
 
 
 # ---- Grad-CAM sets and the synthesis helpers -----------------------------------------------------
@@ -149,11 +151,11 @@ def test_top_sets_hold_exactly_their_share_of_the_brain_and_jaccard_counts_overl
 
 def test_downsampling_averages_blocks():
     volume = np.arange(64, dtype=np.float32).reshape(1, 1, 4, 4, 4)
-    out = synthesis.downsample(volume, 2)
+    out = maturity_net.downsample(volume, 2)
     assert out.shape == (1, 1, 2, 2, 2)
     assert out[0, 0, 0, 0, 0] == volume[0, 0, :2, :2, :2].mean()
     with pytest.raises(ValueError, match="blocks of 3"):
-        synthesis.downsample(volume, 3)
+        maturity_net.downsample(volume, 3)
 
 
 # ---- the step on the tiny run --------------------------------------------------------------------
@@ -164,14 +166,14 @@ def stacked_run(tiny_run, tmp_path_factory):
     shutil.copytree(tiny_run.run_path, root)
     profile = dataclasses.replace(tiny_run, run_dir=str(root))
     seen = []
-    original = synthesis.train_unet
+    original = maturity_net.train_unet
     with pytest.MonkeyPatch.context() as patch:
 
         def spy(volumes, *args, **kwargs):
             seen.append(volumes.copy())
             return original(volumes, *args, **kwargs)
 
-        patch.setattr(synthesis, "train_unet", spy)
+        patch.setattr(maturity_net, "train_unet", spy)
         result = s08_stacking.run(profile, progress=False)
     return profile, result, seen
 
@@ -196,8 +198,8 @@ def test_the_step_writes_every_table_and_stacks_its_own_out_of_fold_predictions(
         "T encoder", "A encoder", "T2 encoder", "T", "A", "TA", "TAS", "TT2"
     ]  # fmt: skip
     assert list(result.anova["comparison"]) == ["T vs TA", "A vs TA", "TA vs TAS", "T vs TT2"]
-    design = evaluate.stacking_design(result.predictions)
-    restacked = evaluate.stack_out_of_fold(design)
+    design = stacking.stacking_design(result.predictions)
+    restacked = stacking.stack_out_of_fold(design)
     np.testing.assert_allclose(result.predictions["stacked_TA"], restacked["TA"], rtol=1e-9)
     assert result.sex_coefficient()["term"] == "male"
     assert result.synthesis["n"].sum() == n
@@ -242,7 +244,7 @@ def test_a_real_cohort_is_refused_with_the_reason(tiny_run):
 
 
 def test_early_stopping_needs_an_inner_validation_split(tiny_run):
-    from ctbrainage import train
+    from ctbrainage.learn import train
 
     profile = s08_stacking.encoder_profile(tiny_run)
     profile = dataclasses.replace(profile, train=dataclasses.replace(profile.train, val_fraction=0))
@@ -252,8 +254,8 @@ def test_early_stopping_needs_an_inner_validation_split(tiny_run):
 
 
 def test_early_stopping_keeps_the_weights_of_the_best_validation_epoch(tiny_run, tmp_path, capfd):
-    from ctbrainage import train
-    from ctbrainage.data import AgeScaler, load_volumes
+    from ctbrainage.learn import train
+    from ctbrainage.learn.datasets import AgeScaler, load_volumes
 
     layout = RunLayout(tiny_run.run_path)
     profile = s08_stacking.encoder_profile(tiny_run)  # tiny: VGG8 width 4, 3 epochs, MAE loss
@@ -279,7 +281,7 @@ def test_lightning_messages_go_to_the_file_only_inside_the_context(tmp_path, cap
     import logging
     import warnings
 
-    from ctbrainage.train import lightning_messages_to
+    from ctbrainage.learn.train import lightning_messages_to
 
     logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     handlers = logging.getLogger("pytorch_lightning").handlers

@@ -14,7 +14,7 @@ from helpers import planted_perturbation
 from scipy import stats as ss
 from statsmodels.stats.multitest import multipletests
 
-from ctbrainage import stats as st
+from ctbrainage.stats import lobe_tests as st
 
 
 def _pairs(diff, seed=0):

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctbrainage import stats
-from ctbrainage.config import AttributionConfig
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.config import AttributionConfig
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.stats import lobe_tests
 from ctbrainage.steps import s05_perturbation, s07_attribution
 
 METHODS = list(AttributionConfig().methods)  # every method, in the profile's order
@@ -48,7 +48,7 @@ def test_every_method_attributes_every_subject(attributed):
 
 def test_fills_are_step_05s_delta_ae(attributed):
     profile, result = attributed
-    errors = stats.subject_lobe_errors(s05_perturbation.run(profile, progress=False).table)
+    errors = lobe_tests.subject_lobe_errors(s05_perturbation.run(profile, progress=False).table)
     ours = result.table[result.table["method"] == "fill_noise"]
     merged = ours.merge(errors, on=["subject_id", "lobe"])
     assert len(merged) == len(ours) and np.allclose(merged["importance"], merged["delta_ae"])

@@ -16,9 +16,9 @@ import pandas as pd
 import pydicom
 import pytest
 
-from ctbrainage import ctio
-from ctbrainage.config import load_profile
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.config import load_profile
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.imaging import ctio
 from ctbrainage.steps import s01_preprocess
 from ctbrainage.steps.s01_preprocess import STEP
 from ctbrainage.synth import generate_cohort

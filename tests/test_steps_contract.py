@@ -4,8 +4,8 @@ work on the subjects no earlier step excluded."""
 import pandas as pd
 import pytest
 
-from ctbrainage.config import load_profile
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.config import load_profile
+from ctbrainage.core.layout import RunLayout
 from ctbrainage.steps import contract, s01_preprocess, s02_lobes, s05_perturbation
 
 

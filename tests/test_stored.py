@@ -9,9 +9,9 @@ import nbformat
 import numpy as np
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from ctbrainage import report, widgets
-from ctbrainage.config import REPO_ROOT
+from ctbrainage.core.config import REPO_ROOT
 from ctbrainage.run import stored
+from ctbrainage.views import pages, widgets
 
 VIEW = stored.WIDGET_VIEW
 
@@ -60,7 +60,7 @@ def test_the_picture_follows_the_viewer():
 def test_exported_pages_are_self_contained(tmp_path):
     executed_notebook(tmp_path / "02_lobes.ipynb")
     stored.store(tmp_path / "02_lobes.ipynb")
-    for page in report.export_notebook(tmp_path / "02_lobes.ipynb", tmp_path):
+    for page in pages.export_notebook(tmp_path / "02_lobes.ipynb", tmp_path):
         text = page.read_text()
         assert "<script src=" not in text and "<link href=" not in text and "cdn" not in text
         assert "data:image/png;base64," in text and "VBox(" not in text

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage, stats
 
-from ctbrainage.labels import LOBES
+from ctbrainage.core.labels import LOBES
 from ctbrainage.synth import generate_cohort, norms
 from ctbrainage.synth.generate import measure_lobe_wm_hu
 from ctbrainage.synth.schedule import MaturationSchedule

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from helpers import planted_perturbation
 
-from ctbrainage import stats as st
-from ctbrainage import table1 as t1
+from ctbrainage.stats import lobe_tests as st
+from ctbrainage.stats import table1 as t1
 
 # The paper's Table 1 as printed (Sawa et al. 2025), in this package's CSV layout.
 PAPER_CSV = """\

@@ -11,10 +11,10 @@ import pytest
 import requests
 from scipy.spatial.transform import Rotation
 
-from ctbrainage import preprocess as pp
-from ctbrainage import totalseg as ts
-from ctbrainage.ctio import ras_to_sitk, write_nifti
-from ctbrainage.labels import LOBE_IDS
+from ctbrainage.core.labels import LOBE_IDS
+from ctbrainage.imaging import preprocess as pp
+from ctbrainage.imaging.ctio import ras_to_sitk, write_nifti
+from ctbrainage.lobes import totalseg as ts
 from ctbrainage.synth.dicom import write_ct_dicom_series
 
 # ---- label mapping ------------------------------------------------------------------------------

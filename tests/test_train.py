@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ctbrainage.config import load_profile
-from ctbrainage.data import load_volumes
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.config import load_profile
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.learn.datasets import load_volumes
+from ctbrainage.learn.train import AgeRegressor, fit_fold, inner_validation
 from ctbrainage.steps import s03_train
-from ctbrainage.train import AgeRegressor, fit_fold, inner_validation
 
 
 def test_paper_profile_settings_and_one_cpu_step():

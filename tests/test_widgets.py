@@ -12,12 +12,14 @@ import pytest
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from ctbrainage import ctio, loaders, widgets
-from ctbrainage.config import load_profile
-from ctbrainage.labels import LOBE_IDS, LOBES
-from ctbrainage.layout import RunLayout
-from ctbrainage.perturb import fill_baseline
-from ctbrainage.plots.common import LOBE_COLOURS, canonical_slices
+from ctbrainage.core.config import load_profile
+from ctbrainage.core.labels import LOBE_IDS, LOBES
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.imaging import ctio, run_arrays
+from ctbrainage.interpret import perturb
+from ctbrainage.interpret.perturb import fill_baseline
+from ctbrainage.views import widgets
+from ctbrainage.views.plots.common import LOBE_COLOURS, canonical_slices
 
 SHAPE = (20, 24, 28)
 
@@ -361,8 +363,8 @@ def test_perturbation_viewer_shows_every_fill(run, fill):
     viewer = widgets.PerturbationViewer(run, fill=fill).show(subject=IDS[2], lobe="parietal")
     viewer.repeat.value = 1
     check_view(viewer, run, fill)
-    subject = loaders.subject_image(RunLayout(run.run_path), IDS[2])
-    filled = loaders.filled_volume(run, IDS[2], "parietal", fill, 1)
+    subject = run_arrays.subject_image(RunLayout(run.run_path), IDS[2])
+    filled = perturb.filled_volume(run, IDS[2], "parietal", fill, 1)
     shown = widgets.plane(subject.canonical(filled), "axial", viewer.slice.value)
     np.testing.assert_array_equal(viewer.perturbed_rgb[..., 0], widgets.window_grey(shown, (0, 1)))
     lobe = phantom()[1] == LOBE_IDS["parietal"]
@@ -380,7 +382,7 @@ def test_perturbation_viewer_shows_every_fill(run, fill):
 
 
 def test_group_level_viewer_equals_the_loader(tmp_path):
-    """The group_level panel is loaders.filled_volume (the lobe shifted by a constant to its
+    """The group_level panel is run_arrays.filled_volume (the lobe shifted by a constant to its
     age group's mean), here with group_level as the profile's own fill (perturbation.csv)."""
     layout = write_run(tmp_path, main_fill="group_level")
     assert (
@@ -389,11 +391,11 @@ def test_group_level_viewer_equals_the_loader(tmp_path):
     profile = load_profile("tiny", {"run_dir": str(tmp_path), "perturb.fill": "group_level"})
     viewer = widgets.PerturbationViewer(profile).show(subject=IDS[0], lobe="frontal")
     check_view(viewer, profile, "group_level")
-    expected = loaders.filled_volume(profile, IDS[0], "frontal", "group_level", 0)
+    expected = perturb.filled_volume(profile, IDS[0], "frontal", "group_level", 0)
     lobe = phantom()[1] == LOBE_IDS["frontal"]
     shift = expected[lobe] - subject_volume(0)[lobe]
     np.testing.assert_allclose(shift, 0.05 * LOBE_IDS["frontal"], atol=1e-6)
-    subject = loaders.subject_image(layout, IDS[0])
+    subject = run_arrays.subject_image(layout, IDS[0])
     for axis in widgets.AXES:
         viewer.axis.value = axis
         shown = widgets.window_grey(
@@ -438,8 +440,8 @@ def test_slice_viewer_from_run_is_in_canonical_orientation(run, given):
 
 
 def test_panels_without_a_table_say_so(run):
-    subject = loaders.subject_image(RunLayout(run.run_path), IDS[0])
-    filled = loaders.filled_volume(run, IDS[0], 2, "zero")
+    subject = run_arrays.subject_image(RunLayout(run.run_path), IDS[0])
+    filled = perturb.filled_volume(run, IDS[0], 2, "zero")
     original, perturbed, text = widgets.perturbation_panels(
         subject, filled, 2, None, age=6.0, predicted=7.5, fill="zero", seed=run.seed
     )
@@ -486,7 +488,7 @@ def test_slice_viewer_picks_every_preprocessed_subject_youngest_first(tmp_path):
     assert viewer.subject in viewer.controls.children
     viewer.axis.value = "sagittal"
     viewer.subject.value = IDS[2]
-    expected = widgets.SliceViewer.from_subject(loaders.subject_image(layout, IDS[2]))
+    expected = widgets.SliceViewer.from_subject(run_arrays.subject_image(layout, IDS[2]))
     expected.axis.value = "sagittal"
     assert viewer.slice.value == widgets.lobe_slice(viewer.labels, LOBES.values(), "sagittal")
     np.testing.assert_array_equal(viewer.rgb, expected.rgb)

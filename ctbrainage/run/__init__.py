@@ -16,7 +16,6 @@ from ctbrainage.run.execute import (
     run_all,
     timing_table,
 )
-from ctbrainage.run.manifest import Manifest
 from ctbrainage.run.plan import (
     DRIVER_PARAMETERS,
     FOLD_STEP,
@@ -30,6 +29,7 @@ from ctbrainage.run.plan import (
     declared_parameters,
     make_plan,
 )
+from ctbrainage.run.record import Manifest
 
 __all__ = [
     "DRIVER_PARAMETERS",

@@ -4,7 +4,7 @@ Phases run in turn, the notebook runs of a phase at once: 01 → 02 → 03 once 
 GPU, bounded by cores on CPU, or as SLURM jobs through submitit) → 04 → 05 → 06 → 07. A notebook run
 is skipped (unless ``force``) when the manifest records it as done with the same notebook
 parameters, its executed notebook exists, and its step's record shows that nothing the step
-reads has changed (:func:`ctbrainage.steps.is_fresh`), checked when its phase comes.
+reads has changed (:func:`ctbrainage.run.steps.is_fresh`), checked when its phase comes.
 Exit codes: 0 done, 1 a notebook failed, 2 usage error.
 """
 
@@ -25,12 +25,10 @@ from typing import Any
 import nbformat
 from tqdm.auto import tqdm
 
-from ctbrainage import report
-from ctbrainage.atomic import atomic_write_text
-from ctbrainage.config import REPO_ROOT, Profile, ProfileError
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.config import REPO_ROOT, Profile, ProfileError
+from ctbrainage.core.layout import RunLayout
 from ctbrainage.run import stored
-from ctbrainage.run.manifest import Manifest, iso, plain, run_header
 from ctbrainage.run.plan import (
     FOLD_STEP,
     NOTEBOOK_DIR,
@@ -40,7 +38,9 @@ from ctbrainage.run.plan import (
     UsageError,
     make_plan,
 )
-from ctbrainage.steps import is_fresh
+from ctbrainage.run.record import Manifest, iso, plain, run_header
+from ctbrainage.run.steps import is_fresh
+from ctbrainage.views import pages
 
 USAGE, FAILED = 2, 1
 
@@ -343,7 +343,7 @@ def execute(plan: Plan) -> int:
 def _report(run: Path) -> Path | None:
     """HTML of the executed notebooks and the run's index page; None (and why) if it failed."""
     try:
-        index = report.write_report(run)
+        index = pages.write_report(run)
     except Exception as err:  # the run's results stand; say clearly that its report does not
         print(f"run_all: error: the HTML report of {run} failed: {err!r}", file=sys.stderr)
         return None

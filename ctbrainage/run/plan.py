@@ -18,9 +18,9 @@ from typing import Any, Literal
 import nbformat
 import yaml
 
-from ctbrainage.config import Profile, did_you_mean, load_profile, repo_relative
-from ctbrainage.config import profile_yaml as profile_yaml_text
-from ctbrainage.layout import NOTEBOOK_SOURCES, RunLayout
+from ctbrainage.core.config import Profile, did_you_mean, load_profile, repo_relative
+from ctbrainage.core.config import profile_yaml as profile_yaml_text
+from ctbrainage.core.layout import NOTEBOOK_SOURCES, RunLayout
 
 NOTEBOOK_DIR = NOTEBOOK_SOURCES
 NOTEBOOKS = {  # the steps' names (ctbrainage.steps): notebook NN runs step NN

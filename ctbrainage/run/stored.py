@@ -4,7 +4,7 @@ Papermill stores each widget as a ``widget-view`` reference to a model that only
 kernel holds, and nbclient adds the widgets' state to the metadata. Opened later (JupyterLab
 without running, an exported page) such an output shows a raw repr, an error or nothing. So a
 stored notebook keeps, of a widget output, only its static picture and text when it has them
-(the viewers of :mod:`ctbrainage.widgets`), and drops widgets that have none (progress bars);
+(the viewers of :mod:`ctbrainage.views.widgets`), and drops widgets that have none (progress bars);
 and every path under the repository is written relative to it.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import nbformat
 
-from ctbrainage.atomic import atomic_write_text
-from ctbrainage.config import REPO_ROOT
+from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.config import REPO_ROOT
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "widgets"  # the notebook metadata key of the stored widget state

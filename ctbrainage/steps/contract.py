@@ -3,7 +3,8 @@
 A step module (``sNN_name.py``) declares a :class:`Step` (its name, the profile settings it reads
 and the version of its code), the files it reads (``inputs``) and writes (``outputs``), and one
 entry function ``run(profile, ...)`` that the notebook calls. The step's record (one freshness
-mechanism, :mod:`ctbrainage.freshness`) holds its settings, code version and input fingerprints:
+mechanism, :mod:`ctbrainage.core.freshness`) holds its settings, code version and input
+fingerprints:
 a step whose record matches and whose outputs exist is not computed again, and a change
 anywhere upstream changes the inputs of everything downstream.
 
@@ -19,11 +20,11 @@ from typing import Any
 
 import pandas as pd
 
-from ctbrainage.atomic import atomic_write_text
-from ctbrainage.config import Profile
-from ctbrainage.freshness import Record
-from ctbrainage.layout import RunLayout
-from ctbrainage.parallel import reason, transient
+from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.config import Profile
+from ctbrainage.core.freshness import Record
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.core.workers import reason, transient
 
 EXCLUSION_COLUMNS = ["subject_id", "step", "reason"]
 

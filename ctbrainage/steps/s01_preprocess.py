@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctbrainage import cohort as manifest
-from ctbrainage import ctio
-from ctbrainage.config import Profile
-from ctbrainage.layout import RunLayout
-from ctbrainage.parallel import map_subjects
-from ctbrainage.preprocess import PREPROCESS_VERSION, input_derivative, preprocess_scan
+from ctbrainage.core import cohort
+from ctbrainage.core.config import Profile
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.core.workers import map_subjects
+from ctbrainage.imaging import ctio
+from ctbrainage.imaging.cohort_manifest import validate_manifest
+from ctbrainage.imaging.preprocess import PREPROCESS_VERSION, input_derivative, preprocess_scan
 from ctbrainage.steps.contract import (
     Step,
     failures,
@@ -111,7 +112,7 @@ def run(profile: Profile, progress: bool = True) -> Result:
     if up_to_date(record, settings, STEP.version, files, outputs(profile)):
         return _read(profile)
     prints = record.fingerprints(files)
-    valid, invalid = manifest.validate_manifest(manifest_path(profile), profile.age_range_months)
+    valid, invalid = validate_manifest(manifest_path(profile), profile.age_range_months)
     write_table(layout.cohort, valid)
     reasons, retry = failures(_preprocess(profile, valid, progress))
     failed = pd.DataFrame({"subject_id": list(reasons), "reason": list(reasons.values())})
@@ -122,11 +123,11 @@ def run(profile: Profile, progress: bool = True) -> Result:
 
 def _read(profile: Profile) -> Result:
     layout = RunLayout(profile.run_path)
-    cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str})
-    cohort["age_group"] = manifest.age_group(cohort["age_months"], profile.age_group_edges)
+    valid = pd.read_csv(layout.cohort, dtype={"subject_id": str})
+    valid["age_group"] = cohort.age_group(valid["age_months"], profile.age_group_edges)
     table = pd.read_csv(layout.preprocess_table, dtype={"subject_id": str})
     excluded = read_exclusions(layout)
-    return Result(cohort, table, excluded[excluded["step"] == STEP.name].reset_index(drop=True))
+    return Result(valid, table, excluded[excluded["step"] == STEP.name].reset_index(drop=True))
 
 
 def generate_synthetic(
@@ -156,14 +157,14 @@ def generate_synthetic(
     )
 
 
-def _preprocess(profile: Profile, cohort: pd.DataFrame, progress: bool) -> dict[str, Exception]:
-    """Preprocess every subject of ``cohort`` → ``preprocess.csv``; returns the failures."""
+def _preprocess(profile: Profile, valid: pd.DataFrame, progress: bool) -> dict[str, Exception]:
+    """Preprocess every subject of ``valid`` → ``preprocess.csv``; returns the failures."""
     layout = RunLayout(profile.run_path)
     settings = {"preprocess": STEP.settings_of(profile)["preprocess"]}
     truth = layout.synthetic
     items = []
-    for r in cohort.itertuples():
-        # the series of a DICOM folder that holds several (ctbrainage.manifest writes it)
+    for r in valid.itertuples():
+        # the series of a DICOM folder that holds several (ctbrainage.apps.dicom_index writes it)
         series = str(getattr(r, "series", "") or "").strip()
         items.append(
             {
@@ -180,7 +181,7 @@ def _preprocess(profile: Profile, cohort: pd.DataFrame, progress: bool) -> dict[
         _preprocess_subject, items, profile.synth.workers, desc="preprocess", progress=progress
     )
     table = pd.DataFrame(results, columns=["subject_id"] if not results else None)
-    table = cohort[["subject_id", "age_months"]].merge(table, on="subject_id")
+    table = valid[["subject_id", "age_months"]].merge(table, on="subject_id")
     write_table(layout.preprocess_table, table)
     return errors
 
@@ -188,7 +189,7 @@ def _preprocess(profile: Profile, cohort: pd.DataFrame, progress: bool) -> dict[
 def _preprocess_subject(item: dict) -> dict:
     import matplotlib.pyplot as plt
 
-    from ctbrainage.plots import preprocess_qc_figure
+    from ctbrainage.views.plots import preprocess_qc_figure
 
     layout, sid, settings = RunLayout(item["root"]), item["subject_id"], item["settings"]
     signal = item["signal_path"]

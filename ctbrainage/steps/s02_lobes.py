@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctbrainage import ctio
-from ctbrainage.config import Profile
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout
-from ctbrainage.parallel import map_subjects
+from ctbrainage.core.config import Profile
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.core.workers import map_subjects
+from ctbrainage.imaging import ctio
 from ctbrainage.steps.contract import (
     Step,
     failures,
@@ -73,7 +73,7 @@ def is_fresh(profile: Profile) -> bool:
 
 def run(profile: Profile, progress: bool = True) -> Result:
     """Lobe labels for every kept subject; see the module docstring."""
-    from ctbrainage.totalseg import licence
+    from ctbrainage.lobes.totalseg import licence
 
     layout = RunLayout(profile.run_path)
     ids = subjects(profile)
@@ -110,7 +110,7 @@ def _lobes_subject(item: dict) -> dict:
     import nibabel as nib
     import numpy as np
 
-    from ctbrainage.lobes import segment_lobes
+    from ctbrainage.lobes.segment import segment_lobes
 
     layout, sid = RunLayout(item["root"]), item["subject_id"]
     settings = {"method": item["method"]}

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctbrainage.cohort import stratified_folds
-from ctbrainage.config import Profile
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.cohort import stratified_folds
+from ctbrainage.core.config import Profile
+from ctbrainage.core.layout import RunLayout
 from ctbrainage.steps.contract import Step, kept_subjects, up_to_date, write_table
 
-# the version's second part: bump it when a change of ctbrainage.train or ctbrainage.models
+# the version's second part: bump it when a change of ctbrainage.learn.train or
+# ctbrainage.learn.networks
 # alters trained models or predictions (torch, Lightning and MONAI load only when a fold trains,
 # so the later steps' notebooks start quickly)
 STEP = Step("03_train", settings=("seed", "age_range_months", "model", "train"), version="1/2")
@@ -81,8 +82,8 @@ def run(profile: Profile, fold: int, gpu: int | None = None, progress: bool = Tr
     record, settings = _check(profile, fold)
     folds, files = make_folds(profile), inputs(profile)
     if not up_to_date(record, settings, STEP.version, files, outputs(profile, fold)):
-        from ctbrainage import train
-        from ctbrainage.data import load_volumes
+        from ctbrainage.learn import train
+        from ctbrainage.learn.datasets import load_volumes
 
         prints = record.fingerprints(files)
         fitted = train.fit_fold(
@@ -152,7 +153,7 @@ def learning_curves(profile: Profile, folds=None) -> dict[int, pd.DataFrame]:
 
 def load_model(profile: Profile, fold: int):
     """Fold ``fold``'s trained network in eval mode on CPU (output: age in [0, 1])."""
-    from ctbrainage.models import load_weights
+    from ctbrainage.learn.networks import load_weights
 
     path = RunLayout(profile.run_path).model(fold)
     if not path.exists():

@@ -16,9 +16,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ctbrainage import evaluate
-from ctbrainage.config import Profile
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.config import Profile
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.stats import evaluate
 from ctbrainage.steps import s03_train
 from ctbrainage.steps.contract import Step, up_to_date, write_table
 

@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctbrainage import loaders, perturb
-from ctbrainage.config import Profile
-from ctbrainage.data import AgeScaler
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout
-from ctbrainage.loaders import group_levels, subject_arrays
-from ctbrainage.parallel import progress_bar
+from ctbrainage.core.config import Profile
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.core.workers import progress_bar
+from ctbrainage.imaging import run_arrays
+from ctbrainage.imaging.run_arrays import group_levels, subject_arrays
+from ctbrainage.interpret import perturb
+from ctbrainage.learn.datasets import AgeScaler
 from ctbrainage.steps import s03_train
 from ctbrainage.steps.contract import (
     Step,
@@ -115,7 +116,7 @@ def run(
         write_exclusions(layout, STEP, reasons)
         record.write(settings, STEP.version, prints, {"retry": retry})
     excluded = read_exclusions(layout)
-    tables = {fill: loaders.perturbation(profile, fill) for fill in profile.perturb.fills}
+    tables = {fill: run_arrays.perturbation(profile, fill) for fill in profile.perturb.fills}
     return Result(tables, excluded[excluded["step"] == STEP.name].reset_index(drop=True))
 
 

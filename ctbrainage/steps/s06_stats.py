@@ -2,11 +2,12 @@
 how well each fill's readout recovers the planted maturation schedule.
 
 From step 05's tables: every lobe × age-group test (``lobe_age_tests.csv``), the same over
-sliding windows (``lobe_age_windows.csv``, ``stats.window_months`` wide every
-``stats.window_step``), Table 1 as ``table1.csv`` / ``.md`` / ``.tex``, and for the embedded
+sliding windows (``lobe_age_windows.csv``, ``lobe_tests.window_months`` wide every
+``lobe_tests.window_step``), Table 1 as ``table1.csv`` / ``.md`` / ``.tex``, and for the embedded
 synthetic cohort ``recovery.json``: the profile's fill scored against the planted importance
 (its ``definition``: the first of ``IMPORTANCE_DEFINITIONS``), and under ``by_fill`` every fill of
-step 05, read as ΔAE (the paper) and as |Δprediction| (``stats.mean_abs_change``), against every
+step 05, read as ΔAE (the paper) and as |Δprediction| (``lobe_tests.mean_abs_change``), against
+every
 definition.
 """
 
@@ -18,10 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctbrainage import loaders, stats, table1
-from ctbrainage.atomic import atomic_write_text
-from ctbrainage.config import Profile
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.config import Profile
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.imaging import run_arrays
+from ctbrainage.stats import lobe_tests, table1
 from ctbrainage.steps.contract import Step, up_to_date, write_table
 from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
 from ctbrainage.synth.scoring import recovery_row, score_importance
@@ -64,9 +66,10 @@ def is_fresh(profile: Profile) -> bool:
 
 
 def tests(profile: Profile, perturbation: pd.DataFrame, windows: bool = False) -> pd.DataFrame:
-    """:func:`stats.lobe_age_table` with the profile's groups (or windows), alpha, FDR, seed."""
+    """:func:`lobe_tests.lobe_age_table` with the profile's groups (or windows), alpha, FDR,
+    seed."""
     config = profile.stats
-    return stats.lobe_age_table(
+    return lobe_tests.lobe_age_table(
         perturbation,
         edges=profile.age_group_edges,
         windows=(config.window_months, config.window_step) if windows else None,
@@ -82,7 +85,7 @@ def run(profile: Profile) -> Result:
     layout = RunLayout(profile.run_path)
     record = STEP.record(layout)
     prints = record.fingerprints(inputs(profile))
-    perturbation = loaders.perturbation(profile, profile.perturb.fill)
+    perturbation = run_arrays.perturbation(profile, profile.perturb.fill)
     long = tests(profile, perturbation)
     ours = table1.table1(long)
     windows = tests(profile, perturbation, windows=True)
@@ -98,7 +101,7 @@ def run(profile: Profile) -> Result:
         recovery = {"definition": IMPORTANCE_DEFINITIONS[0], **score_importance(long, expected)}
         main = profile.perturb.fill
         tables = {
-            f: perturbation if f == main else loaders.perturbation(profile, f)
+            f: perturbation if f == main else run_arrays.perturbation(profile, f)
             for f in profile.perturb.fills
         }
         readouts = {
@@ -106,7 +109,7 @@ def run(profile: Profile) -> Result:
                 f: long if f == main else tests(profile, t) for f, t in tables.items()
             },
             "mean_abs_change": {
-                f: stats.mean_abs_change(t, profile.age_group_edges) for f, t in tables.items()
+                f: lobe_tests.mean_abs_change(t, profile.age_group_edges) for f, t in tables.items()
             },
         }
         rows = [

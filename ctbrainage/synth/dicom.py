@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DSfloat
 
-from ctbrainage.ctio import DAYS_PER_MONTH, atomic_path
+from ctbrainage.imaging.ctio import DAYS_PER_MONTH, atomic_path
 
 __all__ = ["write_ct_dicom_series"]
 

@@ -1,6 +1,6 @@
 """A synthetic cohort: subjects, parallel generation, files on disk, manifest and ground truth.
 
-Layout of a cohort folder (:class:`~ctbrainage.layout.SyntheticLayout`)::
+Layout of a cohort folder (:class:`~ctbrainage.core.layout.SyntheticLayout`)::
 
     cohort.csv                    manifest (DESIGN.md): subject_id, age_months, sex, site, image
     images/<id>.nii.gz            int16 HU (or dicom/<id>/IM0001.dcm ... with --format dicom)
@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctbrainage import ctio
-from ctbrainage.atomic import atomic_write_text
-from ctbrainage.cohort import PAPER_AGE_EDGES
-from ctbrainage.freshness import Record
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import SyntheticLayout
-from ctbrainage.parallel import map_subjects, reason
+from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.cohort import PAPER_AGE_EDGES
+from ctbrainage.core.freshness import Record
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import SyntheticLayout
+from ctbrainage.core.workers import map_subjects, reason
+from ctbrainage.imaging import ctio
 from ctbrainage.synth.dicom import write_ct_dicom_series
 from ctbrainage.synth.head import (
     ACQUISITIONS,

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from ctbrainage.labels import LOBES
+from ctbrainage.core.labels import LOBES
 from ctbrainage.synth import norms
 from ctbrainage.synth.anatomy import (
     BONE_NAMES,

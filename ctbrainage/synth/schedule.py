@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctbrainage.cohort import window_label
-from ctbrainage.labels import LOBES
+from ctbrainage.core.cohort import window_label
+from ctbrainage.core.labels import LOBES
 
 LOBE_NAMES = tuple(LOBES.values())
 LN9 = math.log(9.0)  # a logistic goes from 50% to 90% in ln(9) widths

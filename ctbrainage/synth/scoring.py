@@ -12,9 +12,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from ctbrainage.labels import LOBES
-from ctbrainage.layout import RunLayout, SyntheticLayout
-from ctbrainage.preprocess import map_to_grid
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout, SyntheticLayout
+from ctbrainage.imaging.preprocess import map_to_grid
 from ctbrainage.synth.generate import measure_lobe_wm_hu
 from ctbrainage.synth.schedule import MaturationSchedule
 

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from ctbrainage import totalseg as ts
+from ctbrainage.lobes import totalseg as ts
 from ctbrainage.synth import generate_cohort
 
 pytest.importorskip("totalsegmentator")

@@ -1,0 +1,358 @@
+"""Profiles: typed, validated run settings loaded from ``configs/<name>.yaml`` plus overrides.
+
+A profile is a tree of dataclasses. Unknown keys and wrongly typed values are errors that name the
+offending key (and the nearest valid key). Every output path derives from one run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def repo_path(path: str | Path) -> Path:
+    """``path`` as given when absolute, else relative to the repository (not the working
+    directory, which differs between the command line and notebooks)."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it, else absolute: how paths are
+    shown in notebook parameters and outputs (no path of the machine that built them)."""
+    path = Path(path).expanduser().resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+class ProfileError(ValueError):
+    """A profile file or override that cannot be used."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The embedded synthetic cohort (used when ``data`` is empty)."""
+
+    n: int = 120  # number of subjects
+    mode: Literal["demo", "full-res"] = "demo"  # acquisition grid preset
+    format: Literal["nifti", "dicom"] = "nifti"
+    schedule: str = "physiological"  # preset (physiological, staggered, ...) or a JSON path
+    # age cues of the heads: "all", or "lobar" = lobar white matter only (README, planted truth)
+    cues: Literal["all", "lobar"] = "all"
+    gantry_tilt_fraction: float = 0.0  # share of subjects scanned with a tilted gantry
+    workers: int = 0  # parallel processes; 0 = all cores
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Skull strip → PCA orientation → P-tile normalisation → isotropic resample → crop."""
+
+    spacing_mm: float = 1.5  # isotropic output spacing
+    size: int = 128  # edge of the output cube, voxels
+    ptile_low: float = 0.5  # lower percentile of brain HU mapped to 0
+    ptile_high: float = 99.5  # upper percentile of brain HU mapped to 1
+
+
+@dataclass(frozen=True)
+class LobesConfig:
+    method: Literal["atlas", "totalsegmentator", "auto"] = "atlas"
+    totalseg_license: str = ""  # or environment variable TOTALSEG_LICENSE
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["resnet10", "resnet18", "resnet34", "resnet50", "vgg8", "sfcn"] = "resnet34"
+    width: int = 64  # channels of the first stage (standard: ResNet 64, VGG8 16, SFCN 32)
+    first_stride: int = 2  # ResNets: stride of the first convolution (MONAI's default is 1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    folds: int = 5  # age-stratified cross-validation folds
+    epochs: int = 75
+    batch_size: int = 4
+    lr: float = 1e-4
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    schedule: Literal["constant", "cosine"] = "constant"  # learning rate over the steps
+    loss: Literal["mse", "mae"] = "mse"
+    augment: bool = False  # TorchIO augmentation (the paper reports none)
+    val_fraction: float = 0.0  # inner validation split of each training fold
+
+
+Fill = Literal["noise", "zero", "mean", "group_level"]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    # the brain-age-gap bias correction of a fold is fitted on the other folds' out-of-fold
+    # predictions, or on the fold model's inner validation subjects (needs train.val_fraction)
+    bias_source: Literal["other folds", "validation"] = "other folds"
+
+
+@dataclass(frozen=True)
+class PerturbConfig:
+    repeats: int = 1  # noise repeats per lobe (paper: 1)
+    fill: Fill = "noise"  # the fill of Table 1 (paper: noise)
+    # fills also computed, for comparison (the main fill is skipped here)
+    compare_fills: tuple[Fill, ...] = ("noise", "zero", "mean", "group_level")
+
+    @property
+    def fills(self) -> list[str]:
+        """The fill of Table 1, then the other fills to compare."""
+        return [self.fill] + [f for f in self.compare_fills if f != self.fill]
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    alpha: float = 0.05
+    fdr: bool = False  # Benjamini–Hochberg across all tests
+    window_months: float = 12.0  # sliding windows of the developmental trajectory: width
+    window_step: float = 3.0  # ... and step
+
+
+AttributionMethod = Literal[
+    "saliency",
+    "integrated_gradients",
+    "smoothgrad",
+    "guided_backprop",
+    "gradcam",
+    "occlusion",
+    "lobe_shapley",
+    "unoise",
+]
+
+
+@dataclass(frozen=True)
+class UNoiseConfig:
+    """U-Noise's noise model (Bintsi et al., section 2.3; README, "Attribution")."""
+
+    channels: int = 16  # after the first layer (paper: 16); doubled at each of 5 levels
+    autoencoder_epochs: int = 5
+    epochs: int = 20
+    batch_size: int = 4
+    lr: float = 0.001
+    v_min: float = 1.0  # noise SD range in units of the brain's intensity SD (paper: 1-5)
+    v_max: float = 5.0
+    r: float = 0.1  # weight of the noise reward (paper: 0.1)
+    train_subjects: int = 0  # per fold, age-stratified; 0 = every training subject
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Step 07: every attribution method on the fold models (README, "Attribution")."""
+
+    methods: tuple[AttributionMethod, ...] = typing.get_args(AttributionMethod)  # all
+    subjects_per_group: int = 0  # per fold and age group, age-stratified; 0 = every subject
+    baseline: Literal["group_mean", "zeros"] = "group_mean"  # of integrated gradients, occlusion
+    ig_steps: int = 32
+    smoothgrad_samples: int = 16
+    smoothgrad_sd: float = 0.1  # units of the input range
+    occlusion_mm: float = 36.0  # cube edge
+    occlusion_stride_mm: float = 18.0
+    shapley_baseline: Fill = "group_level"  # what an absent lobe takes
+    batch_size: int = 8
+    unoise: UNoiseConfig = field(default_factory=UNoiseConfig)
+    sanity_subjects: int = 8  # of fold 0, for the randomisation checks
+    bootstrap: int = 1000  # resamples of subjects for the score CIs
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """Step 08's synthesised second channel: one 3D U-Net (MONAI) per fold, trained on that
+    fold's training subjects to map the CT input to the planted white-matter maturity."""
+
+    channels: tuple[int, ...] = (16, 32, 64)  # per level; the U-Net halves the grid between
+    epochs: int = 30
+    batch_size: int = 4
+    lr: float = 1e-3  # Adam, L1 loss inside the brain
+
+
+@dataclass(frozen=True)
+class StackingConfig:
+    """Step 08 (Jomsky et al. 2025): one encoder per input channel — T, the CT input; A, the
+    synthesised map — stacked by linear regression on their out-of-fold predictions."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vgg8", width=16))
+    downsample: int = 1  # encoders and U-Net see the model grid averaged over n³ voxels
+    epochs: int = 100  # at most (paper: 100)
+    patience: int = 10  # early stopping on the inner validation loss (paper: 10)
+    batch_size: int = 3
+    lr: float = 1e-4  # Adam (paper: 1e-4)
+    loss: Literal["mae", "mse"] = "mae"
+    val_fraction: float = 0.1  # inner validation part of each training fold
+    control_seed_offset: int = 1000  # the second T encoder's seed: seed + this (the control)
+    gradcam_top: float = 0.2  # share of brain voxels in each encoder's Grad-CAM top set
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All settings of one run."""
+
+    name: str
+    seed: int = 42
+    run_dir: str = ""  # empty = runs/<name>, relative to the repository
+    data: str = ""  # manifest CSV of a real cohort; empty = the embedded synthetic cohort
+    age_range_months: tuple[float, float] = (0.0, 48.0)
+    age_group_edges: tuple[float, ...] = (0.0, 12.0, 24.0, 36.0, 48.0)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    lobes: LobesConfig = field(default_factory=LobesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    stacking: StackingConfig = field(default_factory=StackingConfig)
+
+    @property
+    def run_path(self) -> Path:
+        return repo_path(self.run_dir or Path("runs") / self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_profile(
+    profile: str | Path = "demo", overrides: dict[str, Any] | None = None, **kwargs: Any
+) -> Profile:
+    """Load a profile by name (``configs/<name>.yaml``) or path (a relative one that is not
+    found from the working directory: from the repository), then apply overrides.
+
+    Overrides are nested dicts or dotted keys, e.g. ``{"train.epochs": 2}`` or
+    ``synth={"n": 12}``; keyword arguments are overrides too (as papermill passes them).
+    """
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml") and not path.exists():
+        path = repo_path(path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{profile}.yaml"
+        if not path.exists():
+            available = available_profiles()
+            raise ProfileError(
+                f"unknown profile {str(profile)!r}{did_you_mean(str(profile), available)};"
+                f" available: {', '.join(available)}"
+            )
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: expected a mapping at the top level")
+    raw.setdefault("name", path.stem)
+    for key, value in {**(overrides or {}), **kwargs}.items():
+        _set_dotted(raw, key, value)
+    return _build(Profile, raw, where="")
+
+
+def profile_from_dict(values: dict[str, Any]) -> Profile:
+    """A profile from its nested dict form (``Profile.to_dict``, e.g. a run's manifest.json or
+    a bundle's profile), checked like a profile file."""
+    return _build(Profile, dict(values), where="")
+
+
+def profile_yaml(profile: Profile, header: str = "") -> str:
+    """The whole profile as YAML (``load_profile`` reads it back), ``header`` as a comment."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    return comment + yaml.safe_dump(plain(profile.to_dict()), sort_keys=False)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise ProfileError(f"override {key!r}: {part!r} is not a section")
+    if isinstance(value, dict) and isinstance(tree.get(leaf), dict):
+        tree[leaf] = {**tree[leaf], **value}
+    else:
+        tree[leaf] = value
+
+
+def did_you_mean(name: str, valid: list[str], prefix: str = "") -> str:
+    """The hint " (did you mean 'x'?)" naming the entry of ``valid`` closest to ``name``,
+    ``prefix`` prepended (e.g. "train."); "" when none is close."""
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ProfileError(f"{where.rstrip('.') or 'profile'}: expected a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ProfileError(
+                f"unknown setting {where + key!r}{did_you_mean(key, list(fields), where)};"
+                f" valid settings here: {', '.join(fields)}"
+            )
+        default = fields[key].default_factory
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and callable(default):
+            # a section whose defaults differ from its class's (stacking.model): given keys
+            # replace those defaults, the others keep them
+            value = {**dataclasses.asdict(default()), **value}
+        kwargs[key] = _coerce(hints[key], value, where + key)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ProfileError(f"{where.rstrip('.') or 'profile'}: {err}") from None
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ProfileError(
+                f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}"
+                f"{did_you_mean(str(value), [str(c) for c in choices])}"
+            )
+        return value
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ProfileError(f"{key}: expected a list, got {value!r}")
+        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise ProfileError(f"{key}: expected {len(item_types)} values, got {len(value)}")
+        return tuple(_coerce(t, v, key) for t, v in zip(item_types, value, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        raise ProfileError(f"{key}: union types are not supported in profiles")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ProfileError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProfileError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ProfileError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ProfileError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ProfileError(f"{key}: unsupported setting type {hint!r}")

@@ -1,0 +1,3 @@
+"""Interpretation methods on a model and tensors: attribution maps, lobe-wise perturbation and
+U-Noise.
+"""

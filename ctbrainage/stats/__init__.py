@@ -1,0 +1,1 @@
+"""Statistics: paired lobe tests and Table 1, evaluation of predictions, linear stacking."""
