@@ -1,14 +1,14 @@
 # Two commands do everything on a fresh machine (Python 3.11, PyPI reachable):
 #   make demo   - set up .venv on first use, then run the demo on the embedded synthetic cohort
 #                 (generate it, then notebooks 01-07 through run_all.py and papermill)
-#   make test   - set up .venv on first use, then run the test suite
+#   make test   - set up .venv on first use, then run the test suite (make test-fast: the unit tier)
 #   make lab    - also install JupyterLab, then open it on the repository (notebooks/ first)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo stacking new-scans test lab test-browser lint bench clean-demo check-notebooks update-notebooks
+.PHONY: demo stacking new-scans docs test test-fast lab test-browser lint bench clean-demo check-notebooks update-notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,17 @@ stacking: $(STAMP)
 new-scans: $(STAMP)
 	$(PY) run_all.py --profile demo --from 9 --to 9
 
+# After `make demo`: the result tables of README.md and docs/*.md, written from the run's files
+docs: $(STAMP)
+	$(PY) -m ctbrainage.views.docs runs/demo
+
+# the whole suite (CI's command), with the 15 slowest tests at the end
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
+
+# the unit tier for the edit loop: no run building, no papermill (tests marked integration)
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not integration" -q
 
 # JupyterLab on the repository, opened at notebooks/ (LAB_ARGS: e.g. --no-browser --port 8890)
 LAB_ARGS ?=

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run the whole pipeline (notebooks 01-07) with papermill: ``python run_all.py --help``.
+"""Run the pipeline with papermill (notebooks 01-07; 08-09 on request): ``run_all.py --help``.
 
 Without arguments it runs the demo profile end to end on the embedded synthetic cohort. The logic
 lives in the package ``ctbrainage.run``; this is its command line, ``ctbrainage.run.cli``.

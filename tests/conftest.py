@@ -1,4 +1,6 @@
-"""Shared fixtures: small synthetic cohorts generated once per test session."""
+"""Shared fixtures: small synthetic cohorts and the tiny run, each built once per test session,
+and the two tiers: a test that builds or reads a run (one of ``RUN_FIXTURES``) or executes
+notebooks is an ``integration`` test; ``make test-fast`` runs the others."""
 
 import pytest
 
@@ -45,3 +47,13 @@ def tiny_bundle(tiny_run, tmp_path_factory):
     from ctbrainage.apps.bundle import export_bundle
 
     return export_bundle(tiny_run, tmp_path_factory.mktemp("bundle") / "tiny", progress=False)
+
+
+# fixtures that build a run (or a cohort to run on): their tests form the integration tier
+RUN_FIXTURES = {"tiny_run", "tiny_bundle", "cohort_dir", "null_cohort_dir"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

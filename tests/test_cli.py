@@ -103,3 +103,34 @@ def test_rounding_keeps_ages_in_their_stratum_and_range():
     assert np.histogram(_ages(cohort_specs(8, 5)), [0, 12, 24, 36, 48])[0].tolist() == [2] * 4
     # seed 26: an age just above 3.333 rounds to 3.33, below the requested minimum
     assert _ages(cohort_specs(200, 26, age_range=(3.333, 7.777))).min() >= 3.333
+
+
+def test_help_lists_every_profile_and_every_step(capsys):
+    from ctbrainage.core.config import available_profiles
+    from ctbrainage.run.cli import _parser
+    from ctbrainage.run.plan import NOTEBOOKS
+
+    text = " ".join(_parser().format_help().split())  # argparse wraps lines
+    assert available_profiles() == ["benchmark", "demo", "paper", "tiny"]
+    assert "benchmark | demo | paper | tiny, or a profile YAML" in text
+    for name in NOTEBOOKS.values():
+        assert name in text, name
+    assert "on request (--from NN --to NN): 08_stacking, 09_new_scans" in text
+
+
+def test_notebook_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path, capfd):
+    import nbformat
+
+    from ctbrainage.run.execute import IPCKernelManager, execute_notebook
+
+    assert IPCKernelManager().transport == "ipc"
+    spec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell("print(6 * 7)")
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[cell], metadata={"kernelspec": spec}), tmp_path / "in.ipynb"
+    )
+    done = execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), {})
+    assert done["status"] == "done", done
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert out.cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in capfd.readouterr().err

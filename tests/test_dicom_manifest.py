@@ -20,6 +20,7 @@ import pytest
 from helpers import assert_no_identifiers, dicom_identifiers, tilted_affine
 
 from ctbrainage.apps import dicom_index as mf
+from ctbrainage.core.workers import Mapped
 from ctbrainage.imaging import cohort_manifest, ctio
 from ctbrainage.synth.dicom import write_ct_dicom_series
 
@@ -286,7 +287,9 @@ def test_step_01_reads_the_series_of_its_row(tree, tmp_path, monkeypatch):
     valid.loc[valid["n_slices"] == "40", "series"] = ""  # a row without one
     captured: list[dict] = []
     monkeypatch.setattr(
-        s01_preprocess, "map_subjects", lambda job, items, *a, **k: (captured.extend(items), {})
+        s01_preprocess,
+        "map_subjects",
+        lambda job, items, *a, **k: captured.extend(items) or Mapped([]),
     )
     s01_preprocess._preprocess(profile, valid, progress=False)
     by_id = {item["subject_id"]: item for item in captured}

@@ -6,7 +6,7 @@ every held-out subject is perturbed, and the per-group statistics are scored aga
 schedule, as notebook 06 does for the synthetic cohort. The ``group_level`` fill (information
 removed, level kept) must follow the planted order in both directions. The paper's noise fill must
 not: its mean, 0.5, reads as a lobe half-way mature, so it ranks lobes by how far they are from
-that level, not by what they tell about age (README, "Does the analysis recover the truth?").
+that level, not by what they tell about age (docs/perturbation-and-statistics.md).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def test_unoise_leaves_the_age_model_unchanged(noise_tolerance):
 
 
 def test_noise_tolerance_is_not_information_on_the_phantom(noise_tolerance):
-    """Measured (README, "Attribution"): the phantom model is hurt less by noise in the lobe
+    """Measured (docs/attribution.md): the phantom model is hurt less by noise in the lobe
     that carries the age information than by noise in the others, so U-Noise's lowest-noise
     voxels do not gather in the maturing lobe (a quarter of the ball: chance)."""
     *_, maps, labels, maturing, delta = noise_tolerance

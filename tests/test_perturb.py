@@ -26,7 +26,7 @@ from ctbrainage.interpret.perturb import (
     perturb_subject,
 )
 from ctbrainage.learn.datasets import load_volumes
-from ctbrainage.learn.networks import build_model, load_weights
+from ctbrainage.learn.networks import build_model
 from ctbrainage.steps import s03_train, s05_perturbation
 from ctbrainage.steps.s05_perturbation import perturbation_path
 
@@ -398,11 +398,11 @@ def test_a_killed_perturbation_resumes_from_its_subjects(tiny_copy, tmp_path, mo
     table.unlink()
     layout.record(s05_perturbation.STEP.name).unlink()
     s05_perturbation.STEP.subject_record(layout, last["subject_id"], "_noise").path.unlink()
-    loaded = []
+    loaded, load_model = [], s03_train.load_model
 
     def spy(profile, fold):
         loaded.append(fold)
-        return load_weights(profile.model, layout.model(fold))
+        return load_model(profile, fold)
 
     with monkeypatch.context() as mp:
         mp.setattr(s03_train, "load_model", spy)

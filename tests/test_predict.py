@@ -194,12 +194,12 @@ def test_step_09_exports_the_bundle_and_predicts_a_new_synthetic_cohort(tiny_run
     import shutil
 
     from ctbrainage.core.layout import BundleLayout
-    from ctbrainage.steps import s09_new_scans
+    from ctbrainage.apps import new_scans
 
     run_dir = shutil.copytree(tiny_run.run_path, tmp_path / "run")
     profile = dataclasses.replace(tiny_run, run_dir=str(run_dir))
-    assert not s09_new_scans.is_fresh(profile, new_subjects=3)
-    result = s09_new_scans.run(profile, new_subjects=3, progress=False)
+    assert not new_scans.is_fresh(profile, new_subjects=3)
+    result = new_scans.run(profile, new_subjects=3, progress=False)
     layout = RunLayout(run_dir)
     assert BundleLayout(layout.bundle_dir).manifest.exists() and result.synthetic
     new = pd.read_csv(RunLayout(layout.new_scans_dir).synthetic.manifest)
@@ -210,8 +210,8 @@ def test_step_09_exports_the_bundle_and_predicts_a_new_synthetic_cohort(tiny_run
     table = result.prediction.table
     assert accuracy["mae_months"] == pytest.approx(table["gap_months"].abs().mean())
     assert accuracy["coverage"] == table["age_in_interval"].mean() and accuracy["level"] == 0.9
-    assert s09_new_scans.is_fresh(profile, new_subjects=3)
-    assert not s09_new_scans.is_fresh(profile, new_subjects=3, level=0.8)
+    assert new_scans.is_fresh(profile, new_subjects=3)
+    assert not new_scans.is_fresh(profile, new_subjects=3, level=0.8)
     from ctbrainage.views.pages import write_index
 
     page = write_index(run_dir).read_text()  # the run's index links the new scans' pages

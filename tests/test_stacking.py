@@ -211,7 +211,13 @@ def test_the_step_writes_every_table_and_stacks_its_own_out_of_fold_predictions(
         assert row.epochs_run == len(curve)
         assert row.best_epoch == curve.loc[curve["val_loss"].idxmin(), "epoch"]
     overall = result.gradcam.set_index("age_group").loc["all"]
-    assert 0 <= overall["gradcam_jaccard"] <= 1 and overall["n"] == n
+    per_subject = pd.concat(  # each test subject's overlap of T's and A's top sets
+        pd.read_csv(layout.stacking_fold(k, "subjects")) for k in range(profile.train.folds)
+    )
+    assert overall["n"] == n == len(per_subject)
+    assert overall["gradcam_jaccard"] == pytest.approx(per_subject["gradcam_jaccard"].mean())
+    top = profile.stacking.gradcam_top  # two random sets of that share overlap by s²/(2s - s²)
+    assert overall["jaccard_if_random"] == pytest.approx(top**2 / (2 * top - top**2))
     shares = [c for c in result.gradcam if c.startswith("gradcam_T_")]
     assert overall[shares].sum() <= 1 + 1e-9
     assert {"0-11|synthesised", "36-47|gradcam_A"} <= set(result.maps)

@@ -60,7 +60,7 @@ def _read(path) -> pd.DataFrame:
 def test_fold_predictions_are_out_of_fold_and_deterministic(tiny_run, tmp_path):
     tiny = copy_run(tiny_run, tmp_path / "run")
     layout = RunLayout(tiny.run_path)
-    first = s03_train.run(tiny, 0, progress=False)
+    first = s03_train.run(tiny, 0, progress=False).predictions
     folds = _read(layout.folds)
     assert set(first["subject_id"]) == set(folds.loc[folds["fold"] == 0, "subject_id"])
     assert layout.model(0).exists()
@@ -68,7 +68,7 @@ def test_fold_predictions_are_out_of_fold_and_deterministic(tiny_run, tmp_path):
     for path in layout.models_dir.glob("fold0*"):
         path.unlink()
     assert not s03_train.is_fresh(tiny, 0) and s03_train.is_fresh(tiny, 1)
-    again = s03_train.run(tiny, 0, progress=False)
+    again = s03_train.run(tiny, 0, progress=False).predictions
     assert layout.model(0).exists() and s03_train.is_fresh(tiny, 0)
     assert again["predicted_months"].tolist() == first["predicted_months"].tolist()
 
@@ -191,7 +191,7 @@ def test_fold_with_inner_validation_logs_and_predicts_it(tiny_run, tmp_path):
     cfg = copy_run(tiny_run, tmp_path / "run", **{"train.val_fraction": 0.34})
     layout = RunLayout(cfg.run_path)
     assert not s03_train.is_fresh(cfg, 0)  # a changed setting
-    test = s03_train.run(cfg, 0, progress=False)
+    test = s03_train.run(cfg, 0, progress=False).predictions
     val = _read(layout.fold_validation(0))
     folds = _read(layout.folds)
     training = set(folds.loc[folds["fold"] != 0, "subject_id"])

@@ -46,7 +46,7 @@ class SynthConfig:
     mode: Literal["demo", "full-res"] = "demo"  # acquisition grid preset
     format: Literal["nifti", "dicom"] = "nifti"
     schedule: str = "physiological"  # preset (physiological, staggered, ...) or a JSON path
-    # age cues of the heads: "all", or "lobar" = lobar white matter only (README, planted truth)
+    # age cues of the heads: "all", or "lobar" = lobar white matter only (docs/synthetic-cohort.md)
     cues: Literal["all", "lobar"] = "all"
     gantry_tilt_fraction: float = 0.0  # share of subjects scanned with a tilted gantry
     workers: int = 0  # parallel processes; 0 = all cores
@@ -133,7 +133,7 @@ AttributionMethod = Literal[
 
 @dataclass(frozen=True)
 class UNoiseConfig:
-    """U-Noise's noise model (Bintsi et al., section 2.3; README, "Attribution")."""
+    """U-Noise's noise model (Bintsi et al., section 2.3; docs/attribution.md)."""
 
     channels: int = 16  # after the first layer (paper: 16); doubled at each of 5 levels
     autoencoder_epochs: int = 5
@@ -148,7 +148,7 @@ class UNoiseConfig:
 
 @dataclass(frozen=True)
 class AttributionConfig:
-    """Step 07: every attribution method on the fold models (README, "Attribution")."""
+    """Step 07: every attribution method on the fold models (docs/attribution.md)."""
 
     methods: tuple[AttributionMethod, ...] = typing.get_args(AttributionMethod)  # all
     subjects_per_group: int = 0  # per fold and age group, age-stratified; 0 = every subject

@@ -1,6 +1,6 @@
 """The run directory: every path of a run, derived in one place.
 
-``RunLayout(run_dir)`` names each file and folder a run holds (DESIGN.md, "Data contracts");
+``RunLayout(run_dir)`` names each file and folder a run holds (docs/run-directory.md);
 ``SyntheticLayout`` does the same for the embedded synthetic cohort generated inside a run. No
 other module builds a run-directory path, so renaming a file is a change to this module alone.
 """

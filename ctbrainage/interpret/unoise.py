@@ -5,7 +5,7 @@ Noisy input X + brain · σ · (v_min + (v_max − v_min) · m) · ε, m = sigmo
 σ = the brain's intensity SD (v_min, v_max in units of σ); loss = (f(X_noisy) − y)² − r ·
 mean_brain(log m), the age error in months. Importance = 1 − m (little noise tolerated). The
 paper's printed equations differ (its Eq. 1 adds v_min as a constant, its Eq. 2 evaluates the
-clean input): this is the form its text describes (README, "Attribution"). The U-Net is first
+clean input): this is the form its text describes (docs/attribution.md). The U-Net is first
 trained as an autoencoder of X. Model and tensors in, a trained noise model out; no files.
 """
 

@@ -1,4 +1,4 @@
-"""Run notebooks 01–07 end to end with papermill; ``run_all.py`` is its command line.
+"""Run the pipeline's notebooks end to end with papermill; ``run_all.py`` is its command line.
 
 ``plan`` checks the options against the notebooks' parameter cells and the profile, before
 anything runs, and lays out the notebook runs; ``execute`` runs them (folds in parallel,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ctbrainage.core.config import available_profiles
 from ctbrainage.run.execute import run_all
-from ctbrainage.run.plan import Options, Text, convert
+from ctbrainage.run.plan import NOTEBOOKS, Options, Text, convert
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -24,21 +25,39 @@ def _assignment(text: str) -> tuple[str, Text]:
     return name.strip(), Text(value)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python run_all.py",
-        description="Run notebooks 01-07 with papermill into the run directory: 01 -> 02 -> 03 "
-        "once per fold (in parallel) -> 04 -> 05 -> 06 -> 07. Resumes: finished steps are skipped. "
-        "Without arguments: the demo profile on the embedded synthetic cohort.",
+def _description() -> str:
+    """Every step, the default range and the steps that run only when asked (from the plan)."""
+    default = [name for number, name in NOTEBOOKS.items() if number <= Options.last]
+    asked = [name for number, name in NOTEBOOKS.items() if number > Options.last]
+    return (
+        f"Run the pipeline's notebooks with papermill into the run directory. By default "
+        f"{' -> '.join(default)} (03 once per fold, folds in parallel); on request "
+        f"(--from NN --to NN): {', '.join(asked)}. Resumes: finished steps are skipped. "
+        "Without arguments: the demo profile on the embedded synthetic cohort."
     )
-    p.add_argument("--profile", default="demo", help="tiny | demo | paper, or a profile YAML")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python run_all.py", description=_description())
+    p.add_argument(
+        "--profile",
+        default="demo",
+        help=f"{' | '.join(available_profiles())}, or a profile YAML (default: demo)",
+    )
     p.add_argument("--data", default="", help="manifest CSV of your cohort (default: synthetic)")
     p.add_argument("--run-dir", default="", help="run directory (default: runs/<profile>)")
     p.add_argument("--gpus", type=_int_list, default=(), help="e.g. 0,1: one fold per GPU")
     p.add_argument("--folds", type=_int_list, default=None, help="e.g. 0,2 (default: all)")
-    p.add_argument("--from", dest="first", type=int, default=1, metavar="NN", help="first step")
     p.add_argument(
-        "--to", dest="last", type=int, default=Options.last, metavar="NN", help="last step"
+        "--from", dest="first", type=int, default=1, metavar="NN", help="first step (default: 1)"
+    )
+    p.add_argument(
+        "--to",
+        dest="last",
+        type=int,
+        default=Options.last,
+        metavar="NN",
+        help=f"last step (default: {Options.last}; 1-{max(NOTEBOOKS)})",
     )
     p.add_argument(
         "--executor",

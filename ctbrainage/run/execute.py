@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+from jupyter_client import AsyncKernelManager
 from tqdm.auto import tqdm
+from traitlets import default
 
 from ctbrainage.core.atomic import atomic_write_text
 from ctbrainage.core.config import REPO_ROOT, Profile, ProfileError
@@ -64,6 +66,17 @@ def _quiet_papermill() -> None:
             logger.addFilter(_QuietPapermill())
 
 
+class IPCKernelManager(AsyncKernelManager):
+    """Kernels that talk over local IPC sockets (files beside the kernel's connection file in
+    Jupyter's runtime directory, readable by this user only) instead of TCP ports on localhost:
+    nothing of a notebook's code or outputs can be reached over the network, and ipykernel has
+    no reason to print its warning about unencrypted TCP on run_all's terminal."""
+
+    @default("transport")
+    def _default_transport(self) -> str:
+        return "ipc"
+
+
 def execute_notebook(
     source: str, output: str, parameters: dict[str, Any], timeout: float | None = None
 ) -> dict[str, Any]:
@@ -84,6 +97,7 @@ def execute_notebook(
             progress_bar=False,
             log_output=False,
             execution_timeout=timeout,
+            kernel_manager_class=IPCKernelManager,
         )
     except Exception as err:  # a failed notebook is a result, reported by the caller
         error = _error_summary(err, Path(output))

@@ -31,9 +31,11 @@ def step_module(number: int) -> ModuleType:
 
 def is_fresh(number: int, profile: Profile, fold: int | None = None) -> bool:
     """True when step ``number`` (fold ``fold`` of step 03) would compute nothing: its record
-    matches today's settings, code and inputs, and its outputs exist."""
+    matches today's settings, code and inputs, and its outputs exist. An upstream file that is
+    missing, or a problem of the data (``ValueError``, which running the step reports), makes
+    it not fresh; any other error is a bug and is raised."""
     module = step_module(number)
     try:
         return module.is_fresh(profile, fold) if fold is not None else module.is_fresh(profile)
-    except (FileNotFoundError, ValueError, KeyError):  # an upstream file is missing or damaged
+    except (FileNotFoundError, ValueError):
         return False

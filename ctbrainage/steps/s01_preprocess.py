@@ -24,14 +24,7 @@ from ctbrainage.core.workers import map_subjects
 from ctbrainage.imaging import ctio
 from ctbrainage.imaging.cohort_manifest import validate_manifest
 from ctbrainage.imaging.preprocess import PREPROCESS_VERSION, input_derivative, preprocess_scan
-from ctbrainage.steps.contract import (
-    Step,
-    failures,
-    read_exclusions,
-    up_to_date,
-    write_exclusions,
-    write_table,
-)
+from ctbrainage.steps.contract import Outcome, Settings, Step, read_exclusions, write_table
 from ctbrainage.synth.head import GENERATOR_VERSION
 
 STEP = Step(
@@ -49,6 +42,7 @@ STEP = Step(
         "synth.gantry_tilt_fraction",
         "preprocess",
     ),
+    runtime=("synth.workers",),
     # a new generator makes a new synthetic cohort: step 01 must not look up to date before it
     version=f"1/preprocess{PREPROCESS_VERSION}/synth{GENERATOR_VERSION}",
 )
@@ -62,16 +56,17 @@ class Result:
     excluded: pd.DataFrame  # this step's exclusions (validation and preprocessing)
 
 
-def manifest_path(profile: Profile) -> Path:
+def manifest_path(cfg: Profile | Settings) -> Path:
     """The input manifest: the user's ``data`` or the synthetic cohort's."""
-    if profile.data:
-        return Path(profile.data)
-    return RunLayout(profile.run_path).synthetic.manifest
+    if cfg.data:
+        return Path(cfg.data)
+    return RunLayout(cfg.run_path).synthetic.manifest
 
 
-def inputs(profile: Profile) -> list[Path]:
+@STEP.inputs
+def inputs(cfg: Settings) -> list[Path]:
     """The manifest and every image it lists (a DICOM folder counts as its files)."""
-    path = manifest_path(profile)
+    path = manifest_path(cfg)
     if not path.exists():
         return [path]
     images = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
@@ -80,14 +75,15 @@ def inputs(profile: Profile) -> list[Path]:
     return [path, *(base / p for p in given if p)]
 
 
-def outputs(profile: Profile) -> list[Path]:
+@STEP.outputs
+def outputs(cfg: Settings) -> list[Path]:
     """The tables, and every file of each preprocessed subject."""
-    layout = RunLayout(profile.run_path)
+    layout = RunLayout(cfg.run_path)
     tables = [layout.cohort, layout.preprocess_table, layout.exclusions]
     if not layout.preprocess_table.exists():
         return tables
     ids = pd.read_csv(layout.preprocess_table, dtype={"subject_id": str})["subject_id"]
-    synthetic = not profile.data
+    synthetic = not cfg.data
     return tables + [p for sid in ids for p in _subject_outputs(layout, sid, synthetic)]
 
 
@@ -96,42 +92,35 @@ def _subject_outputs(layout: RunLayout, sid: str, synthetic: bool) -> list[Path]
     return made + ([layout.signal(sid)] if synthetic else [])
 
 
-def is_fresh(profile: Profile) -> bool:
-    """True when :func:`run` would compute nothing."""
-    record = STEP.record(RunLayout(profile.run_path))
-    settings = STEP.settings_of(profile)
-    return up_to_date(record, settings, STEP.version, inputs(profile), outputs(profile))
+is_fresh = STEP.is_fresh
 
 
 def run(profile: Profile, progress: bool = True) -> Result:
     """Generate (synthetic runs), validate and preprocess the cohort; see the module docstring."""
-    layout = RunLayout(profile.run_path)
-    if not profile.data:
-        generate_synthetic(profile, progress=progress)
-    record, settings, files = STEP.record(layout), STEP.settings_of(profile), inputs(profile)
-    if up_to_date(record, settings, STEP.version, files, outputs(profile)):
-        return _read(profile)
-    prints = record.fingerprints(files)
-    valid, invalid = validate_manifest(manifest_path(profile), profile.age_range_months)
-    write_table(layout.cohort, valid)
-    reasons, retry = failures(_preprocess(profile, valid, progress))
-    failed = pd.DataFrame({"subject_id": list(reasons), "reason": list(reasons.values())})
-    write_exclusions(layout, STEP, pd.concat([invalid, failed], ignore_index=True))
-    record.write(settings, STEP.version, prints, {"retry": retry})
-    return _read(profile)
+    cfg = STEP.view(profile)
+    if not cfg.data:
+        generate_synthetic(cfg, progress=progress)
+
+    def compute(cfg: Settings) -> Outcome:
+        valid, invalid = validate_manifest(manifest_path(cfg), cfg.age_range_months)
+        write_table(RunLayout(cfg.run_path).cohort, valid)
+        return Outcome(failures=_preprocess(cfg, valid, progress), excluded=invalid)
+
+    STEP.run(cfg, compute)
+    return _read(cfg)
 
 
-def _read(profile: Profile) -> Result:
-    layout = RunLayout(profile.run_path)
+def _read(cfg: Settings) -> Result:
+    layout = RunLayout(cfg.run_path)
     valid = pd.read_csv(layout.cohort, dtype={"subject_id": str})
-    valid["age_group"] = cohort.age_group(valid["age_months"], profile.age_group_edges)
+    valid["age_group"] = cohort.age_group(valid["age_months"], cfg.age_group_edges)
     table = pd.read_csv(layout.preprocess_table, dtype={"subject_id": str})
     excluded = read_exclusions(layout)
     return Result(valid, table, excluded[excluded["step"] == STEP.name].reset_index(drop=True))
 
 
 def generate_synthetic(
-    profile: Profile,
+    profile: Profile | Settings,
     root: Path | None = None,
     n: int | None = None,
     seed: int | None = None,
@@ -157,10 +146,10 @@ def generate_synthetic(
     )
 
 
-def _preprocess(profile: Profile, valid: pd.DataFrame, progress: bool) -> dict[str, Exception]:
+def _preprocess(cfg: Settings, valid: pd.DataFrame, progress: bool) -> dict[str, BaseException]:
     """Preprocess every subject of ``valid`` → ``preprocess.csv``; returns the failures."""
-    layout = RunLayout(profile.run_path)
-    settings = {"preprocess": STEP.settings_of(profile)["preprocess"]}
+    layout = RunLayout(cfg.run_path)
+    settings = {"preprocess": STEP.settings_of(cfg)["preprocess"]}
     truth = layout.synthetic
     items = []
     for r in valid.itertuples():
@@ -171,15 +160,16 @@ def _preprocess(profile: Profile, valid: pd.DataFrame, progress: bool) -> dict[s
                 "subject_id": r.subject_id,
                 "image_path": r.image_path,
                 "series": series or None,
-                "signal_path": None if profile.data else str(truth.truth_signal(r.subject_id)),
+                "signal_path": None if cfg.data else str(truth.truth_signal(r.subject_id)),
                 "root": str(layout.root),
                 # only when given, so that the records of subjects without one stay valid
                 "settings": {**settings, "series": series} if series else settings,
             }
         )
-    results, errors = map_subjects(
-        _preprocess_subject, items, profile.synth.workers, desc="preprocess", progress=progress
+    mapped = map_subjects(
+        _preprocess_subject, items, cfg.synth.workers, desc="preprocess", progress=progress
     )
+    results, errors = mapped.results, mapped.errors
     table = pd.DataFrame(results, columns=["subject_id"] if not results else None)
     table = valid[["subject_id", "age_months"]].merge(table, on="subject_id")
     write_table(layout.preprocess_table, table)

@@ -20,12 +20,11 @@ from ctbrainage.core.layout import RunLayout
 from ctbrainage.core.workers import map_subjects
 from ctbrainage.imaging import ctio
 from ctbrainage.steps.contract import (
+    Outcome,
+    Settings,
     Step,
-    failures,
     kept_subjects,
     read_exclusions,
-    up_to_date,
-    write_exclusions,
     write_table,
 )
 from ctbrainage.synth.head import GENERATOR_VERSION
@@ -35,6 +34,7 @@ LOBES_VERSION = 2  # bump when a change alters the lobe labels
 STEP = Step(
     "02_lobes",
     settings=("lobes.method",),
+    runtime=("lobes.totalseg_license", "synth.workers"),
     version=f"1/lobes{LOBES_VERSION}/atlas{GENERATOR_VERSION}",
 )
 
@@ -45,65 +45,67 @@ class Result:
     excluded: pd.DataFrame  # this step's exclusions
 
 
-def subjects(profile: Profile) -> list[str]:
-    return kept_subjects(RunLayout(profile.run_path), STEP)
+def subjects(cfg: Profile | Settings) -> list[str]:
+    return kept_subjects(RunLayout(cfg.run_path), STEP)
 
 
-def inputs(profile: Profile) -> list[Path]:
-    layout = RunLayout(profile.run_path)
-    ids = subjects(profile)
+@STEP.recorded
+def recorded(cfg: Settings) -> dict:
+    return {"subjects": subjects(cfg)}
+
+
+@STEP.inputs
+def inputs(cfg: Settings) -> list[Path]:
+    layout = RunLayout(cfg.run_path)
+    ids = subjects(cfg)
     return [layout.cohort] + [p for s in ids for p in (layout.preprocessed(s), layout.brain(s))]
 
 
-def outputs(profile: Profile) -> list[Path]:
+@STEP.outputs
+def outputs(cfg: Settings) -> list[Path]:
     """The table and the labels of every subject in it."""
-    layout = RunLayout(profile.run_path)
+    layout = RunLayout(cfg.run_path)
     if not layout.lobes_table.exists():
         return [layout.lobes_table]
     ids = pd.read_csv(layout.lobes_table, dtype={"subject_id": str})["subject_id"]
     return [layout.lobes_table, *(layout.lobes(sid) for sid in ids)]
 
 
-def is_fresh(profile: Profile) -> bool:
-    """True when :func:`run` would compute nothing."""
-    record = STEP.record(RunLayout(profile.run_path))
-    settings = STEP.settings_of(profile, subjects=subjects(profile))
-    return up_to_date(record, settings, STEP.version, inputs(profile), outputs(profile))
+is_fresh = STEP.is_fresh
 
 
 def run(profile: Profile, progress: bool = True) -> Result:
     """Lobe labels for every kept subject; see the module docstring."""
-    from ctbrainage.lobes.totalseg import licence
-
+    STEP.run(profile, lambda cfg: _label(cfg, progress))
     layout = RunLayout(profile.run_path)
-    ids = subjects(profile)
-    record, settings = STEP.record(layout), STEP.settings_of(profile, subjects=ids)
-    files = inputs(profile)
-    if not up_to_date(record, settings, STEP.version, files, outputs(profile)):
-        prints = record.fingerprints(files)
-        cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str}).set_index("subject_id")
-        common = {
-            "root": str(layout.root),
-            "method": profile.lobes.method,
-            "licence": licence(profile.lobes.totalseg_license),
-        }
-        items = [
-            {"subject_id": sid, "image_path": cohort.loc[sid, "image_path"], **common}
-            for sid in ids
-        ]
-        results, errors = map_subjects(
-            _lobes_subject, items, profile.synth.workers, desc="lobe labels", progress=progress
-        )
-        empty = ["subject_id", "method"]  # a table with its header even when no subject is left
-        write_table(layout.lobes_table, pd.DataFrame(results, columns=None if results else empty))
-        reasons, retry = failures(errors)
-        write_exclusions(layout, STEP, reasons)
-        record.write(settings, STEP.version, prints, {"retry": retry})
     excluded = read_exclusions(layout)
     return Result(
         pd.read_csv(layout.lobes_table, dtype={"subject_id": str}),
         excluded[excluded["step"] == STEP.name].reset_index(drop=True),
     )
+
+
+def _label(cfg: Settings, progress: bool) -> Outcome:
+    from ctbrainage.lobes.totalseg import licence
+
+    layout = RunLayout(cfg.run_path)
+    cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str}).set_index("subject_id")
+    common = {
+        "root": str(layout.root),
+        "method": cfg.lobes.method,
+        "licence": licence(cfg.lobes.totalseg_license),
+    }
+    items = [
+        {"subject_id": sid, "image_path": cohort.loc[sid, "image_path"], **common}
+        for sid in subjects(cfg)
+    ]
+    mapped = map_subjects(
+        _lobes_subject, items, cfg.synth.workers, desc="lobe labels", progress=progress
+    )
+    empty = ["subject_id", "method"]  # a table with its header even when no subject is left
+    table = pd.DataFrame(mapped.results, columns=None if mapped.results else empty)
+    write_table(layout.lobes_table, table)
+    return Outcome(failures=mapped.errors)
 
 
 def _lobes_subject(item: dict) -> dict:

@@ -9,6 +9,7 @@ the step writes the out-of-fold ``predictions.csv`` that the later steps read.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -16,22 +17,39 @@ import pandas as pd
 from ctbrainage.core.cohort import stratified_folds
 from ctbrainage.core.config import Profile
 from ctbrainage.core.layout import RunLayout
-from ctbrainage.steps.contract import Step, kept_subjects, up_to_date, write_table
+from ctbrainage.steps.contract import Settings, Step, kept_subjects, write_table
 
 # the version's second part: bump it when a change of ctbrainage.learn.train or
 # ctbrainage.learn.networks
 # alters trained models or predictions (torch, Lightning and MONAI load only when a fold trains,
 # so the later steps' notebooks start quickly)
-STEP = Step("03_train", settings=("seed", "age_range_months", "model", "train"), version="1/2")
+STEP = Step(
+    "03_train",
+    settings=("seed", "age_range_months", "preprocess.size", "model", "train"),
+    version="1/2",
+    parts=lambda cfg: range(cfg.train.folds),
+    part_label="fold",
+)
 
 
-def subjects(profile: Profile) -> list[str]:
+@dataclass(frozen=True)
+class FoldResult:
+    """One trained fold: its out-of-fold predictions and, with ``train.val_fraction`` > 0, its
+    inner-validation predictions."""
+
+    fold: int
+    predictions: pd.DataFrame
+    validation: pd.DataFrame | None
+
+
+def subjects(profile: Profile | Settings) -> list[str]:
     return kept_subjects(RunLayout(profile.run_path), STEP)
 
 
-def make_folds(profile: Profile) -> pd.DataFrame:
+def make_folds(profile: Profile | Settings) -> pd.DataFrame:
     """``folds.csv``: subject_id, age_months → fold, age-stratified and seeded (rewritten only
     when it changes)."""
+    profile = STEP.view(profile)
     layout = RunLayout(profile.run_path)
     ids = subjects(profile)
     cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str}).set_index("subject_id")
@@ -46,48 +64,50 @@ def make_folds(profile: Profile) -> pd.DataFrame:
     return folds
 
 
-def inputs(profile: Profile) -> list[Path]:
-    layout = RunLayout(profile.run_path)
-    return [layout.preprocessed(s) for s in subjects(profile)]
+@STEP.recorded
+def recorded(cfg: Settings, fold: int) -> dict:
+    return {"subjects": subjects(cfg), "fold": fold}
 
 
-def outputs(profile: Profile, fold: int) -> list[Path]:
-    layout = RunLayout(profile.run_path)
+@STEP.inputs
+def inputs(cfg: Settings, fold: int | None = None) -> list[Path]:
+    layout = RunLayout(cfg.run_path)
+    return [layout.preprocessed(s) for s in subjects(cfg)]
+
+
+@STEP.outputs
+def outputs(cfg: Settings, fold: int) -> list[Path]:
+    layout = RunLayout(cfg.run_path)
     paths = [layout.model(fold), layout.fold_predictions(fold), layout.learning_curve(fold)]
-    return paths + ([layout.fold_validation(fold)] if profile.train.val_fraction > 0 else [])
+    return paths + ([layout.fold_validation(fold)] if cfg.train.val_fraction > 0 else [])
 
 
-def _check(profile: Profile, fold: int):
-    if not 0 <= fold < profile.train.folds:
-        raise ValueError(f"fold must be in 0..{profile.train.folds - 1}, got {fold}")
-    layout = RunLayout(profile.run_path)
-    settings = STEP.settings_of(profile, subjects=subjects(profile), fold=fold)
-    return STEP.record(layout, f"_fold{fold}"), settings
-
-
-def is_fresh(profile: Profile, fold: int | None = None) -> bool:
+def is_fresh(profile: Profile | Settings, fold: int | None = None) -> bool:
     """True when fold ``fold`` (default: every fold) is trained on today's inputs and settings."""
-    folds = range(profile.train.folds) if fold is None else [fold]
-    files = inputs(profile)
-    for k in folds:
-        record, settings = _check(profile, k)
-        if not up_to_date(record, settings, STEP.version, files, outputs(profile, k)):
-            return False
-    return True
+    if fold is not None:
+        _check_fold(profile, fold)
+    return STEP.is_fresh(profile, fold)
 
 
-def run(profile: Profile, fold: int, gpu: int | None = None, progress: bool = True) -> pd.DataFrame:
+def _check_fold(profile: Profile | Settings, fold: int) -> None:
+    folds = STEP.view(profile).train.folds
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
+
+
+def run(profile: Profile, fold: int, gpu: int | None = None, progress: bool = True) -> FoldResult:
     """Train and predict fold ``fold`` unless it is up to date; returns its predictions."""
-    layout = RunLayout(profile.run_path)
-    record, settings = _check(profile, fold)
-    folds, files = make_folds(profile), inputs(profile)
-    if not up_to_date(record, settings, STEP.version, files, outputs(profile, fold)):
+    _check_fold(profile, fold)
+    cfg = STEP.view(profile)
+    layout = RunLayout(cfg.run_path)
+    folds = make_folds(cfg)
+
+    def compute(cfg: Settings) -> None:
         from ctbrainage.learn import train
         from ctbrainage.learn.datasets import load_volumes
 
-        prints = record.fingerprints(files)
         fitted = train.fit_fold(
-            profile,
+            cfg,
             folds,
             fold,
             lambda ids: load_volumes([layout.preprocessed(s) for s in ids]),
@@ -100,16 +120,23 @@ def run(profile: Profile, fold: int, gpu: int | None = None, progress: bool = Tr
         write_table(layout.fold_predictions(fold), fitted.predictions)
         if fitted.validation is not None:
             write_table(layout.fold_validation(fold), fitted.validation)
-        record.write(settings, STEP.version, prints)
-    finalise(profile)
-    return pd.read_csv(layout.fold_predictions(fold), dtype={"subject_id": str})
+
+    STEP.run(cfg, compute, part=fold)
+    finalise(cfg)
+    validation = layout.fold_validation(fold)
+    return FoldResult(
+        fold,
+        pd.read_csv(layout.fold_predictions(fold), dtype={"subject_id": str}),
+        pd.read_csv(validation, dtype={"subject_id": str}) if validation.exists() else None,
+    )
 
 
-def finalise(profile: Profile) -> bool:
+def finalise(profile: Profile | Settings) -> bool:
     """Write ``predictions.csv`` (every fold's out-of-fold predictions, by subject) when every
     fold is up to date; returns whether it did."""
     if not is_fresh(profile):
         return False
+    profile = STEP.view(profile)
     layout = RunLayout(profile.run_path)
     parts = [
         pd.read_csv(layout.fold_predictions(k), dtype={"subject_id": str})
@@ -120,9 +147,10 @@ def finalise(profile: Profile) -> bool:
     return True
 
 
-def predictions(profile: Profile) -> pd.DataFrame:
+def predictions(profile: Profile | Settings) -> pd.DataFrame:
     """``predictions.csv``; a clear error naming the folds still to train when it is missing
     or older than a fold."""
+    profile = STEP.view(profile)
     layout = RunLayout(profile.run_path)
     missing = [k for k in range(profile.train.folds) if not is_fresh(profile, k)]
     if missing or not layout.predictions.exists():
@@ -133,9 +161,10 @@ def predictions(profile: Profile) -> pd.DataFrame:
     return pd.read_csv(layout.predictions, dtype={"subject_id": str})
 
 
-def validation(profile: Profile) -> pd.DataFrame | None:
+def validation(profile: Profile | Settings) -> pd.DataFrame | None:
     """Inner-validation predictions of every fold's model (``fold`` = the model's fold), or None
     when the profile holds out no validation subjects."""
+    profile = STEP.view(profile)
     if profile.train.val_fraction <= 0:
         return None
     layout = RunLayout(profile.run_path)
@@ -143,16 +172,18 @@ def validation(profile: Profile) -> pd.DataFrame | None:
     return pd.concat([pd.read_csv(p, dtype={"subject_id": str}) for p in paths], ignore_index=True)
 
 
-def learning_curves(profile: Profile, folds=None) -> dict[int, pd.DataFrame]:
+def learning_curves(profile: Profile | Settings, folds=None) -> dict[int, pd.DataFrame]:
     """Lightning's loss log of each of ``folds`` (default: every fold) that has one."""
+    profile = STEP.view(profile)
     layout = RunLayout(profile.run_path)
     folds = range(profile.train.folds) if folds is None else folds
     paths = {k: layout.learning_curve(k) for k in folds}
     return {k: pd.read_csv(path) for k, path in paths.items() if path.exists()}
 
 
-def load_model(profile: Profile, fold: int):
+def load_model(profile: Profile | Settings, fold: int):
     """Fold ``fold``'s trained network in eval mode on CPU (output: age in [0, 1])."""
+    profile = STEP.view(profile)
     from ctbrainage.learn.networks import load_weights
 
     path = RunLayout(profile.run_path).model(fold)

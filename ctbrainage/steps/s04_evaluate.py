@@ -20,12 +20,13 @@ from ctbrainage.core.config import Profile
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.stats import evaluate
 from ctbrainage.steps import s03_train
-from ctbrainage.steps.contract import Step, up_to_date, write_table
+from ctbrainage.steps.contract import Outcome, Settings, Step, write_table
 
 STEP = Step(
     "04_evaluate",
     settings=("seed", "age_group_edges", "train.folds", "train.val_fraction", "evaluate"),
     version="1",
+    requires=(s03_train.STEP,),
 )
 
 
@@ -40,7 +41,8 @@ class Result:
     baselines: pd.DataFrame  # the CNN against the baselines, mean and SD over folds
 
 
-def inputs(profile: Profile) -> list[Path]:
+@STEP.inputs
+def inputs(profile: Profile | Settings) -> list[Path]:
     layout = RunLayout(profile.run_path)
     ids = (
         pd.read_csv(layout.predictions, dtype={"subject_id": str})["subject_id"]
@@ -56,25 +58,24 @@ def inputs(profile: Profile) -> list[Path]:
     return [layout.predictions, layout.preprocess_table, layout.lobes_table, *validation, *volumes]
 
 
-def outputs(profile: Profile) -> list[Path]:
+@STEP.outputs
+def outputs(profile: Profile | Settings) -> list[Path]:
     layout = RunLayout(profile.run_path)
     return [layout.metrics, layout.brain_age_gaps, layout.bias_lines]
 
 
-def is_fresh(profile: Profile) -> bool:
-    """True when the outputs were made from today's inputs and settings."""
-    record = STEP.record(RunLayout(profile.run_path))
-    settings = STEP.settings_of(profile)
-    return up_to_date(record, settings, STEP.version, inputs(profile), outputs(profile))
+is_fresh = STEP.is_fresh
 
 
 def run(profile: Profile) -> Result:
     """Evaluate the out-of-fold predictions; writes ``metrics.csv``, ``brain_age_gap.csv`` and
     ``bias_correction.csv`` (cheap: computed on every call)."""
+    return STEP.run(profile, _evaluate, always=True).result
+
+
+def _evaluate(profile: Settings) -> Outcome:
     layout = RunLayout(profile.run_path)
-    record = STEP.record(layout)
     predictions = s03_train.predictions(profile)
-    prints = record.fingerprints(inputs(profile))
     metrics = evaluate.fold_metrics(predictions)
     source = profile.evaluate.bias_source
     validation = s03_train.validation(profile) if source == "validation" else None
@@ -90,8 +91,7 @@ def run(profile: Profile) -> Result:
     write_table(layout.metrics, metrics.reset_index(names=""))
     write_table(layout.brain_age_gaps, gaps)
     write_table(layout.bias_lines, lines)
-    record.write(STEP.settings_of(profile), STEP.version, prints)
-    return Result(
+    result = Result(
         predictions,
         metrics,
         evaluate.bootstrap_ci(predictions, seed=profile.seed),
@@ -100,6 +100,7 @@ def run(profile: Profile) -> Result:
         lines,
         evaluate.compare_with_baselines(predictions, baselines),
     )
+    return Outcome(subjects=False, result=result)
 
 
 def _arrays(layout: RunLayout, subject_id: str) -> tuple[np.ndarray, np.ndarray]:

@@ -21,26 +21,26 @@ import torch
 from ctbrainage.core.config import Profile
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
-from ctbrainage.core.workers import progress_bar
+from ctbrainage.core.workers import progress_bar, set_aside
 from ctbrainage.imaging import run_arrays
 from ctbrainage.imaging.run_arrays import group_levels, subject_arrays
 from ctbrainage.interpret import perturb
 from ctbrainage.learn.datasets import AgeScaler
 from ctbrainage.steps import s03_train
 from ctbrainage.steps.contract import (
+    Outcome,
+    Settings,
     Step,
-    failures,
     kept_subjects,
     read_exclusions,
-    up_to_date,
-    write_exclusions,
     write_table,
 )
 
 STEP = Step(
     "05_perturbation",
-    settings=("seed", "age_range_months", "age_group_edges", "perturb"),
+    settings=("seed", "age_range_months", "age_group_edges", "train.folds", "perturb"),
     version=f"1/perturb{perturb.PERTURB_VERSION}",
+    requires=(s03_train.STEP,),
 )
 
 
@@ -55,12 +55,12 @@ class Result:
         return next(iter(self.tables.values()))
 
 
-def perturbation_path(profile: Profile, fill: str) -> Path:
+def perturbation_path(profile: Profile | Settings, fill: str) -> Path:
     """Where the table of ``fill`` lies."""
     return RunLayout(profile.run_path).perturbation(fill, profile.perturb.fill)
 
 
-def subjects(profile: Profile) -> pd.DataFrame:
+def subjects(profile: Profile | Settings) -> pd.DataFrame:
     """Rows of ``predictions.csv`` (subject_id, fold, age_months) of the subjects kept so far
     (none before step 03 has written it)."""
     layout = RunLayout(profile.run_path)
@@ -71,7 +71,8 @@ def subjects(profile: Profile) -> pd.DataFrame:
     return table[table["subject_id"].isin(kept)].reset_index(drop=True)
 
 
-def inputs(profile: Profile) -> list[Path]:
+@STEP.inputs
+def inputs(profile: Settings) -> list[Path]:
     layout = RunLayout(profile.run_path)
     ids = subjects(profile)["subject_id"]
     models = [layout.model(k) for k in range(profile.train.folds)]
@@ -79,48 +80,46 @@ def inputs(profile: Profile) -> list[Path]:
     return [layout.predictions, *models, *volumes]
 
 
-def outputs(profile: Profile) -> list[Path]:
+@STEP.outputs
+def outputs(profile: Settings) -> list[Path]:
     return [perturbation_path(profile, f) for f in profile.perturb.fills] + [
         RunLayout(profile.run_path).lobe_levels
     ]
 
 
-def _settings(profile: Profile) -> dict:
-    return STEP.settings_of(profile, subjects=list(subjects(profile)["subject_id"]))
+@STEP.recorded
+def recorded(profile: Settings) -> dict:
+    return {"subjects": list(subjects(profile)["subject_id"])}
 
 
-def is_fresh(profile: Profile) -> bool:
-    """True when every fill's table was made from today's inputs and settings."""
-    record = STEP.record(RunLayout(profile.run_path))
-    return up_to_date(record, _settings(profile), STEP.version, inputs(profile), outputs(profile))
+is_fresh = STEP.is_fresh
 
 
 def run(
     profile: Profile, gpu: int | None = None, progress: bool = True, batch_size: int = 16
 ) -> Result:
     """Perturb every kept subject with every fill; see the module docstring."""
-    layout = RunLayout(profile.run_path)
-    s03_train.predictions(profile)  # a clear error when a fold is missing or out of date
-    record, settings, files = STEP.record(layout), _settings(profile), inputs(profile)
-    if not up_to_date(record, settings, STEP.version, files, outputs(profile)):
-        prints = record.fingerprints(files)
-        table = subjects(profile)
-        levels = _lobe_levels(profile, table, progress)
-        device = torch.device("cpu" if gpu is None else f"cuda:{gpu}")
-        errors: dict[str, Exception] = {}
-        for fill in profile.perturb.fills:
-            rows, failed = _perturb_fill(profile, table, fill, levels, device, batch_size, progress)
-            write_table(perturbation_path(profile, fill), rows)
+    device = torch.device("cpu" if gpu is None else f"cuda:{gpu}")
+
+    def compute(cfg: Settings) -> Outcome:
+        table = subjects(cfg)
+        levels = _lobe_levels(cfg, table, progress)
+        errors: dict[str, BaseException] = {}
+        for fill in cfg.perturb.fills:
+            rows, failed = _perturb_fill(cfg, table, fill, levels, device, batch_size, progress)
+            write_table(perturbation_path(cfg, fill), rows)
             errors.update({sid: err for sid, err in failed.items() if sid not in errors})
-        reasons, retry = failures(errors)
-        write_exclusions(layout, STEP, reasons)
-        record.write(settings, STEP.version, prints, {"retry": retry})
+        return Outcome(failures=errors)
+
+    STEP.run(profile, compute)
+    profile = STEP.view(profile)
+    layout = RunLayout(profile.run_path)
     excluded = read_exclusions(layout)
     tables = {fill: run_arrays.perturbation(profile, fill) for fill in profile.perturb.fills}
     return Result(tables, excluded[excluded["step"] == STEP.name].reset_index(drop=True))
 
 
-def _lobe_levels(profile: Profile, table: pd.DataFrame, progress: bool) -> pd.DataFrame:
+def _lobe_levels(profile: Settings, table: pd.DataFrame, progress: bool) -> pd.DataFrame:
     """``lobe_levels.csv``: per subject and lobe its mean input and its age group's mean (the
     target of a ``group_level`` fill). Subjects whose inputs cannot be read get none."""
     layout = RunLayout(profile.run_path)
@@ -188,7 +187,9 @@ def _perturb_fill(profile, table, fill, levels, device, batch_size, progress):
                 )
                 parts[sid] = perturb.subject_rows(result, row, fill, scaler)
                 record.write(mine, STEP.version, prints, {"rows": parts[sid].to_dict("records")})
-            except Exception as err:  # one bad subject never stops the others
+            except Exception as err:  # one bad subject never stops the others; a bug does
+                if not set_aside(err):
+                    raise
                 errors[sid] = err
             bar.update()
         del model

@@ -24,14 +24,16 @@ from ctbrainage.core.config import Profile
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.imaging import run_arrays
 from ctbrainage.stats import lobe_tests, table1
-from ctbrainage.steps.contract import Step, up_to_date, write_table
+from ctbrainage.steps import s05_perturbation
+from ctbrainage.steps.contract import Outcome, Settings, Step, write_table
 from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
 from ctbrainage.synth.scoring import recovery_row, score_importance
 
 STEP = Step(
     "06_stats_figures",
-    settings=("seed", "data", "age_group_edges", "perturb.fill", "perturb.compare_fills", "stats"),
+    settings=("seed", "data", "age_group_edges", "perturb", "stats"),
     version="1",
+    requires=(s05_perturbation.STEP,),
 )
 
 
@@ -46,26 +48,26 @@ class Result:
     by_fill: pd.DataFrame | None  # synthetic runs: every fill's recovery per truth definition
 
 
-def inputs(profile: Profile) -> list[Path]:
+@STEP.inputs
+def inputs(profile: Settings) -> list[Path]:
     layout = RunLayout(profile.run_path)
     tables = [layout.perturbation(f, profile.perturb.fill) for f in profile.perturb.fills]
     return tables + ([] if profile.data else [layout.synthetic.expected_importance])
 
 
-def outputs(profile: Profile) -> list[Path]:
+@STEP.outputs
+def outputs(profile: Settings) -> list[Path]:
     layout = RunLayout(profile.run_path)
     made = [layout.lobe_age_table, layout.trajectory, *(layout.table1(s) for s in table1.SUFFIXES)]
     return made + ([] if profile.data else [layout.recovery])
 
 
-def is_fresh(profile: Profile) -> bool:
-    """True when the outputs were made from today's inputs and settings."""
-    record = STEP.record(RunLayout(profile.run_path))
-    settings = STEP.settings_of(profile)
-    return up_to_date(record, settings, STEP.version, inputs(profile), outputs(profile))
+is_fresh = STEP.is_fresh
 
 
-def tests(profile: Profile, perturbation: pd.DataFrame, windows: bool = False) -> pd.DataFrame:
+def tests(
+    profile: Profile | Settings, perturbation: pd.DataFrame, windows: bool = False
+) -> pd.DataFrame:
     """:func:`lobe_tests.lobe_age_table` with the profile's groups (or windows), alpha, FDR,
     seed."""
     config = profile.stats
@@ -82,9 +84,11 @@ def tests(profile: Profile, perturbation: pd.DataFrame, windows: bool = False) -
 def run(profile: Profile) -> Result:
     """The statistics of step 05's tables; writes the files in the module docstring (cheap:
     computed on every call)."""
+    return STEP.run(profile, _compute, always=True).result
+
+
+def _compute(profile: Settings) -> Outcome:
     layout = RunLayout(profile.run_path)
-    record = STEP.record(layout)
-    prints = record.fingerprints(inputs(profile))
     perturbation = run_arrays.perturbation(profile, profile.perturb.fill)
     long = tests(profile, perturbation)
     ours = table1.table1(long)
@@ -121,5 +125,5 @@ def run(profile: Profile) -> Result:
         by_fill = pd.DataFrame(rows)
         recovery["by_fill"] = by_fill.to_dict("records")
         atomic_write_text(layout.recovery, json.dumps(recovery, indent=1))
-    record.write(STEP.settings_of(profile), STEP.version, prints)
-    return Result(perturbation, long, ours, windows, expected, recovery, by_fill)
+    result = Result(perturbation, long, ours, windows, expected, recovery, by_fill)
+    return Outcome(subjects=False, result=result)

@@ -22,7 +22,6 @@ group and site, synthesis quality, Grad-CAM overlap, group-mean maps).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +30,25 @@ import pandas as pd
 
 from ctbrainage.core.atomic import atomic_path, atomic_write_npz
 from ctbrainage.core.cohort import age_group
-from ctbrainage.core.config import Profile
+from ctbrainage.core.config import PreprocessConfig, Profile, TrainConfig
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.stats import stacking
 from ctbrainage.steps import s03_train
-from ctbrainage.steps.contract import Step, kept_subjects, up_to_date, write_table
+from ctbrainage.steps.contract import Settings, Step, kept_subjects, up_to_date, write_table
 
 STEP = Step(
-    "08_stacking", settings=("seed", "age_range_months", "age_group_edges", "stacking"), version=1
+    "08_stacking",
+    settings=(
+        "seed",
+        "data",
+        "age_range_months",
+        "age_group_edges",
+        "preprocess.size",
+        "train.folds",
+        "stacking",
+    ),
+    version="1",
 )
 ENCODER_INPUTS = {"T": "ct", "A": "synthesised", "T2": "ct"}
 NETWORKS = ("unet", *ENCODER_INPUTS)  # fitted per fold
@@ -80,7 +89,7 @@ def _check(profile: Profile) -> None:
     if profile.data:
         raise ValueError(
             "step 08 trains its synthesis U-Net on the planted white-matter maturity of the "
-            "embedded synthetic cohort; a real cohort has no such target (README, step 08)"
+            "embedded synthetic cohort; a real cohort has no such target (docs/stacking.md)"
         )
     size, factor = profile.preprocess.size, profile.stacking.downsample
     if factor < 1 or size % factor:
@@ -136,8 +145,9 @@ def _final_check(profile: Profile):
     return STEP.record(layout, "_final"), STEP.settings_of(profile), parts
 
 
-def is_fresh(profile: Profile, fold: int | None = None) -> bool:
+def is_fresh(profile: Profile | Settings, fold: int | None = None) -> bool:
     """True when fold ``fold`` (default: every fold and the stacked tables) is up to date."""
+    profile = STEP.view(profile)
     _check(profile)
     files = inputs(profile)
     for k in range(profile.train.folds) if fold is None else [fold]:
@@ -150,30 +160,30 @@ def is_fresh(profile: Profile, fold: int | None = None) -> bool:
     return up_to_date(record, settings, STEP.version, parts, outputs(profile))
 
 
-def encoder_profile(profile: Profile, seed_offset: int = 0) -> Profile:
+def encoder_profile(profile: Profile | Settings, seed_offset: int = 0) -> Profile:
     """The profile a step-08 encoder trains with: ``stacking.model`` on the encoder grid, Adam
     at a constant rate, the stacking loss, batch, epochs and inner validation split."""
-    cfg = profile.stacking
-    train = dataclasses.replace(
-        profile.train,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
+    cfg = STEP.view(profile)
+    stack = cfg.stacking
+    train = TrainConfig(
+        folds=cfg.train.folds,
+        epochs=stack.epochs,
+        batch_size=stack.batch_size,
+        lr=stack.lr,
         optimizer="adam",
         schedule="constant",
-        loss=cfg.loss,
+        loss=stack.loss,
         augment=False,
-        val_fraction=cfg.val_fraction,
+        val_fraction=stack.val_fraction,
     )
-    preprocess = dataclasses.replace(
-        profile.preprocess, size=profile.preprocess.size // cfg.downsample
-    )
-    return dataclasses.replace(
-        profile,
-        seed=profile.seed + seed_offset,
-        model=cfg.model,
+    return Profile(
+        name=cfg.name,
+        run_dir=cfg.run_dir,
+        seed=cfg.seed + seed_offset,
+        age_range_months=cfg.age_range_months,
+        model=stack.model,
         train=train,
-        preprocess=preprocess,
+        preprocess=PreprocessConfig(size=cfg.preprocess.size // stack.downsample),
     )
 
 
@@ -214,6 +224,7 @@ def run(profile: Profile, gpu: int | None = None, progress: bool = True) -> Resu
     """Every fold that is not up to date, then the stacked tables; returns them."""
     from ctbrainage.core.workers import progress_bar
 
+    profile = STEP.view(profile)
     _check(profile)
     table, files, data = folds(profile), inputs(profile), None
     todo = []
@@ -408,8 +419,9 @@ def _write_maps(layout: RunLayout, profile: Profile) -> None:
     atomic_write_npz(layout.stacking_result("maps"), **means)
 
 
-def load(profile: Profile) -> Result:
+def load(profile: Profile | Settings) -> Result:
     """The step's outputs (a clear error when the step has not run)."""
+    profile = STEP.view(profile)
     layout = RunLayout(profile.run_path)
     missing = [p for p in outputs(profile) if not p.exists()]
     if missing:

@@ -2,7 +2,7 @@
 
 Layout of a cohort folder (:class:`~ctbrainage.core.layout.SyntheticLayout`)::
 
-    cohort.csv                    manifest (DESIGN.md): subject_id, age_months, sex, site, image
+    cohort.csv                    manifest (docs/architecture.md): subject_id, age_months, sex, site, image
     images/<id>.nii.gz            int16 HU (or dicom/<id>/IM0001.dcm ... with --format dicom)
     truth/<id>_lobes.nii.gz       lobe labels 1-4 in the native grid
     truth/<id>_brain.nii.gz       brain mask
@@ -143,9 +143,9 @@ def generate_cohort(
         }
         for s in todo
     ]
-    _, errors = map_subjects(
+    errors = map_subjects(
         _write_subject_job, jobs, workers, desc=f"synthetic {mode} heads", progress=progress
-    )
+    ).errors
     if errors:
         detail = "; ".join(reason(sid, err) for sid, err in sorted(errors.items()))
         raise RuntimeError(f"{len(errors)} of {len(specs)} subjects failed: {detail}")

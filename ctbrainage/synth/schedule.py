@@ -11,12 +11,12 @@ curve in age (the myelination phase) plus, optionally, a slower later phase. Pre
   years, in the same posterior → anterior order (myelin water fraction from 3 to 60 months: Deoni
   et al. 2012, NeuroImage 63:1038; review: Dubois et al. 2014, Neuroscience 276:48); modelled
   as a logistic with midpoints 30 / 34 / 38 / 42 months and an 8-month width, so that every
-  age group of 0-47 months holds a lobe-specific signal (README, "planted truth").
+  age group of 0-47 months holds a lobe-specific signal (docs/synthetic-cohort.md).
 - ``staggered``: a benchmark with one lobe maturing in each age group (midpoint at the group's
   centre, width one fifth of the group), posterior → anterior by default.
 
 Attenuations: unmyelinated white matter 15-22 HU at birth, mature 29-32 HU (reference CT facts in
-README).
+docs/synthetic-cohort.md).
 """
 
 from __future__ import annotations

@@ -22,8 +22,12 @@ def _slice_index(volume: np.ndarray) -> int:
 def group_maps_figure(maps: Mapping[str, np.ndarray], methods, out=None):
     """Rows: methods; columns: age groups. Each group map (top 10 %, smoothed) over the
     group's mean input, on the axial slice where the map is largest."""
-    groups = sorted({k.split("/", 1)[1] for k in maps if k.startswith("input/")}, key=_start)
-    methods = [m for m in methods if any(f"{m}/{g}" in maps for g in groups)]
+    # the key scheme of step 07's file; torch: only when drawing it
+    from ctbrainage.interpret.attribution import MEAN_INPUT, group_map_key, split_group_map_key
+
+    keys = [split_group_map_key(k) for k in maps]
+    groups = sorted({g for name, g in keys if name == MEAN_INPUT}, key=_start)
+    methods = [m for m in methods if any(group_map_key(m, g) in maps for g in groups)]
     fig, axes = plt.subplots(
         len(methods), len(groups), figsize=(1.9 * len(groups) + 1.2, 1.9 * len(methods)),
         squeeze=False, constrained_layout=True,
@@ -32,12 +36,13 @@ def group_maps_figure(maps: Mapping[str, np.ndarray], methods, out=None):
         for j, group in enumerate(groups):
             ax = axes[i, j]
             ax.set_xticks([]), ax.set_yticks([])
-            key = f"{method}/{group}"
+            key = group_map_key(method, group)
             if key not in maps:
                 ax.set_axis_off()
                 continue
             z = _slice_index(maps[key])
-            ax.imshow(np.rot90(maps[f"input/{group}"][:, :, z]), cmap="gray", vmin=0, vmax=1)
+            mean_input = maps[group_map_key(MEAN_INPUT, group)]
+            ax.imshow(np.rot90(mean_input[:, :, z]), cmap="gray", vmin=0, vmax=1)
             shown = np.ma.masked_less_equal(np.rot90(maps[key][:, :, z]), 0)
             ax.imshow(shown, cmap="hot", alpha=0.75)
             if i == 0:
@@ -72,10 +77,12 @@ def lobe_importance_figure(table: pd.DataFrame, expected: pd.DataFrame | None, e
     for ax, (name, grid) in zip(axes.flat, panels.items(), strict=False):
         grid = grid.reindex(index=sorted(grid.index, key=_start), columns=lobes)
         scaled = grid.div(grid.abs().max(axis=1).replace(0, np.nan), axis=0)
-        ax.imshow(scaled.to_numpy(float), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-        top = np.nanargmax(scaled.to_numpy(float), axis=1)
-        for r, c in enumerate(top):
-            ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, lw=2, ec="k"))
+        values = scaled.to_numpy(float)
+        ax.imshow(values, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        for r, row in enumerate(values):  # a group without any importance stays blank, unboxed
+            if np.isfinite(row).any():
+                c = int(np.nanargmax(row))
+                ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, lw=2, ec="k"))
         ax.set_xticks(range(len(lobes)), [lobe[:4] for lobe in lobes], fontsize=8)
         ax.set_yticks(range(len(grid)), grid.index, fontsize=8)
         ax.set_title(name.replace("_", " "), fontsize=9)
@@ -107,7 +114,8 @@ def sanity_figure(sanity: pd.DataFrame, out=None):
             rotation=45, fontsize=8,
         )  # fmt: skip
         ax.axhline(0.5, color="grey", ls="--", lw=1)
-        ax.set_ylim(-0.5, 1.05)
+        lowest = np.nanmin(sanity[column].to_numpy(float), initial=0.0)
+        ax.set_ylim(min(-0.5, lowest - 0.05), 1.05)  # a strongly negative ρ stays in view
         ax.set_ylabel(f"Spearman ρ with the trained model's {title}")
         ax.set_title(f"{title}: randomised up to …", fontsize=10)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))

@@ -49,7 +49,7 @@ def new_scan_figure(
         xlabel="chronological age (months)",
         ylabel="brain age, bias-corrected (months)",
         xlim=(0, hi),
-        ylim=(min(0.0, interval[0]), hi),
+        ylim=(min(0.0, float(out_of_fold["corrected_months"].min()) * 1.05), hi),
         title="brain age",
     )
     cloud.legend(loc="upper left", fontsize=8)

@@ -33,11 +33,14 @@ def stacking_figure(predictions: pd.DataFrame, table: pd.DataFrame, out=None):
     fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 3.0 * rows),
                              squeeze=False, constrained_layout=True)  # fmt: skip
     age = predictions["age_months"]
-    top = float(max(age.max(), predictions[[c for _, c in panels]].max().max())) + 2
+    values = predictions[[c for _, c in panels]]
+    top = float(max(age.max(), values.max().max())) + 2
+    lowest = float(values.min().min())
+    bottom = 0.0 if lowest >= 0 else lowest - 2  # a stack may predict below 0 months
     for ax, (name, column) in zip(axes.flat, panels, strict=False):
         ax.scatter(age, predictions[column], s=9, alpha=0.7)
-        ax.plot([0, top], [0, top], color="grey", lw=0.8)
-        ax.set(xlim=(0, top), ylim=(0, top), title=f"{name}: MAE {mae[name]:.2f} months")
+        ax.plot([bottom, top], [bottom, top], color="grey", lw=0.8)
+        ax.set(xlim=(0, top), ylim=(bottom, top), title=f"{name}: MAE {mae[name]:.2f} months")
         ax.set_xlabel("age (months)")
         ax.set_ylabel("predicted (months)")
     for ax in list(axes.flat)[len(panels) :]:

@@ -1,0 +1,276 @@
+"""The result tables of the documentation, written from a run's files, never typed by hand.
+
+``python -m ctbrainage.views.docs RUN_DIR [--docs docs]`` (``make docs``) replaces the body of
+every block ``<!-- results:NAME -->`` … ``<!-- /results:NAME -->`` of ``docs/*.md`` and of the
+``README.md`` beside ``docs/`` by a table made from RUN_DIR's files (:data:`BLOCKS`).
+``NAME@RUN`` reads the run directory ``RUN`` beside RUN_DIR instead (``attribution@benchmark``
+with ``runs/demo`` reads ``runs/benchmark``). A block whose source file is absent gets a note
+naming the step that writes it. Every path comes from :class:`~ctbrainage.core.layout.RunLayout`;
+pages are written atomically and only when they change, so a second call changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout
+from ctbrainage.interpret.perturb import FILLS
+from ctbrainage.stats.evaluate import PAPER_METRICS
+from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
+
+_NAME = r"[\w.@-]+"
+BLOCK = re.compile(  # both markers at the start of a line
+    rf"^(?P<open><!-- results:(?P<name>{_NAME}) -->\n).*?^(?P<close><!-- /results:(?P=name) -->)",
+    re.S | re.M,
+)
+OPENING = re.compile(rf"<!-- results:{_NAME} -->")
+DASH = "–"
+
+
+def _number(value, digits: int = 2) -> str:
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return DASH if missing else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    """A pipe table; a ``|`` inside a cell is escaped."""
+    cells = lambda row: " | ".join(str(c).replace("|", "\\|") for c in row)  # noqa: E731
+    lines = [f"| {cells(header)} |", "|" + "---|" * len(header)]
+    return "\n".join(lines + [f"| {cells(row)} |" for row in rows])
+
+
+def _read(path: Path, **options) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"subject_id": str}, **options)
+
+
+# ---- one function per block: the run's layout → a markdown table -------------------------------
+
+
+def _metrics(layout: RunLayout) -> str:
+    """Step 04: mean ± SD across folds and pooled, beside the paper's numbers."""
+    table = _read(layout.metrics, index_col=0)  # rows: fold k, mean, sd, pooled
+    digits = {"rmse": 2, "mae": 2, "r": 3, "r2": 3}
+    folds = sum(str(i).startswith("fold") for i in table.index)
+    at = lambda row, c: _number(table.at[row, c], digits[c])  # noqa: E731
+    rows = [
+        [f"mean ± SD over {folds} folds", *(f"{at('mean', c)} ± {at('sd', c)}" for c in digits)],
+        [f"pooled, {int(table.at['pooled', 'n'])} subjects", *(at("pooled", c) for c in digits)],
+        [
+            "Sawa et al. 2025, mean over folds",
+            *(_number(PAPER_METRICS.get(c), 3) for c in digits),
+        ],
+    ]
+    return _table(["", "RMSE (months)", "MAE (months)", "r", "R²"], rows)
+
+
+def _main_table(layout: RunLayout) -> Path:
+    """Step 05's table of the profile's fill, whichever fill it is (its ``fill`` column says)."""
+    return layout.perturbation(fill="", main_fill="")
+
+
+def _perturbation(layout: RunLayout) -> str:
+    """Step 05: mean ΔAE (months) per lobe, for the profile's fill and every compared fill."""
+    main = _read(_main_table(layout))
+    first = str(main["fill"].iloc[0])
+    others = [(f, layout.perturbation(f, first)) for f in FILLS if f != first]
+    tables = {first: main} | {f: _read(path) for f, path in others if path.exists()}
+    rows = []
+    for fill, table in tables.items():
+        means = table.groupby("lobe")["delta_ae"].mean()
+        rows.append([f"`{fill}`", *(_number(means.get(lobe)) for lobe in LOBES.values())])
+    return _table(["fill", *LOBES.values()], rows)
+
+
+def _table1(layout: RunLayout) -> str:
+    """Step 06: the run's Table 1 as the step wrote it in Markdown, with its legend."""
+    return layout.table1(".md").read_text(encoding="utf-8").strip()
+
+
+def _recovery(layout: RunLayout) -> str:
+    """Step 06 (synthetic runs): every fill and readout against the planted importance."""
+    rows = [
+        [f"`{r['fill']}`", r["readout"], r["definition"], _number(r["spearman_rho"]),
+         _number(r["within_group_rho"]), r["top_lobe"],
+         DASH if r["significant_cells"] is None else r["significant_cells"]]
+        for r in json.loads(layout.recovery.read_text(encoding="utf-8"))["by_fill"]
+    ]  # fmt: skip
+    header = ["fill", "readout", "importance", "Spearman ρ", "within-group ρ", "top lobe"]
+    return _table([*header, "significant cells"], rows)
+
+
+def _planted(layout: RunLayout) -> str:
+    """The synthetic cohort's planted signal: mean d HU / d age per age group and lobe."""
+    truth = pd.read_csv(layout.synthetic.expected_importance)
+    scored = truth[truth["definition"] == IMPORTANCE_DEFINITIONS[0]]
+    rows = []
+    for group, part in scored.groupby("group", sort=False):
+        part = part.set_index("lobe")
+        top = part["importance"].idxmax() if part["importance"].max() > 0 else DASH
+        rows.append([group, *(_number(part.at[lobe, "hu_per_month"], 3) for lobe in part.index)])
+        rows[-1].append(top)
+    lobes = list(dict.fromkeys(scored["lobe"]))
+    return _table(["age group (months)", *lobes, f"top lobe ({IMPORTANCE_DEFINITIONS[0]})"], rows)
+
+
+def _sanity(layout: RunLayout) -> dict[str, str]:
+    """Per method: fails when its maps survive full model randomisation or shuffled labels."""
+    sanity = pd.read_csv(layout.attribution_sanity)
+    shuffled = sanity["model"] == "random_labels"
+    last = sanity["method"].map(sanity[~shuffled].groupby("method")["step"].max())
+    survives = sanity[(sanity["step"] == last) | shuffled].groupby("method")["survives"].any()
+    return {method: "fails" if s else "passes" for method, s in survives.items()}
+
+
+def _attribution(layout: RunLayout) -> str:
+    """Step 07 (synthetic runs): each method against the planted truth, best lobe ρ first."""
+    scores = pd.read_csv(layout.attribution_scores)
+    per_voxel = scores["level"].map({"lobe_per_voxel": "/voxel"}).fillna("")
+    cell = scores.assign(key=scores["metric"] + per_voxel).set_index(["method", "key"])
+    verdict = _sanity(layout) if layout.attribution_sanity.exists() else {}
+
+    def ci(method, key):
+        if (method, key) not in cell.index:
+            return DASH
+        value, low, high = cell.loc[(method, key), ["value", "ci_low", "ci_high"]]
+        return _number(value) + ("" if pd.isna(low) else f" [{_number(low)}, {_number(high)}]")
+
+    def top(method, suffix=""):
+        if (method, "top_lobe_matches" + suffix) not in cell.index:
+            return DASH
+        found, groups = (
+            cell.at[(method, k + suffix), "value"] for k in ("top_lobe_matches", "groups")
+        )
+        return f"{found:.0f}/{groups:.0f}"
+
+    methods = list(dict.fromkeys(scores["method"]))
+    methods.sort(key=lambda m: -cell["value"].get((m, "spearman_rho"), -math.inf))
+    rows = [
+        [f"`{m}`", ci(m, "spearman_rho"), top(m), ci(m, "spearman_rho/voxel"), top(m, "/voxel"),
+         ci(m, "auroc"), ci(m, "mass_accuracy"), verdict.get(m, DASH),
+         _number(cell["value"].get((m, "seconds_per_subject")), 3)]
+        for m in methods
+    ]  # fmt: skip
+    header = ["method", "lobe ρ", "top lobe", "per voxel: ρ", "per voxel: top lobe"]
+    return _table([*header, "voxel AUROC", "relevance mass", "sanity", "s / subject"], rows)
+
+
+def _stacked(layout: RunLayout) -> str:
+    """Step 08: the encoders and the cross-fitted stacked models (MAE and MSE in months)."""
+    table = pd.read_csv(layout.stacking_table, keep_default_na=False, na_values=[""])
+    rows = [
+        [r.model, r.features, int(r.n), _number(r.mae), _number(r.mse, 1), _number(r.r2, 3),
+         _number(r.mae_in_sample)]
+        for r in table.itertuples()
+    ]  # fmt: skip
+    return _table(["model", "features", "n", "MAE", "MSE", "R²", "MAE in-sample"], rows)
+
+
+def _f_tests(layout: RunLayout) -> str:
+    """Step 08: nested F tests between the stacked models."""
+    p = lambda v: "< 0.001" if v < 0.001 else f"{v:.3f}"  # noqa: E731
+    rows = [
+        [r.comparison, _number(r.f, 3), p(r.p)] for r in _read(layout.stacking_anova).itertuples()
+    ]
+    return _table(["nested F test", "F", "p"], rows)
+
+
+def _new_scans(layout: RunLayout) -> str:
+    """Step 09: the run's bundle on new scans: accuracy and the prediction interval."""
+    table = _read(RunLayout(layout.new_scans_dir).predictions)
+    mae = lambda c: _number((table[c] - table["age_months"]).abs().mean())  # noqa: E731
+    half = (table["interval_high"] - table["corrected_months"]).median()
+    n, inside = len(table), int(table["age_in_interval"].sum())
+    rows = [
+        ["new scans", n],
+        ["MAE of the ensemble's brain age (months)", mae("brain_age_months")],
+        ["MAE of the bias-corrected brain age (months)", mae("corrected_months")],
+        [f"{table['level'].iloc[0]:.0%} interval half-width (months)", _number(half, 1)],
+        ["ages inside their interval", f"{inside} of {n} ({inside / n:.1%})"],
+    ]
+    return _table(["", "value"], rows)
+
+
+# name → (the step that writes the source, the source file, the table)
+BLOCKS: dict[str, tuple[int, Callable[[RunLayout], Path], Callable[[RunLayout], str]]] = {
+    "planted": (1, lambda run: run.synthetic.expected_importance, _planted),
+    "metrics": (4, lambda run: run.metrics, _metrics),
+    "perturbation": (5, _main_table, _perturbation),
+    "table1": (6, lambda run: run.table1(".md"), _table1),
+    "recovery": (6, lambda run: run.recovery, _recovery),
+    "attribution": (7, lambda run: run.attribution_scores, _attribution),
+    "stacked": (8, lambda run: run.stacking_table, _stacked),
+    "f-tests": (8, lambda run: run.stacking_anova, _f_tests),
+    "new-scans": (9, lambda run: RunLayout(run.new_scans_dir).predictions, _new_scans),
+}
+
+
+def render(name: str, run_dir: Path) -> str:
+    """The body of block ``name`` (``NAME`` or ``NAME@RUN``), from the run's files."""
+    block, _, other = name.partition("@")
+    if block not in BLOCKS:
+        raise ValueError(f"unknown results block {name!r}; known: {', '.join(BLOCKS)}")
+    layout = RunLayout(run_dir.parent / other if other else run_dir)
+    step, source, table = BLOCKS[block]
+    if not source(layout).exists():
+        return (
+            f"(run step {step:02d}{f' of the `{other}` run' if other else ''} to fill this table)"
+        )
+    note = f"*From `{source(layout).name}` of the `{layout.root.name}` run, by `make docs`.*"
+    return table(layout) + "\n\n" + note
+
+
+def fill_text(text: str, run_dir: str | Path) -> str:
+    """``text`` with every results block filled from ``run_dir``."""
+    if len(OPENING.findall(text)) != len(BLOCK.findall(text)):
+        raise ValueError("a results block not closed by <!-- /results:NAME --> or indented")
+    fill = lambda m: m["open"] + render(m["name"], Path(run_dir)) + "\n" + m["close"]  # noqa: E731
+    return BLOCK.sub(fill, text)
+
+
+def fill_docs(run_dir: str | Path, docs: str | Path = "docs") -> list[Path]:
+    """Fill every page's blocks from ``run_dir``; returns the pages that changed."""
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"no run directory {run_dir}")
+    readme = Path(docs).resolve().parent / "README.md"  # the README beside docs/ too
+    changed = []
+    for page in sorted(Path(docs).glob("*.md")) + ([readme] if readme.exists() else []):
+        text = page.read_text(encoding="utf-8")
+        try:
+            filled = fill_text(text, run_dir)
+        except ValueError as err:
+            raise ValueError(f"{page}: {err}") from None
+        if filled != text:
+            atomic_write_text(page, filled)
+            changed.append(page)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ctbrainage.views.docs",
+        description="Fill the results blocks of docs/*.md and README.md from a run's files.",
+    )
+    parser.add_argument("run_dir", type=Path, help="a run directory, e.g. runs/demo")
+    parser.add_argument("--docs", type=Path, default=Path("docs"), help="the docs folder")
+    args = parser.parse_args(argv)
+    try:
+        changed = fill_docs(args.run_dir, args.docs)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(changed)} page(s) filled from {args.run_dir}", *changed, sep="\n  ")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
