@@ -193,8 +193,8 @@ def test_step_09_exports_the_bundle_and_predicts_a_new_synthetic_cohort(tiny_run
     import dataclasses
     import shutil
 
-    from ctbrainage.core.layout import BundleLayout
     from ctbrainage.apps import new_scans
+    from ctbrainage.core.layout import BundleLayout
 
     run_dir = shutil.copytree(tiny_run.run_path, tmp_path / "run")
     profile = dataclasses.replace(tiny_run, run_dir=str(run_dir))

@@ -1,8 +1,8 @@
 """Lobe labels and the AAL → lobe grouping (the single place that defines it).
 
-Labels (docs/architecture.md): 1 frontal, 2 parietal, 3 temporal, 4 occipital, 0 = not a lobe. A leaf
-module: it imports nothing from ctbrainage, so the synthetic generator, the TotalSegmentator
-adapter and the lobe segmentation can all use it.
+Labels (docs/architecture.md): 1 frontal, 2 parietal, 3 temporal, 4 occipital, 0 = not a
+lobe. A leaf module: it imports nothing from ctbrainage, so the synthetic generator, the
+TotalSegmentator adapter and the lobe segmentation can all use it.
 """
 
 from __future__ import annotations

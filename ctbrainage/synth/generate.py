@@ -2,7 +2,7 @@
 
 Layout of a cohort folder (:class:`~ctbrainage.core.layout.SyntheticLayout`)::
 
-    cohort.csv                    manifest (docs/architecture.md): subject_id, age_months, sex, site, image
+    cohort.csv                    manifest: subject_id, age_months, sex, site, image
     images/<id>.nii.gz            int16 HU (or dicom/<id>/IM0001.dcm ... with --format dicom)
     truth/<id>_lobes.nii.gz       lobe labels 1-4 in the native grid
     truth/<id>_brain.nii.gz       brain mask
