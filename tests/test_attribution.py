@@ -1,6 +1,6 @@
 """Attribution algorithms on models and tensors: hand-computed values on a linear 3D model,
-exact lobe Shapley values, Captum's own calls, lobe aggregation, voxel scoring and the
-randomisation cascade."""
+exact lobe Shapley values, Captum's own calls, lobe aggregation, group maps, voxel and lobe
+scoring, and the registry of methods."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 from captum.attr import Occlusion, ShapleyValues
+from scipy import ndimage
 
 from ctbrainage.core.config import ModelConfig
-from ctbrainage.interpret import attribution
+from ctbrainage.interpret import attribution, methods
 from ctbrainage.learn.networks import build_model
-from ctbrainage.steps.s07_attribution import _lobe_metrics, lobe_scores
-from ctbrainage.synth.scoring import score_importance, voxel_scores
+from ctbrainage.synth.scoring import lobe_recovery, lobe_scores, score_importance, voxel_scores
 
 SHAPE = (6, 5, 4)
 
@@ -148,25 +148,14 @@ def test_voxel_scores_of_a_perfect_a_random_and_an_inverted_map():
     assert np.isnan(voxel_scores(signal, signal * 0, brain)["auroc"])
 
 
-def test_the_cascade_randomises_from_the_top_and_leaves_the_model_alone(resnet):
-    model = resnet[0]
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    stages = list(attribution.randomised_cascade(model, seed=0))
-    names = [name for name, _ in stages]
-    assert names == ["fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1"]
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    top, last = stages[0][1].state_dict(), stages[-1][1].state_dict()
-    assert not torch.equal(top["fc.weight"], before["fc.weight"])
-    assert torch.equal(top["conv1.weight"], before["conv1.weight"])  # only the top so far
-    assert not torch.equal(last["conv1.weight"], before["conv1.weight"])
-
-
 def test_unknown_method_and_training_mode_are_refused(linear):
     model, x, _ = linear
     with pytest.raises(ValueError, match="unknown method 'lime'"):
         attribution.voxel_map(model, x, "lime")
     with pytest.raises(ValueError, match="training mode"):
         attribution.voxel_map(model.train(), x, "saliency")
+    with pytest.raises(ValueError, match="unknown attribution method 'lime'"):
+        methods.method("lime")
 
 
 def test_lobe_scores_agree_with_step_06s_scoring():
@@ -198,13 +187,42 @@ def test_lobe_scores_agree_with_step_06s_scoring():
     assert ours["within_group_rho"]["value"] == pytest.approx(theirs["within_group_spearman_rho"])
     assert ours["top_lobe_matches"]["value"] == theirs["top_lobe_matches"]
     assert ours["spearman_rho"]["ci_low"] <= ours["spearman_rho"]["value"]
-    assert _lobe_metrics(np.eye(4), np.eye(4))[2] == 4
+    same = lobe_recovery(np.eye(4).ravel(), np.eye(4).ravel(), np.repeat(np.arange(4), 4))
+    assert same.top_matches == 4 and same.within_rho == pytest.approx(1.0)
 
 
-def test_the_voxel_methods_are_profile_methods():
+def test_lobe_recovery_skips_constant_groups_and_ignores_nan_tops():
+    planted = np.array([1.0, 2.0, 3.0, 0.5, 0.5, 0.5])
+    measured = np.array([3.0, 2.0, np.nan, 1.0, 2.0, 3.0])
+    scored = lobe_recovery(planted, measured, ["a", "a", "a", "b", "b", "b"])
+    assert np.isnan(scored.within_rho)  # a: a NaN cell; b: planted constant
+    assert [(g, p, m) for g, p, m in scored.tops] == [("a", 2, 0), ("b", 3, 5)]
+    assert scored.top_matches == 0
+
+
+def test_the_registry_holds_the_profiles_methods_in_their_order():
     import typing
 
     from ctbrainage.core.config import AttributionMethod
 
-    methods = typing.get_args(AttributionMethod)
-    assert set(attribution.VOXEL_METHODS) == set(methods) - {"lobe_shapley", "unoise"}
+    assert tuple(methods.METHODS) == typing.get_args(AttributionMethod)
+    assert methods.names() == typing.get_args(AttributionMethod)
+    voxel = [m for m in methods.METHODS.values() if m.kind == "voxel" and not m.trained]
+    assert [m.name for m in voxel] == list(attribution.VOXEL_MAPS)
+    assert all(m.compute is attribution.VOXEL_MAPS[m.name] for m in voxel)
+    assert methods.names("lobe") == ("lobe_shapley",)
+    assert [m.name for m in methods.METHODS.values() if m.trained] == ["unoise"]
+
+
+def test_group_maps_keep_the_top_share_and_their_keys_split_back():
+    key = attribution.group_map_key("saliency", "12-23")
+    assert attribution.split_group_map_key(key) == ("saliency", "12-23")
+    brain = np.ones((10, 10, 10), np.float32)
+    term = attribution.normalised_magnitude(torch.arange(1000.0).view(10, 10, 10) - 500, brain)
+    assert term.sum() == pytest.approx(1.0) and term.dtype == np.float64
+    total = np.zeros((10, 10, 10))
+    total[0, 0, :] = np.arange(10) + 1.0  # ten voxels with mass: the top 10 % is one
+    unsmoothed = np.where(total >= 10, total, 0.0) / 2
+    expected = ndimage.gaussian_filter(unsmoothed, attribution.SMOOTH_VOXELS)
+    assert np.allclose(attribution.group_map(total, 2), expected)
+    assert attribution.group_map(total, 2).dtype == np.float32

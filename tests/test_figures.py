@@ -550,20 +550,20 @@ def test_stacking_maps_figure_draws_each_groups_layers_on_the_slice_with_most_br
     rng = np.random.default_rng(1)
     shape = (6, 7, 5)
     maps = {}
-    slices = {"12-23": 3, "0-11": 1}  # step 08's keys: <group>|<layer>, groups in any order
+    slices = {"12-23": 3, "0-11": 1}  # step 08's keys: <layer>/<group>, groups in any order
     for group, z in slices.items():
         ct = np.zeros(shape, np.float32)
         ct[1:5, 1:6, :] = rng.uniform(0.01, 0.5, (4, 5, shape[2]))
         ct[1:5, 1:6, :][ct[1:5, 1:6, :] < 0.3] = 0.01  # faint: not brain for the slice choice
         ct[0:6, 0:7, z] = rng.uniform(0.3, 0.9, (6, 7))  # the most brain on slice z
         ct[0, 0, z] = 0.015  # below BRAIN_LEVEL: Grad-CAM hidden there
-        maps[f"{group}|ct"] = ct
+        maps[f"ct/{group}"] = ct
         for layer in ("maturity", "synthesised"):
-            maps[f"{group}|{layer}"] = rng.uniform(0, 1, shape).astype(np.float32)
+            maps[f"{layer}/{group}"] = rng.uniform(0, 1, shape).astype(np.float32)
         for layer in ("gradcam_T", "gradcam_A"):
             cam = rng.uniform(-0.2, 1, shape).astype(np.float32)
             cam[0, 0, z] = 0.9
-            maps[f"{group}|{layer}"] = cam
+            maps[f"{layer}/{group}"] = cam
     out = tmp_path / "stacking_maps.png"
     fig = plots.stacking_maps_figure(maps, out=out)
     axes = np.array(fig.axes).reshape(2, len(LAYERS))
@@ -571,9 +571,9 @@ def test_stacking_maps_figure_draws_each_groups_layers_on_the_slice_with_most_br
     assert [ax.get_ylabel() for ax in axes[:, 0]] == ["0-11 months", "12-23 months"]
     for row, group in zip(axes, ["0-11", "12-23"], strict=True):
         z = slices[group]
-        ct = np.rot90(maps[f"{group}|ct"][:, :, z])
+        ct = np.rot90(maps[f"ct/{group}"][:, :, z])
         for ax, layer in zip(row, LAYERS, strict=True):
-            drawn = np.rot90(maps[f"{group}|{layer}"][:, :, z])
+            drawn = np.rot90(maps[f"{layer}/{group}"][:, :, z])
             if layer.startswith("gradcam"):
                 background, _ = image(ax, 0)
                 np.testing.assert_array_equal(background, ct)

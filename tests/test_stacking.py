@@ -220,7 +220,7 @@ def test_the_step_writes_every_table_and_stacks_its_own_out_of_fold_predictions(
     assert overall["jaccard_if_random"] == pytest.approx(top**2 / (2 * top - top**2))
     shares = [c for c in result.gradcam if c.startswith("gradcam_T_")]
     assert overall[shares].sum() <= 1 + 1e-9
-    assert {"0-11|synthesised", "36-47|gradcam_A"} <= set(result.maps)
+    assert {"synthesised/0-11", "gradcam_A/36-47"} <= set(result.maps)
     assert all(layout.synthesised(s).exists() for s in result.predictions["subject_id"])
 
 

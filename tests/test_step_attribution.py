@@ -12,6 +12,7 @@ import pytest
 
 from ctbrainage.core.config import AttributionConfig
 from ctbrainage.core.layout import RunLayout
+from ctbrainage.interpret import attribution
 from ctbrainage.stats import lobe_tests
 from ctbrainage.steps import s05_perturbation, s07_attribution
 
@@ -78,8 +79,13 @@ def test_scores_tests_maps_and_sanity_are_written(attributed):
     assert cost[("unoise", "training_seconds")] > 0
     assert set(result.tests["method"]) == set(METHODS + FILLS)
     assert len(result.tests) == 12 * 16  # lobe × age-group cells per method
-    groups = {k.split("/")[1] for k in result.maps if k.startswith("input/")}
-    assert groups and all(f"{m}/{g}" in result.maps for m in ("saliency", "unoise") for g in groups)
+    keys = [attribution.split_group_map_key(k) for k in result.maps]
+    groups = {g for name, g in keys if name == attribution.MEAN_INPUT}
+    assert groups and all(
+        attribution.group_map_key(m, g) in result.maps
+        for m in ("saliency", "unoise")
+        for g in groups
+    )
     sanity = result.sanity
     assert set(sanity["method"]) == set(METHODS + FILLS)
     assert set(sanity.loc[sanity["method"] == "unoise", "model"]) == {"conv1", "random_labels"}

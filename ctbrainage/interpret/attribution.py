@@ -21,14 +21,18 @@ Voxel maps [B, X, Y, Z] for a batch of inputs [B, 1, X, Y, Z], all with Captum e
   level, the ``group_level`` fill). Captum's ``ShapleyValues`` gives the same values from 4! × 4
   permutation steps.
 
-Lobe aggregation: a lobe's importance is its share of the brain's total |attribution|.
+Each voxel method is a function ``(model, x, settings, baseline, brain)`` (:data:`VOXEL_MAPS`;
+:mod:`ctbrainage.interpret.methods` registers every method). Lobe aggregation: a lobe's
+importance is its share of the brain's total |attribution|. Group maps: the mean normalised
+|map| of an age group's subjects, its top 10 % kept and smoothed.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,15 +45,7 @@ from captum.attr import (
     NoiseTunnel,
     Saliency,
 )
-
-VOXEL_METHODS = (
-    "saliency",
-    "integrated_gradients",
-    "smoothgrad",
-    "guided_backprop",
-    "gradcam",
-    "occlusion",
-)
+from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -78,72 +74,90 @@ def last_conv_stage(model: torch.nn.Module) -> torch.nn.Module:
     return convs[-1]
 
 
-def voxel_map(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    method: str,
-    settings: MapSettings = MapSettings(),
-    baseline: torch.Tensor | None = None,
-    brain: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The signed attribution map of ``method`` for inputs ``x`` [B, 1, X, Y, Z] (an eval-mode
-    ``model`` with one output), shape [B, X, Y, Z]. ``baseline`` (like ``x``; default zeros):
-    integrated gradients' start and occlusion's fill; ``brain`` (like ``x``, 0/1): the cubes
-    occlusion evaluates (default: all)."""
-    if getattr(model, "training", False):
-        raise ValueError("the model is in training mode; call model.eval() first")
-    if x.ndim != 5 or x.shape[1] != 1:
-        raise ValueError(f"inputs must be [batch, 1, X, Y, Z], got {tuple(x.shape)}")
-    baseline = torch.zeros_like(x) if baseline is None else baseline.expand_as(x)
-    x = x.detach().clone().requires_grad_(True)
-    if method == "saliency":
-        out = Saliency(model).attribute(x, target=0, abs=False)
-    elif method == "integrated_gradients":
-        out = IntegratedGradients(model).attribute(
-            x,
-            baselines=baseline,
-            target=0,
-            n_steps=settings.ig_steps,
-            internal_batch_size=settings.batch_size,
-        )
-    elif method == "smoothgrad":
-        out = NoiseTunnel(Saliency(model)).attribute(
-            x,
-            nt_type="smoothgrad",
-            nt_samples=settings.smoothgrad_samples,
-            nt_samples_batch_size=max(1, settings.batch_size // len(x)),
-            stdevs=settings.smoothgrad_sd,
-            target=0,
-            abs=False,
-        )
-    elif method == "guided_backprop":
-        out = GuidedBackprop(model).attribute(x, target=0)
-    elif method == "gradcam":
-        cam = LayerGradCam(model, last_conv_stage(model)).attribute(
-            x, target=0, relu_attributions=True
-        )
-        out = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "trilinear")
-    elif method == "occlusion":
-        out = occlusion(model, x.detach(), baseline, settings, brain)
-    else:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(VOXEL_METHODS)}")
-    return out.detach()[:, 0].float()
+VoxelMethod = Callable[..., torch.Tensor]
+VOXEL_MAPS: dict[str, VoxelMethod] = {}  # filled by @_voxel_method: name → function
 
 
-def _windows(shape, size: int, stride: int) -> list[tuple[slice, ...]]:
-    """Cube positions as Captum's ``Occlusion`` places them (each axis: 0, stride, … until the
-    cube reaches the end; the last one is cut at the edge)."""
-    starts = [range(0, stride * (math.ceil(max(n - size, 0) / stride) + 1), stride) for n in shape]
-    return [tuple(slice(s, s + size) for s in corner) for corner in itertools.product(*starts)]
+def _voxel_method(attribute: Callable[..., torch.Tensor]) -> VoxelMethod:
+    """A voxel method ``(model, x, settings, baseline, brain)`` → signed map [B, X, Y, Z] from
+    ``attribute``, which gets the checked input (a fresh leaf with gradients) and the baseline
+    expanded like it and returns [B, 1, X, Y, Z]; registered under its name in
+    :data:`VOXEL_MAPS`."""
+
+    @functools.wraps(attribute)
+    def method(
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        settings: MapSettings = MapSettings(),
+        baseline: torch.Tensor | None = None,
+        brain: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if getattr(model, "training", False):
+            raise ValueError("the model is in training mode; call model.eval() first")
+        if x.ndim != 5 or x.shape[1] != 1:
+            raise ValueError(f"inputs must be [batch, 1, X, Y, Z], got {tuple(x.shape)}")
+        baseline = torch.zeros_like(x) if baseline is None else baseline.expand_as(x)
+        x = x.detach().clone().requires_grad_(True)
+        return attribute(model, x, settings, baseline, brain).detach()[:, 0].float()
+
+    VOXEL_MAPS[attribute.__name__] = method
+    return method
 
 
-def occlusion(model, x, baseline, settings: MapSettings, brain=None) -> torch.Tensor:
-    """Occlusion maps [B, 1, X, Y, Z]: f(x) − f(x with a cube of ``baseline``), averaged over
-    the cubes covering each voxel; cubes touching no brain voxel are not evaluated (their
-    voxels get 0)."""
+@_voxel_method
+def saliency(model, x, settings, baseline, brain):
+    """The gradient of the prediction."""
+    return Saliency(model).attribute(x, target=0, abs=False)
+
+
+@_voxel_method
+def integrated_gradients(model, x, settings, baseline, brain):
+    """Gradient × input, integrated along the straight path from ``baseline``."""
+    return IntegratedGradients(model).attribute(
+        x,
+        baselines=baseline,
+        target=0,
+        n_steps=settings.ig_steps,
+        internal_batch_size=settings.batch_size,
+    )
+
+
+@_voxel_method
+def smoothgrad(model, x, settings, baseline, brain):
+    """The gradient averaged over Gaussian-noised copies of the input."""
+    return NoiseTunnel(Saliency(model)).attribute(
+        x,
+        nt_type="smoothgrad",
+        nt_samples=settings.smoothgrad_samples,
+        nt_samples_batch_size=max(1, settings.batch_size // len(x)),
+        stdevs=settings.smoothgrad_sd,
+        target=0,
+        abs=False,
+    )
+
+
+@_voxel_method
+def guided_backprop(model, x, settings, baseline, brain):
+    """Gradients with negative ReLU signals stopped."""
+    return GuidedBackprop(model).attribute(x, target=0)
+
+
+@_voxel_method
+def gradcam(model, x, settings, baseline, brain):
+    """Grad-CAM at :func:`last_conv_stage` (positive part), trilinearly upsampled."""
+    cam = LayerGradCam(model, last_conv_stage(model)).attribute(x, target=0, relu_attributions=True)
+    return LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "trilinear")
+
+
+@_voxel_method
+def occlusion(model, x, settings, baseline, brain):
+    """f(x) − f(x with a cube of ``baseline``), averaged over the cubes covering each voxel;
+    cubes touching no voxel of ``brain`` (default: all count) are not evaluated (their voxels
+    get 0)."""
     size, stride = settings.occlusion_voxels, settings.occlusion_stride
     if size < 1 or stride < 1:
         raise ValueError(f"occlusion cube and stride must be >= 1, got {size}, {stride}")
+    x = x.detach()
     windows = _windows(x.shape[2:], size, stride)
     maps = torch.zeros_like(x)
     with torch.inference_mode():
@@ -163,6 +177,33 @@ def occlusion(model, x, baseline, settings: MapSettings, brain=None) -> torch.Te
                     count[w] += 1
             maps[b, 0] = total / count.clamp_min(1)
     return maps
+
+
+VOXEL_METHODS = tuple(VOXEL_MAPS)  # the methods above, in order
+
+
+def voxel_map(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    method: str,
+    settings: MapSettings = MapSettings(),
+    baseline: torch.Tensor | None = None,
+    brain: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The signed attribution map of the voxel method named ``method`` for inputs ``x`` [B, 1,
+    X, Y, Z] (an eval-mode ``model`` with one output), shape [B, X, Y, Z]. ``baseline`` (like
+    ``x``; default zeros): integrated gradients' start and occlusion's fill; ``brain`` (like
+    ``x``, 0/1): the cubes occlusion evaluates (default: all)."""
+    if method not in VOXEL_MAPS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(VOXEL_MAPS)}")
+    return VOXEL_MAPS[method](model, x, settings, baseline, brain)
+
+
+def _windows(shape, size: int, stride: int) -> list[tuple[slice, ...]]:
+    """Cube positions as Captum's ``Occlusion`` places them (each axis: 0, stride, … until the
+    cube reaches the end; the last one is cut at the edge)."""
+    starts = [range(0, stride * (math.ceil(max(n - size, 0) / stride) + 1), stride) for n in shape]
+    return [tuple(slice(s, s + size) for s in corner) for corner in itertools.product(*starts)]
 
 
 def coalitions(n: int) -> torch.Tensor:
@@ -245,20 +286,35 @@ def jaccard(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return (inter / union.where(union > 0, torch.nan)).numpy()
 
 
-def randomised_cascade(model: torch.nn.Module, seed: int):
-    """Adebayo et al. 2018's cascading randomisation: yields (stage, model) with the weights of
-    the top stage, then the top two, … re-initialised (copies; ``model`` is left as it is)."""
-    import copy
+# ---- group maps --------------------------------------------------------------------------
 
-    current = copy.deepcopy(model).eval()
-    stages = [
-        n for n, child in current.named_children() if next(child.parameters(), None) is not None
-    ]
-    for i, name in enumerate(reversed(stages)):
-        torch.manual_seed(seed + i)
-        for module in getattr(current, name).modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-            if hasattr(module, "reset_running_stats"):
-                module.reset_running_stats()
-        yield name, copy.deepcopy(current).eval()
+TOP_SHARE = 0.10  # a group map keeps its top 10 % of voxels (Bintsi et al.)
+SMOOTH_VOXELS = 1.0  # Gaussian sigma of a group map
+MEAN_INPUT = "input"  # the name of each group's mean input among its maps
+
+
+def group_map_key(name: str, group: str) -> str:
+    """The key of age group ``group``'s map ``name`` (a method, an input, a layer) in a file of
+    group maps (steps 07 and 08)."""
+    return f"{name}/{group}"
+
+
+def split_group_map_key(key: str) -> tuple[str, str]:
+    """(name, group) of a :func:`group_map_key`."""
+    name, _, group = key.rpartition("/")
+    return name, group
+
+
+def normalised_magnitude(attribution_map: torch.Tensor, brain: np.ndarray) -> np.ndarray:
+    """|map| inside the brain (float64), summing to 1: one subject's term of its group map."""
+    magnitude = attribution_map.abs().double().numpy() * brain
+    return magnitude / max(magnitude.sum(), 1e-30)
+
+
+def group_map(total: np.ndarray, count: int) -> np.ndarray:
+    """An age group's map from the sum of ``count`` subjects' :func:`normalised_magnitude`: the
+    mean, its top :data:`TOP_SHARE` of voxels kept, Gaussian-smoothed (float32)."""
+    mean = total / count
+    cut = np.quantile(mean[mean > 0], 1 - TOP_SHARE) if (mean > 0).any() else 0.0
+    kept = np.where(mean >= cut, mean, 0.0)
+    return ndimage.gaussian_filter(kept, SMOOTH_VOXELS).astype(np.float32)

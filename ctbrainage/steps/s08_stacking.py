@@ -48,7 +48,7 @@ STEP = Step(
         "train.folds",
         "stacking",
     ),
-    version="1",
+    version="2",  # 2: group maps keyed attribution.group_map_key(layer, group)
 )
 ENCODER_INPUTS = {"T": "ct", "A": "synthesised", "T2": "ct"}
 NETWORKS = ("unet", *ENCODER_INPUTS)  # fitted per fold
@@ -62,6 +62,9 @@ RESULTS = (
     "encoders",
     "maps",
 )
+
+
+COUNT = "count"  # a fold's subjects per age group, beside its map sums
 
 
 @dataclass(frozen=True)
@@ -338,12 +341,13 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
         "gradcam_T": cams["T"].numpy(),
         "gradcam_A": cams["A"].numpy(),
     }
+    key = attribution.group_map_key
     sums = {
-        f"{group}|{name}": layer[groups == group].sum(0)
+        key(name, group): layer[groups == group].sum(0)
         for group in np.unique(groups)
         for name, layer in layers.items()
     }
-    counts = {f"{group}|count": np.array((groups == group).sum()) for group in np.unique(groups)}
+    counts = {key(COUNT, group): np.array((groups == group).sum()) for group in np.unique(groups)}
     atomic_write_npz(layout.stacking_fold(fold, "maps"), **sums, **counts)
 
 
@@ -405,17 +409,19 @@ def _gradcam_summary(profile: Profile, subjects: pd.DataFrame, groups) -> pd.Dat
 
 def _write_maps(layout: RunLayout, profile: Profile) -> None:
     """The folds' map sums → each age group's mean CT input, planted and synthesised maturity
-    and Grad-CAM of T and A (``stacking/maps.npz``, keys ``<group>|<layer>``)."""
+    and Grad-CAM of T and A (``stacking/maps.npz``, keys ``group_map_key(layer, group)``)."""
+    from ctbrainage.interpret.attribution import group_map_key, split_group_map_key
+
     sums: dict[str, np.ndarray] = {}
     for k in range(profile.train.folds):
         with np.load(layout.stacking_fold(k, "maps")) as part:
             for key in part.files:
                 sums[key] = sums.get(key, 0) + part[key]
-    means = {
-        key: (value / sums[key.split("|")[0] + "|count"]).astype(np.float32)
-        for key, value in sums.items()
-        if not key.endswith("|count")
-    }
+    means = {}
+    for key, value in sums.items():
+        name, group = split_group_map_key(key)
+        if name != COUNT:
+            means[key] = (value / sums[group_map_key(COUNT, group)]).astype(np.float32)
     atomic_write_npz(layout.stacking_result("maps"), **means)
 
 

@@ -1,9 +1,13 @@
-"""Score pipeline outputs against the synthetic cohort's ground truth."""
+"""Score pipeline outputs against the synthetic cohort's ground truth: preprocessing, lobes,
+age cues, and the lobe importance of perturbation (step 06) and attribution (step 07), the
+latter two with one measure of recovery (:func:`lobe_recovery`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -11,7 +15,9 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
+from scipy.stats import spearmanr
 
+from ctbrainage.core.cohort import age_group
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout, SyntheticLayout
 from ctbrainage.imaging.preprocess import map_to_grid
@@ -135,6 +141,45 @@ def measure_age_cues(cohort: SyntheticLayout) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+class Recovery(NamedTuple):
+    """:func:`lobe_recovery`'s result."""
+
+    rho: Any  # scipy's Spearman result over all cells (statistic, pvalue); None below 3 cells
+    within_rho: float  # mean over groups of the within-group Spearman ρ; NaN without a group
+    tops: list[tuple[Any, int | None, int | None]]  # (group, planted top cell, measured top cell)
+
+    @property
+    def top_matches(self) -> int:
+        """Groups whose planted and measured top cells agree."""
+        return sum(p is not None and p == m for _, p, m in self.tops)
+
+
+def _top(values: np.ndarray, at: np.ndarray) -> int | None:
+    """The position (of ``at``) of the first largest finite value; None without one."""
+    part = values[at]
+    return int(at[np.nanargmax(part)]) if np.isfinite(part).any() else None
+
+
+def lobe_recovery(planted, measured, groups) -> Recovery:
+    """How well ``measured`` lobe importance recovers the ``planted`` one, over cells of an age
+    group and a lobe (``groups``: each cell's group): Spearman ρ over all cells (the planted
+    first), the mean over groups of the within-group ρ (groups in order of appearance, where
+    both sides vary: a group with a NaN cell is left out) and each group's top cell on either
+    side (the first of equal values; NaN ignored). Steps 06 and 07 score with it."""
+    planted, measured = np.asarray(planted, float), np.asarray(measured, float)
+    groups = np.asarray(groups)
+    labels, first = np.unique(groups, return_index=True)
+    rho = spearmanr(planted, measured) if len(planted) > 2 else None
+    within, tops = [], []
+    for label in labels[np.argsort(first)]:
+        at = np.flatnonzero(groups == label)
+        t, m = planted[at], measured[at]
+        if np.ptp(t) > 0 and np.ptp(m) > 0:
+            within.append(spearmanr(t, m).statistic)
+        tops.append((label, _top(planted, at), _top(measured, at)))
+    return Recovery(rho, float(np.mean(within)) if within else np.nan, tops)
+
+
 def score_importance(
     measured: pd.DataFrame,
     expected: pd.DataFrame,
@@ -151,7 +196,7 @@ def score_importance(
     within-group Spearman ρ of the lobe ranking (the overall ρ is helped by every lobe's
     importance falling with age; the within-group one tests the order alone), the top lobe per
     group (planted vs measured), and, for lobes planted with no age signal, the groups where
-    masking them was significant (should be none).
+    masking them was significant (should be none); all by :func:`lobe_recovery`.
 
     Groups whose summed planted signal (``hu_per_month``) is below ``min_signal`` × the largest
     group's hold no planted lobe signal (e.g. a schedule complete by 30 months): ranking their
@@ -159,20 +204,18 @@ def score_importance(
     signal (``signal_*``), and significant cells in groups without one are listed
     (``significant_without_signal``: effects the schedule did not plant).
     """
-    from scipy import stats
-
     if "definition" in expected and expected["definition"].nunique() > 1:
         raise ValueError("expected importance holds several definitions: choose one")
     columns = ["group", "lobe", "hu_per_month", "importance"]
     cells = measured.merge(expected[columns], on=["group", "lobe"])
     if cells.empty:
         raise ValueError("measured and planted importance share no (group, lobe) cell")
-    rho = stats.spearmanr(cells["importance"], cells[value])
-    top = {}
-    for group, part in cells.groupby("group", sort=False):
-        planted = part.loc[part["importance"].idxmax(), "lobe"]
-        found = part.loc[part[value].idxmax(), "lobe"]
-        top[group] = {"planted": planted, "measured": found, "match": bool(planted == found)}
+    scored = lobe_recovery(cells["importance"], cells[value], cells["group"])
+    lobe = {None: None, **dict(enumerate(cells["lobe"]))}  # a cell's lobe; no top cell: None
+    top = {
+        group: {"planted": lobe[p], "measured": lobe[m], "match": p is not None and p == m}
+        for group, p, m in scored.tops
+    }
     totals = expected.groupby("lobe")["importance"].sum()
     null_lobes = totals[totals <= 0].index
     tested = "significant" in cells
@@ -187,42 +230,29 @@ def score_importance(
     totals_by_group = cells.groupby("group", sort=False)["hu_per_month"].sum()
     signal = totals_by_group[totals_by_group >= min_signal * totals_by_group.max()].index
     in_signal = cells["group"].isin(signal)
-    signal_rho = (
-        stats.spearmanr(cells.loc[in_signal, "importance"], cells.loc[in_signal, value])
-        if in_signal.sum() > 2
-        else None
-    )
+    part = cells[in_signal]
+    signal_scored = lobe_recovery(part["importance"], part[value], part["group"])
     return {
         "signal_groups": list(signal),
-        "signal_spearman_rho": float(signal_rho.statistic) if signal_rho else float("nan"),
-        "signal_within_group_spearman_rho": _mean_within(cells[in_signal], value),
+        "signal_spearman_rho": (
+            float(signal_scored.rho.statistic) if signal_scored.rho else float("nan")
+        ),
+        "signal_within_group_spearman_rho": signal_scored.within_rho,
         "signal_top_lobe_matches": sum(top[g]["match"] for g in signal),
         "significant_without_signal": (
             [f"{r.group}: {r.lobe}" for r in cells[~in_signal & cells["significant"]].itertuples()]
             if tested
             else None
         ),
-        "spearman_rho": float(rho.statistic),
-        "spearman_p": float(rho.pvalue),
-        "within_group_spearman_rho": _mean_within(cells, value),
+        "spearman_rho": float(scored.rho.statistic) if scored.rho else float("nan"),
+        "spearman_p": float(scored.rho.pvalue) if scored.rho else float("nan"),
+        "within_group_spearman_rho": scored.within_rho,
         "cells": len(cells),
         "top_lobe": top,
         "top_lobe_matches": sum(t["match"] for t in top.values()),
         "groups": len(top),
         "null_lobes_significant_in": significant_null,
     }
-
-
-def _mean_within(cells: pd.DataFrame, value: str) -> float:
-    """Mean over groups of the Spearman ρ between planted and measured lobe order."""
-    from scipy import stats
-
-    within = [
-        stats.spearmanr(part["importance"], part[value]).statistic
-        for _, part in cells.groupby("group", sort=False)
-        if part["importance"].nunique() > 1 and part[value].nunique() > 1
-    ]
-    return float(np.mean(within)) if within else float("nan")
 
 
 READOUTS = {"mean_delta_ae": "ΔAE", "mean_abs_change": "|Δprediction|"}
@@ -269,6 +299,111 @@ def voxel_scores(attribution_map, signal, brain, level: float = 0.25) -> dict[st
         "auroc": float(roc_auc_score(region, score)) if 0 < region.sum() < region.size else np.nan,
         "mass_accuracy": float(score[region].sum() / total) if total > 0 else float("nan"),
     }
+
+
+SCORE_COLUMNS = ["method", "level", "metric", "value", "ci_low", "ci_high"]
+
+
+def percentile_ci(values, confidence: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of the finite ``values`` (bootstrap draws); NaN without one."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return np.nan, np.nan
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def lobe_scores(
+    rows: pd.DataFrame,
+    expected: pd.DataFrame,
+    edges,
+    n_resamples: int,
+    seed: int,
+    level: str = "lobe",
+) -> list[dict]:
+    """One method's lobe importance per subject (``rows``: ``subject_id, age_months, lobe,
+    importance``) against the planted importance (one definition): :func:`lobe_recovery` of the
+    age groups' mean importance, with percentile CIs from resampling subjects within their
+    groups. Rows of :data:`SCORE_COLUMNS` but ``method``."""
+    groups = age_group(rows["age_months"], edges).astype(str)
+    wide = rows.assign(group=groups).pivot_table(
+        index=["group", "subject_id"], columns="lobe", values="importance"
+    )
+    truth = expected.pivot(index="group", columns="lobe", values="importance")
+    truth = truth.loc[[g for g in truth.index if g in wide.index.get_level_values(0)]]
+    wide = wide[list(truth.columns)]
+    members = [wide.loc[g].to_numpy() for g in truth.index]
+    planted = truth.to_numpy().ravel()
+    cell_groups = np.repeat(np.arange(len(members)), truth.shape[1])
+
+    def metrics(cells: list[np.ndarray]) -> tuple[float, float, int]:
+        scored = lobe_recovery(planted, np.array(cells).ravel(), cell_groups)
+        return float(scored.rho.statistic), scored.within_rho, scored.top_matches
+
+    point = metrics([m.mean(0) for m in members])
+    rng = np.random.default_rng(seed)
+    draws = [
+        metrics([m[rng.integers(0, len(m), len(m))].mean(0) for m in members])
+        for _ in range(n_resamples)
+    ]
+    draws = np.array(draws) if draws else np.full((0, 3), np.nan)
+    names = ("spearman_rho", "within_group_rho", "top_lobe_matches")
+    scores = [
+        {"level": level, "metric": name, "value": value,
+         **dict(zip(("ci_low", "ci_high"), percentile_ci(draws[:, i]), strict=True))}
+        for i, (name, value) in enumerate(zip(names, point, strict=True))
+    ]  # fmt: skip
+    no_ci = {"ci_low": np.nan, "ci_high": np.nan}
+    return scores + [{"level": level, "metric": "groups", "value": len(members), **no_ci}]
+
+
+def attribution_scores(
+    table: pd.DataFrame,
+    expected: pd.DataFrame,
+    voxel: pd.DataFrame,
+    cost: pd.DataFrame,
+    *,
+    edges,
+    n_resamples: int,
+    seed: int,
+    per_voxel: Collection[str],
+    mean_ci: Callable[..., tuple[float, float]],
+) -> pd.DataFrame:
+    """Step 07's ``attribution_scores.csv``: per method of its long ``table`` the
+    :func:`lobe_scores` against ``expected`` (for the ``per_voxel`` methods also per voxel:
+    share ÷ the lobe's share of the brain), the mean of its subjects' :func:`voxel_scores`
+    (``voxel``) with ``mean_ci``'s interval (``mean_ci(values, seed=, n_resamples=)``) and its
+    cost (``cost``: per fold, passes and seconds per subject and training seconds)."""
+    rows = []
+    for method, part in table.groupby("method", sort=False):
+        levels = {"lobe": part}
+        if method in per_voxel:  # per voxel: share ÷ size
+            levels["lobe_per_voxel"] = part.assign(
+                importance=part["importance"] / part["reference"]
+            )
+        for level, cells in levels.items():
+            scores = lobe_scores(cells, expected, edges, n_resamples, seed, level)
+            rows += [{"method": method, **score} for score in scores]
+        mine = voxel[voxel["method"] == method] if len(voxel) else voxel
+        for metric in ("auroc", "mass_accuracy") if len(mine) else ():
+            values = mine[metric].dropna()
+            low, high = mean_ci(values, seed=seed, n_resamples=n_resamples)
+            rows.append(
+                {"method": method, "level": "voxel", "metric": metric,
+                 "value": float(values.mean()), "ci_low": low, "ci_high": high}
+            )  # fmt: skip
+        spent = cost[cost["method"] == method] if len(cost) else cost
+        if len(spent):
+            n = spent["subjects"].sum()
+            for metric in ("forward_passes", "backward_passes", "seconds_per_subject"):
+                value = float((spent[metric] * spent["subjects"]).sum() / max(n, 1))
+                rows.append({"method": method, "level": "cost", "metric": metric, "value": value})
+            rows.append(
+                {"method": method, "level": "cost", "metric": "training_seconds",
+                 "value": float(spent["training_seconds"].sum())}
+            )  # fmt: skip
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
 def planted_maturity(layout: RunLayout, subject_id: str) -> np.ndarray:

@@ -53,16 +53,19 @@ def stacking_maps_figure(maps: Mapping[str, np.ndarray], out=None):
     """Rows: age groups; columns: the group's mean CT input, planted and synthesised maturity,
     and the mean Grad-CAM of each encoder over the input (inside the brain), on the axial
     slice with the most brain."""
-    groups = sorted({k.split("|")[0] for k in maps}, key=lambda g: float(g.split("-")[0]))
+    from ctbrainage.interpret.attribution import group_map_key, split_group_map_key  # torch
+
+    groups = {split_group_map_key(k)[1] for k in maps}
+    groups = sorted(groups, key=lambda g: float(g.split("-")[0]))
     fig, axes = plt.subplots(len(groups), len(LAYERS), squeeze=False, constrained_layout=True,
                              figsize=(2.0 * len(LAYERS), 2.0 * len(groups)))  # fmt: skip
     for i, group in enumerate(groups):
-        ct = maps[f"{group}|ct"]
+        ct = maps[group_map_key("ct", group)]
         z = int(np.argmax((ct > 0.05).sum((0, 1))))
         for j, (layer, title) in enumerate(LAYERS.items()):
             ax = axes[i, j]
             ax.set_xticks([]), ax.set_yticks([])
-            image = np.rot90(maps[f"{group}|{layer}"][:, :, z])
+            image = np.rot90(maps[group_map_key(layer, group)][:, :, z])
             if layer.startswith("gradcam"):
                 ax.imshow(np.rot90(ct[:, :, z]), cmap="gray", vmin=0, vmax=1)
                 outside = np.rot90(ct[:, :, z]) <= BRAIN_LEVEL
