@@ -118,6 +118,7 @@ def test_help_lists_every_profile_and_every_step(capsys):
     assert "on request (--from NN --to NN): 08_stacking, 09_new_scans" in text
 
 
+@pytest.mark.integration  # starts a kernel and executes a notebook
 def test_notebook_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path, capfd):
     import nbformat
 

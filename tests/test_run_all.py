@@ -24,6 +24,8 @@ from ctbrainage.core.layout import RunLayout
 from ctbrainage.learn.train import MESSAGES
 from ctbrainage.run import nbcheck
 
+pytestmark = pytest.mark.integration  # every test here executes notebooks or plans a run of them
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = [
     "01_preprocess",
