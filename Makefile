@@ -34,9 +34,10 @@ new-scans: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m ctbrainage.views.docs runs/demo
 
-# the whole suite (CI's command), with the 15 slowest tests at the end
+# the whole suite (CI's command) in one worker per core (pytest-xdist; a module's tests stay on
+# one worker, so its fixtures are built once), with the 15 slowest tests at the end
 test: $(STAMP)
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n auto --dist loadscope --durations=15
 
 # the unit tier for the edit loop: no run building, no papermill (tests marked integration)
 test-fast: $(STAMP)
