@@ -245,6 +245,8 @@ def test_the_runner_does_not_take_a_bug_for_a_stale_step(layout, monkeypatch):
     monkeypatch.setattr(module, "is_fresh", lambda profile: {}["a bug"])
     with pytest.raises(KeyError, match="a bug"):
         steps.is_fresh(4, profile)
-    monkeypatch.setattr(module, "is_fresh", lambda profile: contract.kept_subjects(layout, 0))
+    monkeypatch.setattr(
+        module, "is_fresh", lambda profile: contract.kept_subjects(layout, module.STEP)
+    )
     layout.cohort.unlink()
     assert steps.is_fresh(4, profile) is False  # an upstream file is missing: not fresh

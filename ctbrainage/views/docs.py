@@ -25,6 +25,7 @@ from ctbrainage.core.atomic import atomic_write_text
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.interpret.perturb import FILLS
+from ctbrainage.interpret.sanity import sanity_verdict
 from ctbrainage.stats.evaluate import PAPER_METRICS
 from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
 
@@ -122,21 +123,15 @@ def _planted(layout: RunLayout) -> str:
     return _table(["age group (months)", *lobes, f"top lobe ({IMPORTANCE_DEFINITIONS[0]})"], rows)
 
 
-def _sanity(layout: RunLayout) -> dict[str, str]:
-    """Per method: fails when its maps survive full model randomisation or shuffled labels."""
-    sanity = pd.read_csv(layout.attribution_sanity)
-    shuffled = sanity["model"] == "random_labels"
-    last = sanity["method"].map(sanity[~shuffled].groupby("method")["step"].max())
-    survives = sanity[(sanity["step"] == last) | shuffled].groupby("method")["survives"].any()
-    return {method: "fails" if s else "passes" for method, s in survives.items()}
-
-
 def _attribution(layout: RunLayout) -> str:
     """Step 07 (synthetic runs): each method against the planted truth, best lobe ρ first."""
     scores = pd.read_csv(layout.attribution_scores)
     per_voxel = scores["level"].map({"lobe_per_voxel": "/voxel"}).fillna("")
     cell = scores.assign(key=scores["metric"] + per_voxel).set_index(["method", "key"])
-    verdict = _sanity(layout) if layout.attribution_sanity.exists() else {}
+    verdict = {}
+    if layout.attribution_sanity.exists():
+        table = sanity_verdict(pd.read_csv(layout.attribution_sanity))
+        verdict = dict(zip(table["method"], table["sanity"], strict=True))
 
     def ci(method, key):
         if (method, key) not in cell.index:
