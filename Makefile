@@ -41,7 +41,7 @@ test: $(STAMP)
 
 # the unit tier for the edit loop: no run building, no papermill (tests marked integration)
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not integration" -q
+	$(PY) -m pytest -n auto --dist loadscope -m "not integration" -q --durations=10
 
 # JupyterLab on the repository, opened at notebooks/ (LAB_ARGS: e.g. --no-browser --port 8890)
 LAB_ARGS ?=

@@ -21,6 +21,8 @@ from ctbrainage.steps import s01_preprocess
 from ctbrainage.synth import MaturationSchedule, SubjectSpec, simulate_head
 from ctbrainage.synth.scoring import measure_age_cues
 
+pytestmark = pytest.mark.integration  # generates and preprocesses a cohort
+
 EDGES = (0.0, 12.0, 24.0, 36.0, 48.0)
 STAGGERED = MaturationSchedule.parse("staggered", EDGES)
 

@@ -47,9 +47,10 @@ def test_dotted_nested_and_keyword_overrides_apply():
     # a nested override merges with the file's section instead of replacing it
     assert (p.model.arch, p.train.batch_size, p.synth.mode) == ("resnet10", 8, "demo")
     # an int where a float is expected is accepted as a float; lists become tuples
-    q = load_profile("tiny", {"train.lr": 1, "age_range_months": [0, 24]})
+    changes = {"train.lr": 1, "age_range_months": [0, 24], "age_group_edges": [0, 12, 24]}
+    q = load_profile("tiny", changes)
     assert q.train.lr == 1.0 and isinstance(q.train.lr, float)
-    assert q.age_range_months == (0.0, 24.0)
+    assert q.age_range_months == (0.0, 24.0) and q.age_group_edges == (0.0, 12.0, 24.0)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ that level, not by what they tell about age (docs/perturbation-and-statistics.md
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,6 +25,8 @@ from ctbrainage.learn.networks import build_model
 from ctbrainage.stats import lobe_tests
 from ctbrainage.synth.schedule import LobeCurve, MaturationSchedule
 from ctbrainage.synth.scoring import score_importance
+
+pytestmark = pytest.mark.integration  # trains phantom models
 
 SIZE, SPAN, EDGES = 24, 48.0, (0.0, 12.0, 24.0, 36.0, 48.0)
 ORDERS = {  # lobe maturing in each age group: midpoints at the groups' centres
@@ -98,10 +102,18 @@ def perturbation_table(model, ages, volumes, labels, fill: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@functools.cache
+def trained_phantom(order: str):
+    """The training phantoms of one order and the model trained on them (once per module: the
+    U-Noise test below reuses the posterior-first model, and checks that it stays unchanged)."""
+    ages, volumes, labels = phantom_cohort(staggered(ORDERS[order]), n=96, seed=0)
+    return ages, volumes, labels, train(ages, volumes)
+
+
 @pytest.fixture(scope="module", params=list(ORDERS))
 def recovered(request):
     schedule = staggered(ORDERS[request.param])
-    model = train(*phantom_cohort(schedule, n=96, seed=0)[:2])
+    model = trained_phantom(request.param)[3]
     held_out = phantom_cohort(schedule, n=160, seed=1)
     expected = schedule.expected_importance(EDGES)
     scores = {}
@@ -147,8 +159,7 @@ def noise_tolerance():
 
     order = ORDERS["posterior first"]
     schedule = staggered(order)
-    ages, volumes, labels = phantom_cohort(schedule, n=96, seed=0)
-    model = train(ages, volumes)
+    ages, volumes, labels, model = trained_phantom("posterior first")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     brains = torch.from_numpy(np.stack([lab > 0 for lab in labels])[:, None].astype(np.float32))
     settings = UNoiseConfig(channels=4, autoencoder_epochs=2, epochs=15, batch_size=8, lr=3e-3)

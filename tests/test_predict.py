@@ -145,7 +145,7 @@ def test_refusals(tiny_bundle, tmp_path, capsys):
     with pytest.raises(PredictError, match="no scan could be predicted"):
         predict(tiny_bundle, manifest, tmp_path / "out", progress=False)
     assert "image not found" in (tmp_path / "out" / "exclusions.csv").read_text()
-    with pytest.raises(PredictError, match="would overwrite the manifest"):
+    with pytest.raises(PredictError, match="it holds the manifest .*the user's files are never"):
         predict(tiny_bundle, tmp_path / "out" / "cohort.csv", tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="level"):
         predict(tiny_bundle, manifest, tmp_path / "out2", level=1.5, progress=False)

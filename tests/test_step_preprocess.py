@@ -23,6 +23,8 @@ from ctbrainage.steps import s01_preprocess
 from ctbrainage.steps.s01_preprocess import STEP
 from ctbrainage.synth import generate_cohort
 
+pytestmark = pytest.mark.integration  # generates cohorts and runs step 01 on them
+
 GOOD = ["nii1", "nii2", "nii3", "dcm1", "tilted1"]
 # bad subject id -> substrings expected in its exclusion reason (all of them, case-insensitive)
 BAD = {
@@ -182,6 +184,11 @@ def test_every_bad_subject_is_excluded_once_with_its_reason(pipeline):
     assert "rows 11, 12" in excl.loc[excl.subject_id == "dup1", "reason"].iloc[0]
     assert set(pipeline["failed"].subject_id) == PREPROCESS_FAILS
     assert not set(excl.subject_id) & set(GOOD)
+    # the rows of subjects that failed in preprocessing keep the manifest's columns
+    failed = excl[excl.subject_id.isin(PREPROCESS_FAILS)].set_index("subject_id")
+    manifest = pipeline["cohort"].set_index("subject_id").loc[failed.index]
+    for column in ("age_months", "sex", "site", "image"):
+        assert (failed[column] == manifest[column].astype(str)).all(), column
 
 
 def test_good_subjects_are_preprocessed_with_all_outputs(pipeline):

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from ctbrainage.core.atomic import atomic_path
+from ctbrainage.core.atomic import atomic_path, strict_json
 from ctbrainage.core.cohort import age_group
 from ctbrainage.core.config import (
     Profile,
@@ -207,8 +207,9 @@ def export_bundle(profile: Profile, out_dir: str | Path, progress: bool = True) 
             for p in sorted(tmp.rglob("*"))
             if p.is_file()
         }
+        info = json.loads(strict_json(info))  # as it will be read back: no NaN or Infinity
         info["digest"] = _digest(info)  # bundle.json's own checksum
-        bundle.manifest.write_text(json.dumps(info, indent=1) + "\n")
+        bundle.manifest.write_text(strict_json(info, indent=1) + "\n")
     return out
 
 

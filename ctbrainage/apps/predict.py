@@ -18,7 +18,6 @@ the training ages) and each lobe's ΔAE; ``pages/<id>.html`` shows it with the s
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -37,12 +36,12 @@ from ctbrainage.apps.bundle import (
     describe,
     load_bundle,
 )
-from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.atomic import atomic_write_json
 from ctbrainage.core.config import Profile
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.core.workers import progress_bar
-from ctbrainage.imaging.cohort_manifest import ManifestError
+from ctbrainage.imaging.cohort_manifest import ManifestError, user_files_inside
 from ctbrainage.stats.evaluate import correct_bias
 from ctbrainage.steps.contract import (
     Step,
@@ -110,6 +109,8 @@ def predict(
         s01_preprocess.run(profile, progress=progress)
     except ManifestError as err:
         raise PredictError(str(err)) from None
+    except s01_preprocess.EmptyCohortError as err:
+        raise PredictError(f"no scan could be predicted: {err}") from None
     s02_lobes.run(profile, progress=progress)
     cohort = pd.read_csv(layout.cohort, dtype={"subject_id": str, "sex": str, "site": str})
     cohort[["sex", "site"]] = cohort[["sex", "site"]].fillna("")
@@ -131,7 +132,7 @@ def predict(
         "excluded": len(excluded),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    atomic_write_text(layout.prediction_summary, json.dumps(summary, indent=1) + "\n")
+    atomic_write_json(layout.prediction_summary, summary)
     from ctbrainage.views.pages import write_prediction_report
 
     write_prediction_report(
@@ -150,14 +151,21 @@ def _manifest(
 ) -> tuple[Path, pd.DataFrame | None]:
     """The manifest to read: ``data`` itself, or the one built from a DICOM tree."""
     if data.is_file():
-        if data.resolve() == layout.cohort.resolve():
+        overlap = user_files_inside(layout.root, data)
+        if overlap:
             raise PredictError(
-                f"the output folder's {layout.cohort.name} would overwrite the manifest {data}: "
-                "choose another output folder"
+                f"output folder {layout.root}: {overlap}; choose another output folder (the "
+                "user's files are never written)"
             )
         return data.absolute(), None
     if not data.is_dir():
         raise PredictError(f"--data {data}: no such manifest file or DICOM folder")
+    out, tree = layout.root.resolve(), data.resolve()
+    if out.is_relative_to(tree) or tree.is_relative_to(out):
+        raise PredictError(
+            f"output folder {layout.root}: it overlaps the DICOM tree {data}; choose another "
+            "output folder (the user's files are never written)"
+        )
     from ctbrainage.apps.dicom_index import build_manifest
 
     manifest, skipped = build_manifest(data, layout.dicom_manifest, key, progress=progress)

@@ -6,14 +6,24 @@ module can write results safely without image libraries.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_npz", "atomic_write_text"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_npz",
+    "atomic_write_text",
+    "strict_json",
+]
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -76,3 +86,24 @@ def atomic_write_npz(path: str | os.PathLike, **arrays) -> None:
 
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **dumps: Any) -> str:
+    """``value`` as standard JSON: NaN and ±infinity (which ``json.dumps`` writes as the
+    non-standard tokens NaN and Infinity) become null."""
+    return json.dumps(_finite(value), allow_nan=False, **dumps)
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, **dumps: Any) -> None:
+    """``value`` as standard JSON (:func:`strict_json`, indent 1 unless given), atomically."""
+    atomic_write_text(path, strict_json(value, **{"indent": 1, **dumps}) + "\n")

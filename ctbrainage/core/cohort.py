@@ -55,7 +55,9 @@ def stratified_folds(ages, k: int, seed: int) -> np.ndarray:
     """
     ages = np.asarray(ages, dtype=float)
     if k < 2 or k > len(ages):
-        raise ValueError(f"need 2 <= folds <= subjects, got {k} folds for {len(ages)} subjects")
+        raise ValueError(
+            f"train.folds = {k} needs 2 to {len(ages)} folds: {len(ages)} subjects are left"
+        )
     rng = np.random.default_rng(seed)
     order = np.argsort(ages, kind="stable")
     folds = np.empty(len(ages), dtype=int)

@@ -39,27 +39,73 @@ class ProfileError(ValueError):
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a number setting may take (checked when a profile is built)."""
+
+    minimum: float | None = None  # allowed: >= minimum
+    above: float | None = None  # allowed: > above
+    below: float | None = None  # allowed: < below
+    maximum: float | None = None  # allowed: <= maximum
+
+    def allows(self, value: float) -> bool:
+        return not (
+            (self.minimum is not None and value < self.minimum)
+            or (self.above is not None and value <= self.above)
+            or (self.below is not None and value >= self.below)
+            or (self.maximum is not None and value > self.maximum)
+        )
+
+    def __str__(self) -> str:
+        parts = [
+            f"{sign} {bound:g}"
+            for sign, bound in (
+                (">=", self.minimum), (">", self.above), ("<", self.below), ("<=", self.maximum)
+            )
+            if bound is not None
+        ]  # fmt: skip
+        return " and ".join(parts)
+
+
+def bounded(default: Any, **limits: float) -> Any:
+    """A setting with its allowed range, e.g. ``epochs: int = bounded(75, minimum=1)`` (for a
+    tuple, every item)."""
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: default, metadata={"range": Range(**limits)})
+    return field(default=default, metadata={"range": Range(**limits)})
+
+
+MIN_SIZE = 16  # voxels: the smallest model input cube
+POOLED_ARCHS = ("vgg8", "sfcn")  # halve the input 5 times: the cube edge is a multiple of 32
+
+
+@dataclass(frozen=True)
 class SynthConfig:
     """The embedded synthetic cohort (used when ``data`` is empty)."""
 
-    n: int = 120  # number of subjects
+    n: int = bounded(120, minimum=1)  # number of subjects
     mode: Literal["demo", "full-res"] = "demo"  # acquisition grid preset
     format: Literal["nifti", "dicom"] = "nifti"
     schedule: str = "physiological"  # preset (physiological, staggered, ...) or a JSON path
     # age cues of the heads: "all", or "lobar" = lobar white matter only (docs/synthetic-cohort.md)
     cues: Literal["all", "lobar"] = "all"
-    gantry_tilt_fraction: float = 0.0  # share of subjects scanned with a tilted gantry
-    workers: int = 0  # parallel processes; 0 = all cores
+    gantry_tilt_fraction: float = bounded(
+        0.0, minimum=0, maximum=1
+    )  # share of subjects scanned with a tilted gantry
+    workers: int = bounded(0, minimum=0)  # parallel processes; 0 = all cores
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Skull strip → PCA orientation → P-tile normalisation → isotropic resample → crop."""
 
-    spacing_mm: float = 1.5  # isotropic output spacing
-    size: int = 128  # edge of the output cube, voxels
-    ptile_low: float = 0.5  # lower percentile of brain HU mapped to 0
-    ptile_high: float = 99.5  # upper percentile of brain HU mapped to 1
+    spacing_mm: float = bounded(1.5, above=0)  # isotropic output spacing
+    size: int = bounded(128, minimum=MIN_SIZE)  # edge of the output cube, voxels
+    ptile_low: float = bounded(
+        0.5, minimum=0, below=100
+    )  # lower percentile of brain HU mapped to 0
+    ptile_high: float = bounded(
+        99.5, above=0, maximum=100
+    )  # upper percentile of brain HU mapped to 1
 
 
 @dataclass(frozen=True)
@@ -71,21 +117,30 @@ class LobesConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: Literal["resnet10", "resnet18", "resnet34", "resnet50", "vgg8", "sfcn"] = "resnet34"
-    width: int = 64  # channels of the first stage (standard: ResNet 64, VGG8 16, SFCN 32)
-    first_stride: int = 2  # ResNets: stride of the first convolution (MONAI's default is 1)
+    width: int = bounded(
+        64, minimum=1
+    )  # channels of the first stage (standard: ResNet 64, VGG8 16, SFCN 32)
+    first_stride: int = bounded(
+        2, minimum=1, maximum=2
+    )  # ResNets: stride of the first convolution (MONAI's default is 1)
+
+    @property
+    def grid_multiple(self) -> int:
+        """The input cube's edge must be a multiple of this (1: any edge >= ``MIN_SIZE``)."""
+        return 32 if self.arch in POOLED_ARCHS else 1
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    folds: int = 5  # age-stratified cross-validation folds
-    epochs: int = 75
-    batch_size: int = 4
-    lr: float = 1e-4
+    folds: int = bounded(5, minimum=2)  # age-stratified cross-validation folds
+    epochs: int = bounded(75, minimum=1)
+    batch_size: int = bounded(4, minimum=1)
+    lr: float = bounded(1e-4, above=0)
     optimizer: Literal["adamw", "adam"] = "adamw"
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate over the steps
     loss: Literal["mse", "mae"] = "mse"
     augment: bool = False  # TorchIO augmentation (the paper reports none)
-    val_fraction: float = 0.0  # inner validation split of each training fold
+    val_fraction: float = bounded(0.0, minimum=0, below=1)  # inner validation split of each fold
 
 
 Fill = Literal["noise", "zero", "mean", "group_level"]
@@ -100,7 +155,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class PerturbConfig:
-    repeats: int = 1  # noise repeats per lobe (paper: 1)
+    repeats: int = bounded(1, minimum=1)  # noise repeats per lobe (paper: 1)
     fill: Fill = "noise"  # the fill of Table 1 (paper: noise)
     # fills also computed, for comparison (the main fill is skipped here)
     compare_fills: tuple[Fill, ...] = ("noise", "zero", "mean", "group_level")
@@ -113,10 +168,12 @@ class PerturbConfig:
 
 @dataclass(frozen=True)
 class StatsConfig:
-    alpha: float = 0.05
+    alpha: float = bounded(0.05, above=0, below=1)
     fdr: bool = False  # Benjamini–Hochberg across all tests
-    window_months: float = 12.0  # sliding windows of the developmental trajectory: width
-    window_step: float = 3.0  # ... and step
+    window_months: float = bounded(
+        12.0, above=0
+    )  # sliding windows of the developmental trajectory: width
+    window_step: float = bounded(3.0, above=0)  # ... and step
 
 
 AttributionMethod = Literal[
@@ -135,15 +192,21 @@ AttributionMethod = Literal[
 class UNoiseConfig:
     """U-Noise's noise model (Bintsi et al., section 2.3; docs/attribution.md)."""
 
-    channels: int = 16  # after the first layer (paper: 16); doubled at each of 5 levels
-    autoencoder_epochs: int = 5
-    epochs: int = 20
-    batch_size: int = 4
-    lr: float = 0.001
-    v_min: float = 1.0  # noise SD range in units of the brain's intensity SD (paper: 1-5)
+    channels: int = bounded(
+        16, minimum=1
+    )  # after the first layer (paper: 16); doubled at each of 5 levels
+    autoencoder_epochs: int = bounded(5, minimum=0)
+    epochs: int = bounded(20, minimum=1)
+    batch_size: int = bounded(4, minimum=1)
+    lr: float = bounded(0.001, above=0)
+    v_min: float = bounded(
+        1.0, above=0
+    )  # noise SD range in units of the brain's intensity SD (paper: 1-5)
     v_max: float = 5.0
-    r: float = 0.1  # weight of the noise reward (paper: 0.1)
-    train_subjects: int = 0  # per fold, age-stratified; 0 = every training subject
+    r: float = bounded(0.1, minimum=0)  # weight of the noise reward (paper: 0.1)
+    train_subjects: int = bounded(
+        0, minimum=0
+    )  # per fold, age-stratified; 0 = every training subject
 
 
 @dataclass(frozen=True)
@@ -151,18 +214,20 @@ class AttributionConfig:
     """Step 07: every attribution method on the fold models (docs/attribution.md)."""
 
     methods: tuple[AttributionMethod, ...] = typing.get_args(AttributionMethod)  # all
-    subjects_per_group: int = 0  # per fold and age group, age-stratified; 0 = every subject
+    subjects_per_group: int = bounded(
+        0, minimum=0
+    )  # per fold and age group, age-stratified; 0 = every subject
     baseline: Literal["group_mean", "zeros"] = "group_mean"  # of integrated gradients, occlusion
-    ig_steps: int = 32
-    smoothgrad_samples: int = 16
-    smoothgrad_sd: float = 0.1  # units of the input range
-    occlusion_mm: float = 36.0  # cube edge
-    occlusion_stride_mm: float = 18.0
+    ig_steps: int = bounded(32, minimum=1)
+    smoothgrad_samples: int = bounded(16, minimum=1)
+    smoothgrad_sd: float = bounded(0.1, above=0)  # units of the input range
+    occlusion_mm: float = bounded(36.0, above=0)  # cube edge
+    occlusion_stride_mm: float = bounded(18.0, above=0)
     shapley_baseline: Fill = "group_level"  # what an absent lobe takes
-    batch_size: int = 8
+    batch_size: int = bounded(8, minimum=1)
     unoise: UNoiseConfig = field(default_factory=UNoiseConfig)
-    sanity_subjects: int = 8  # of fold 0, for the randomisation checks
-    bootstrap: int = 1000  # resamples of subjects for the score CIs
+    sanity_subjects: int = bounded(8, minimum=1)  # of fold 0, for the randomisation checks
+    bootstrap: int = bounded(1000, minimum=1)  # resamples of subjects for the score CIs
 
 
 @dataclass(frozen=True)
@@ -170,10 +235,12 @@ class SynthesisConfig:
     """Step 08's synthesised second channel: one 3D U-Net (MONAI) per fold, trained on that
     fold's training subjects to map the CT input to the planted white-matter maturity."""
 
-    channels: tuple[int, ...] = (16, 32, 64)  # per level; the U-Net halves the grid between
-    epochs: int = 30
-    batch_size: int = 4
-    lr: float = 1e-3  # Adam, L1 loss inside the brain
+    channels: tuple[int, ...] = bounded(
+        (16, 32, 64), minimum=1
+    )  # per level; the U-Net halves the grid between
+    epochs: int = bounded(30, minimum=1)
+    batch_size: int = bounded(4, minimum=1)
+    lr: float = bounded(1e-3, above=0)  # Adam, L1 loss inside the brain
 
 
 @dataclass(frozen=True)
@@ -182,15 +249,19 @@ class StackingConfig:
     synthesised map — stacked by linear regression on their out-of-fold predictions."""
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vgg8", width=16))
-    downsample: int = 1  # encoders and U-Net see the model grid averaged over n³ voxels
-    epochs: int = 100  # at most (paper: 100)
-    patience: int = 10  # early stopping on the inner validation loss (paper: 10)
-    batch_size: int = 3
-    lr: float = 1e-4  # Adam (paper: 1e-4)
+    downsample: int = bounded(
+        1, minimum=1
+    )  # encoders and U-Net see the model grid averaged over n³ voxels
+    epochs: int = bounded(100, minimum=1)  # at most (paper: 100)
+    patience: int = bounded(10, minimum=1)  # early stopping on the inner validation loss (10)
+    batch_size: int = bounded(3, minimum=1)
+    lr: float = bounded(1e-4, above=0)  # Adam (paper: 1e-4)
     loss: Literal["mae", "mse"] = "mae"
-    val_fraction: float = 0.1  # inner validation part of each training fold
+    val_fraction: float = bounded(0.1, above=0, below=1)  # inner validation part of each fold
     control_seed_offset: int = 1000  # the second T encoder's seed: seed + this (the control)
-    gradcam_top: float = 0.2  # share of brain voxels in each encoder's Grad-CAM top set
+    gradcam_top: float = bounded(
+        0.2, above=0, maximum=1
+    )  # share of brain voxels in each encoder's Grad-CAM top set
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 
@@ -199,7 +270,7 @@ class Profile:
     """All settings of one run."""
 
     name: str
-    seed: int = 42
+    seed: int = bounded(42, minimum=0)
     run_dir: str = ""  # empty = runs/<name>, relative to the repository
     data: str = ""  # manifest CSV of a real cohort; empty = the embedded synthetic cohort
     age_range_months: tuple[float, float] = (0.0, 48.0)
@@ -215,12 +286,62 @@ class Profile:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     stacking: StackingConfig = field(default_factory=StackingConfig)
 
+    def __post_init__(self) -> None:
+        for problem in _inconsistencies(self):
+            raise ProfileError(problem)
+
     @property
     def run_path(self) -> Path:
         return repo_path(self.run_dir or Path("runs") / self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _inconsistencies(p: Profile) -> list[str]:
+    """What settings that are each within range contradict in one another."""
+    problems = []
+    low, high = p.age_range_months
+    if not 0 <= low < high:
+        problems.append(
+            f"age_range_months: {list(p.age_range_months)} must be increasing, from >= 0"
+        )
+    edges = p.age_group_edges
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+        problems.append(f"age_group_edges: {list(edges)} must be at least 2 increasing values")
+    elif edges[0] < low or edges[-1] > high:
+        problems.append(
+            f"age_group_edges: {list(edges)} must lie inside age_range_months {[low, high]}"
+        )
+    pre = p.preprocess
+    if pre.ptile_low >= pre.ptile_high:
+        problems.append(
+            f"preprocess.ptile_low {pre.ptile_low:g} must be below ptile_high {pre.ptile_high:g}"
+        )
+    unoise = p.attribution.unoise
+    if unoise.v_min > unoise.v_max:
+        problems.append(
+            f"attribution.unoise.v_min {unoise.v_min:g} must not exceed v_max {unoise.v_max:g}"
+        )
+    if not p.data and p.synth.n < p.train.folds:
+        problems.append(
+            f"train.folds: {p.train.folds} folds need at least as many children; the synthetic "
+            f"cohort has synth.n = {p.synth.n}"
+        )
+    if pre.size % p.model.grid_multiple:
+        problems.append(
+            f"preprocess.size: {pre.size} is not a multiple of {p.model.grid_multiple}, which "
+            f"model.arch {p.model.arch} needs (it halves the input 5 times)"
+        )
+    stacking = p.stacking
+    unet = 2 ** (len(stacking.synthesis.channels) - 1)
+    need = stacking.downsample * max(stacking.model.grid_multiple, unet)
+    if pre.size % need:
+        problems.append(
+            f"preprocess.size: {pre.size} is not a multiple of {need}, which step 08 needs "
+            f"(stacking.downsample {stacking.downsample} x {stacking.model.arch} and its U-Net)"
+        )
+    return problems
 
 
 def available_profiles() -> list[str]:
@@ -311,6 +432,13 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             # replace those defaults, the others keep them
             value = {**dataclasses.asdict(default()), **value}
         kwargs[key] = _coerce(hints[key], value, where + key)
+        allowed = fields[key].metadata.get("range")
+        items = kwargs[key] if isinstance(kwargs[key], tuple) else (kwargs[key],)
+        if allowed is not None and not all(allowed.allows(v) for v in items):
+            raise ProfileError(
+                f"{where + key}: {value!r} is out of range; allowed: {allowed}"
+                + (" (each value)" if isinstance(kwargs[key], tuple) else "")
+            )
     try:
         return cls(**kwargs)
     except TypeError as err:  # a required field is missing

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.atomic import atomic_write_json
 
 _CHUNK = 1 << 20
 
@@ -134,4 +134,4 @@ class Record:
             "inputs": dict(fingerprints),
             "result": dict(result or {}),
         }
-        atomic_write_text(self.path, json.dumps(record, indent=1, default=str) + "\n")
+        atomic_write_json(self.path, record, default=str)

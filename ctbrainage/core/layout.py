@@ -440,3 +440,12 @@ class RunLayout:
     def manifest(self) -> Path:
         """Parameters, versions, timings and status of every notebook (run_all.py)."""
         return self.root / "manifest.json"
+
+    @property
+    def run_lock(self) -> Path:
+        """Held by the run_all.py working on this run (one at a time); ``run_owner`` says who."""
+        return self.root / ".run_all.lock"
+
+    @property
+    def run_owner(self) -> Path:
+        return self.root / ".run_all.owner.json"

@@ -43,6 +43,29 @@ def _read_table(path: Path) -> pd.DataFrame:
     return table
 
 
+def user_files_inside(out_dir: str | os.PathLike, manifest_path: str | os.PathLike) -> str | None:
+    """Why writing into ``out_dir`` could change the user's files, or None: it is, or holds,
+    the manifest or one of its images, or lies inside an image folder (a DICOM series). The
+    manifest is read as text only; rows it cannot place are left to validation."""
+    out = Path(out_dir).expanduser().resolve()
+    manifest = Path(manifest_path).expanduser().resolve()
+    if manifest.is_relative_to(out):
+        return f"it holds the manifest {manifest}"
+    try:
+        images = _read_table(manifest)["image"]
+    except ManifestError:
+        return None
+    for given in images:
+        if not given:
+            continue
+        image = (manifest.parent / given).resolve()  # an absolute `given` stays itself
+        if image.is_relative_to(out):
+            return f"it holds the image {image} of the manifest {manifest}"
+        if image.is_dir() and out.is_relative_to(image):
+            return f"it lies inside the image folder {image} of the manifest {manifest}"
+    return None
+
+
 def _check_image(given: str, base: Path, series: str = ""):
     """(absolute path, DICOM (age, sex) or None, reason or None); ``series``: the digest of the
     DICOM folder's series to read (:func:`ctio.series_digest`), empty for any."""
@@ -103,12 +126,13 @@ def validate_manifest(
         rows_of.setdefault(sid, []).append(number)
 
     valid, excluded = [], []
-    for row in table.to_dict("records"):
+    for number, row in enumerate(table.to_dict("records"), start=2):
         sid, reasons = row["subject_id"], []
         if not sid:
             reasons.append("subject_id missing")
         elif not _SUBJECT_ID.fullmatch(sid):
-            reasons.append(f"invalid subject_id {sid!r} (use letters, digits, _ and -)")
+            # never echoed: an invalid id may be a name; the row number finds it in the file
+            reasons.append(f"invalid subject_id in row {number} (use letters, digits, _ and -)")
         if sid and len(rows_of[sid]) > 1:
             reasons.append(f"duplicate subject_id (rows {', '.join(map(str, rows_of[sid]))})")
 
@@ -135,7 +159,8 @@ def validate_manifest(
 
         if reasons:
             others = {k: v for k, v in row.items() if k != "subject_id"}
-            excluded.append({"subject_id": sid, "reason": "; ".join(reasons), **others})
+            shown = sid if _SUBJECT_ID.fullmatch(sid) else f"row {number}"
+            excluded.append({"subject_id": shown, "reason": "; ".join(reasons), **others})
         else:
             valid.append(
                 {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -27,7 +28,7 @@ from jupyter_client import AsyncKernelManager
 from tqdm.auto import tqdm
 from traitlets import default
 
-from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.atomic import atomic_write_json, atomic_write_text
 from ctbrainage.core.config import REPO_ROOT, Profile, ProfileError
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.run import stored
@@ -293,14 +294,11 @@ class _PhaseExecutor:
         launch = self.remote if folds and self.remote else self.local
         workers = len(steps) if launch is self.remote else min(self.plan.jobs, len(steps))
         cap = self.plan.threads if folds and launch is self.local else None
+        # every step of the phase runs, also after one has failed (a fold that fails leaves the
+        # others to finish: a rerun redoes only the failed one); the next phases do not
         with _kernel_environment(cap), cf.ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(self._run_step, launch, step): step for step in steps}
-            for future in cf.as_completed(futures):
-                if future.result() == "failed":
-                    for other in futures:
-                        other.cancel()
-        cancelled = [step for future, step in futures.items() if future.cancelled()]
-        self._not_run(cancelled)
+            for future in [pool.submit(self._run_step, launch, step) for step in steps]:
+                future.result()  # an exception of the driver itself is raised here
 
     def _run_step(self, launch: Launcher, step: NotebookRun) -> str:
         step.output.parent.mkdir(parents=True, exist_ok=True)
@@ -321,10 +319,53 @@ class _PhaseExecutor:
             self.manifest.set_step(step.name, entry)
 
 
+class RunBusyError(RuntimeError):
+    """Another run_all.py holds the run directory."""
+
+
+@contextlib.contextmanager
+def _one_run_per_directory(layout: RunLayout) -> Iterator[None]:
+    """Hold the run directory's lock for this invocation (refuse when another run_all.py holds
+    it). The operating system releases the lock of a killed process, so a stale one is taken
+    over; the owner file (pid, start, command) only names the holder in the refusal."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(layout.run_lock))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            owner = json.loads(layout.run_owner.read_text())
+            who = f"pid {owner['pid']}, started {owner['started']}: {' '.join(owner['argv'])}"
+        except (OSError, ValueError, KeyError):
+            who = "owner unknown"
+        raise RunBusyError(
+            f"run directory {layout.root} is in use by another run_all.py ({who}); wait for it "
+            "to finish or choose another --run-dir"
+        ) from None
+    try:
+        owner = {"pid": os.getpid(), "started": iso(time.time()), "argv": sys.argv}
+        atomic_write_json(layout.run_owner, owner)
+        yield
+    finally:
+        layout.run_owner.unlink(missing_ok=True)
+        lock.release()
+
+
 def execute(plan: Plan) -> int:
-    """Run a checked plan; returns the exit code (0 done, 1 a step failed)."""
+    """Run a checked plan, holding its run directory; returns the exit code (0 done, 1 a step
+    failed, 2 the run directory is in use)."""
     layout = RunLayout(plan.run_path)
     layout.notebooks_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _one_run_per_directory(layout):
+            return _execute(plan, layout)
+    except RunBusyError as err:
+        print(f"run_all: error: {err}", file=sys.stderr)
+        return USAGE
+
+
+def _execute(plan: Plan, layout: RunLayout) -> int:
     if plan.profile_yaml:
         atomic_write_text(layout.profile, plan.profile_yaml)
     manifest = Manifest(layout.manifest, run_header(plan))

@@ -18,9 +18,10 @@ from typing import Any, Literal
 import nbformat
 import yaml
 
-from ctbrainage.core.config import Profile, did_you_mean, load_profile, repo_relative
+from ctbrainage.core.config import Profile, Range, did_you_mean, load_profile, repo_relative
 from ctbrainage.core.config import profile_yaml as profile_yaml_text
 from ctbrainage.core.layout import NOTEBOOK_SOURCES, RunLayout
+from ctbrainage.imaging.cohort_manifest import user_files_inside
 
 NOTEBOOK_DIR = NOTEBOOK_SOURCES
 NOTEBOOKS = {  # the steps' names (ctbrainage.steps): notebook NN runs step NN
@@ -35,6 +36,12 @@ NOTEBOOKS = {  # the steps' names (ctbrainage.steps): notebook NN runs step NN
     9: "09_new_scans",  # on request (--to 9): brain age of new scans with the run's bundle
 }
 FOLD_STEP = 3
+# notebook parameters that are numbers, with the values they may take
+PARAMETER_RANGES = {
+    "workers": Range(minimum=0),  # 0 = every core
+    "new_subjects": Range(minimum=1),
+    "level": Range(above=0, below=1),
+}
 # set by the driver from its options; never through -p
 DRIVER_PARAMETERS = {
     "profile": "--profile",
@@ -234,6 +241,9 @@ def make_plan(options: Options) -> Plan:
         raise UsageError(f"unknown executor {options.executor!r}; use local or slurm")
     if options.data and not Path(options.data).expanduser().is_file():
         raise UsageError(f"--data: no such file {options.data!r}")
+    if options.jobs < 0:
+        raise UsageError(f"--jobs {options.jobs}: allowed >= 1, or 0 for the default")
+    _check_gpus(options)
     numbers = [n for n in NOTEBOOKS if options.first <= n <= options.last]
     if not numbers:
         raise UsageError(
@@ -247,6 +257,8 @@ def make_plan(options: Options) -> Plan:
         _profile_arg(options.profile), {**overrides, "data": data, "run_dir": run_dir}
     )
     profile = dataclasses.replace(profile, run_dir=str(profile.run_path))
+    if data:
+        _check_user_cohort(data, profile)
     folds = tuple(range(profile.train.folds)) if options.folds is None else options.folds
     bad = [k for k in folds if not 0 <= k < profile.train.folds]
     if bad or not folds:
@@ -277,6 +289,46 @@ def make_plan(options: Options) -> Plan:
             steps.append(NotebookRun(name, n, source, output, params, fold))
         phases.append(steps)
     return Plan(options, profile, profile_yaml, phases, _default_jobs(options, profile.train.folds))
+
+
+def _check_gpus(options: Options) -> None:
+    """``--gpus`` names devices that CUDA sees here (SLURM jobs: on their nodes, unchecked)."""
+    if not options.gpus:
+        return
+    if min(options.gpus) < 0:
+        raise UsageError(f"--gpus {_listed(options.gpus)}: device numbers are >= 0")
+    if options.executor == "slurm":
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    if max(options.gpus) >= count:
+        seen = f"devices 0-{count - 1}" if count else "no CUDA device"
+        raise UsageError(
+            f"--gpus {_listed(options.gpus)}: this machine has {seen}; leave --gpus out to "
+            "run on the CPU"
+        )
+
+
+def _listed(numbers: tuple[int, ...]) -> str:
+    return ",".join(map(str, numbers))
+
+
+def _check_user_cohort(data: str, profile: Profile) -> None:
+    """The run directory never holds the user's files; the manifest has rows for every fold."""
+    overlap = user_files_inside(profile.run_path, data)
+    if overlap:
+        raise UsageError(
+            f"--run-dir {profile.run_path}: {overlap}; choose a run directory outside your data "
+            "(run_all never writes the user's files)"
+        )
+    with open(data, encoding="utf-8-sig") as manifest:
+        rows = max(0, sum(1 for line in manifest if line.strip()) - 1)
+    if rows < profile.train.folds:
+        raise UsageError(
+            f"train.folds: {profile.train.folds} folds need at least as many children; the "
+            f"manifest {data} has {rows} rows"
+        )
 
 
 def _profile_arg(profile: str) -> str:
@@ -318,3 +370,6 @@ def _check_declared(notebook: str, params: dict[str, Any], declared: dict[str, A
                 f"{notebook}.ipynb parameter {name!r}: {value!r} is not like its default"
                 f" {declared[name]!r} ({type(declared[name]).__name__})"
             )
+        allowed = PARAMETER_RANGES.get(name)
+        if allowed is not None and not allowed.allows(value):
+            raise UsageError(f"parameter {name}: {value!r} is out of range; allowed: {allowed}")

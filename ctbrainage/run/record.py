@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.atomic import atomic_write_json
 from ctbrainage.core.config import REPO_ROOT
 from ctbrainage.core.versions import package_versions
 from ctbrainage.run.plan import Plan
@@ -59,7 +59,7 @@ class Manifest:
             self._write()
 
     def _write(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=str) + "\n")
+        atomic_write_json(self.path, self.data, default=str)
 
 
 def sha256(value: Any) -> str:

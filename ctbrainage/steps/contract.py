@@ -84,10 +84,12 @@ class Outcome:
     """What a step's ``compute`` did: the exceptions of the subjects that failed, the rows it
     excluded by itself (subject_id, reason and any other columns), a summary to record, and
     the step's result, if it hands one back. ``subjects`` False: a step that excludes nobody
-    (its exclusions are left alone)."""
+    (its exclusions are left alone). ``cohort``: columns (by subject_id) that the rows of the
+    failed subjects keep, e.g. the manifest's age, sex, site and image."""
 
     failures: Mapping[str, BaseException] = dataclasses.field(default_factory=dict)
     excluded: pd.DataFrame | None = None
+    cohort: pd.DataFrame | None = None
     summary: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     subjects: bool = True
     result: Any = None
@@ -229,6 +231,8 @@ class Step:
         summary = dict(outcome.summary)
         if outcome.subjects:
             failed = pd.DataFrame({"subject_id": list(reasons), "reason": list(reasons.values())})
+            if outcome.cohort is not None and len(failed):
+                failed = failed.merge(outcome.cohort, on="subject_id", how="left")
             given = [outcome.excluded] if outcome.excluded is not None else []
             write_exclusions(RunLayout(cfg.run_path), self, pd.concat([*given, failed]))
             summary["retry"] = retry

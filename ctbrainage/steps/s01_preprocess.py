@@ -104,10 +104,29 @@ def run(profile: Profile, progress: bool = True) -> Result:
     def compute(cfg: Settings) -> Outcome:
         valid, invalid = validate_manifest(manifest_path(cfg), cfg.age_range_months)
         write_table(RunLayout(cfg.run_path).cohort, valid)
-        return Outcome(failures=_preprocess(cfg, valid, progress), excluded=invalid)
+        failures = _preprocess(cfg, valid, progress)
+        manifest = valid[[c for c in invalid.columns if c in valid.columns]]  # as in the file
+        return Outcome(failures=failures, excluded=invalid, cohort=manifest)
 
     STEP.run(cfg, compute)
-    return _read(cfg)
+    result = _read(cfg)
+    if result.table.empty:
+        raise EmptyCohortError(_why_empty(cfg, result.excluded))
+    return result
+
+
+class EmptyCohortError(ValueError):
+    """No subject of the cohort is left after validation and preprocessing."""
+
+
+def _why_empty(cfg: Settings, excluded: pd.DataFrame) -> str:
+    layout = RunLayout(cfg.run_path)
+    first = excluded.iloc[0] if len(excluded) else None
+    example = f" (the first: {first['subject_id']}, {first['reason']})" if first is not None else ""
+    return (
+        f"no subject of {manifest_path(cfg)} is left to analyse: all {len(excluded)} were "
+        f"excluded{example}; every reason is in {layout.exclusions}"
+    )
 
 
 def _read(cfg: Settings) -> Result:

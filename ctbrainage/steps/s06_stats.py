@@ -13,13 +13,12 @@ definition.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.atomic import atomic_write_json, atomic_write_text
 from ctbrainage.core.config import Profile
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.imaging import run_arrays
@@ -124,6 +123,6 @@ def _compute(profile: Settings) -> Outcome:
         ]
         by_fill = pd.DataFrame(rows)
         recovery["by_fill"] = by_fill.to_dict("records")
-        atomic_write_text(layout.recovery, json.dumps(recovery, indent=1))
+        atomic_write_json(layout.recovery, recovery)
     result = Result(perturbation, long, ours, windows, expected, recovery, by_fill)
     return Outcome(subjects=False, result=result)

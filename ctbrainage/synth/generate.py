@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.atomic import atomic_write_json, atomic_write_text
 from ctbrainage.core.cohort import PAPER_AGE_EDGES
 from ctbrainage.core.freshness import Record
 from ctbrainage.core.labels import LOBES
@@ -126,7 +126,7 @@ def generate_cohort(
     specs = cohort_specs(n, seed, age_range, tilt_fraction)
     out = SyntheticLayout(Path(out_dir))
     out.truth_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out.schedule, json.dumps(schedule.to_dict(), indent=2))
+    atomic_write_json(out.schedule, schedule.to_dict(), indent=2)
 
     todo = [s for s in specs if not _is_done(out, s, schedule, mode, fmt, cues)]
     if todo:
@@ -242,7 +242,7 @@ def _write_subject(out: SyntheticLayout, spec, schedule, mode, fmt, cues) -> Non
         },
         "wm_hu_measured": measure_lobe_wm_hu(head.hu, head.wm_core),
     }
-    atomic_write_text(out.truth(sid), json.dumps(truth, indent=1))
+    atomic_write_json(out.truth(sid), truth)
     settings = _settings(spec, schedule, mode, fmt, cues)
     Record(out.record(sid), out.root).write(settings, GENERATOR_VERSION, {})
 
