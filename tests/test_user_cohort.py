@@ -239,3 +239,32 @@ def test_the_profile_check_knows_what_the_pooled_networks_need():
     for arch in ("vgg8", "sfcn"):
         assert ModelConfig(arch=arch).grid_multiple == 2**POOLINGS
     assert ModelConfig(arch="resnet34").grid_multiple == 1
+
+
+@pytest.mark.integration
+def test_no_process_of_a_killed_run_survives_it(tmp_path):
+    """SIGKILL to run_all's process group during step 01, while the kernel's workers run: the
+    kernel (its own session) stops when its parent is gone, and its workers die with it."""
+    import os
+    import signal
+    from pathlib import Path
+
+    import psutil
+
+    root = Path(__file__).resolve().parents[1]
+    driver = subprocess.Popen(
+        [sys.executable, str(root / "run_all.py"), "--profile", "tiny", "--to", "1",
+         "--run-dir", str(tmp_path / "run"), "-p", "workers=2", "--no-progress"],
+        cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline, family = time.time() + 120, []
+    while time.time() < deadline:
+        family = psutil.Process(driver.pid).children(recursive=True)
+        if sum(1 for p in family if p.ppid() != driver.pid) >= 2:  # the kernel's workers
+            break
+        time.sleep(0.2)
+    assert len(family) >= 3, family  # the kernel and two workers (and maybe more)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    gone, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, [(p.pid, p.name()) for p in alive]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def transient(err: BaseException) -> bool:
@@ -92,7 +95,9 @@ def map_subjects(
 
 def _in_workers(job, items: list[dict], workers: int, collect) -> None:
     """Run the items in a pool; a bug cancels what has not started and is raised."""
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_one_thread_each)
+    pool = ProcessPoolExecutor(
+        max_workers=workers, initializer=_worker_start, initargs=(os.getpid(),)
+    )
     try:
         futures = {pool.submit(_guarded, job, item): item for item in items}
         for future in as_completed(futures):
@@ -120,11 +125,26 @@ def progress_bar(iterable=None, *, desc: str, progress: bool = True, **kwargs) -
     return tqdm(iterable, desc=desc, disable=hidden, **{"unit": "subject", **kwargs})
 
 
-def _one_thread_each() -> None:
-    """Worker processes already use every core between them: no nested threading."""
+def _worker_start(parent: int) -> None:
+    """A worker dies with the process that started it (e.g. a notebook's kernel stopped by
+    run_all's death: no orphan goes on writing), and uses one thread: the workers already use
+    every core between them."""
     import SimpleITK as sitk
 
+    die_with_parent(parent)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent ``parent`` exits (prctl
+    PR_SET_PDEATHSIG); exit now if it has already gone. Elsewhere: nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request
+        os._exit(1)
 
 
 def _guarded(job, item):
