@@ -48,7 +48,14 @@ def test_each_number_follows_from_the_fold_models(predicted, tiny_bundle):
     assert np.allclose(table["interval_high"] - table["corrected_months"], radius)
     inside = (table["age_months"] - table["corrected_months"]).abs() <= radius
     assert (table["age_in_interval"] == inside).all()
-    assert (table["interval_low"] >= 0).all()  # clipped: no age is below 0
+    assert (table["interval_low"] >= 0).all()  # clipped: no age is below 0, and flagged
+    clipped = table["corrected_months"] - radius < 0
+    assert (table["flags"].str.contains("interval_low clipped at 0 months") == clipped).all()
+    # the tiny run's models barely follow age: each row says that its correction is unstable
+    assert abs(slope) < 0.2 and bundle.info["bias"]["unstable"].startswith("bias-correction slope")
+    assert (
+        table["flags"].str.contains(f"multiplies prediction errors by {1 / abs(slope):.3g}").all()
+    )
     low = (table["corrected_months"] - radius).clip(lower=0)
     assert np.allclose(table["interval_low"], low)
     lobes = table[[f"delta_ae_{name}" for name in LOBES.values()]]

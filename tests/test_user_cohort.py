@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -268,3 +269,45 @@ def test_no_process_of_a_killed_run_survives_it(tmp_path):
     driver.wait()
     gone, alive = psutil.wait_procs(family, timeout=10)
     assert not alive, [(p.pid, p.name()) for p in alive]
+
+
+@pytest.mark.integration
+def test_the_pipeline_runs_on_a_cohort_with_a_one_child_group_and_an_empty_group(
+    tiny_run, tmp_path
+):
+    """The tiny run's scans less five children: 24-35 months empty, one child at 36-47. Every
+    step and figure runs; Table 1 reports the two groups as too small; group-mean baselines
+    of the one-child group come from the whole cohort, and the notebooks say so."""
+    import nbformat
+
+    synthetic = RunLayout(tiny_run.run_path).synthetic
+    cohort = pd.read_csv(synthetic.manifest)
+    dropped = cohort["age_months"].between(24, 48) & (
+        cohort["age_months"] < cohort["age_months"].max()
+    )
+    thin = cohort[~dropped].assign(image=lambda t: [str(synthetic.root / p) for p in t["image"]])
+    assert (thin["age_months"] >= 36).sum() == 1 and not thin["age_months"].between(24, 36).any()
+    manifest = tmp_path / "thin.csv"
+    thin.to_csv(manifest, index=False)
+    run_dir = tmp_path / "run"
+    code, err = _run(profile="tiny", data=str(manifest), run_dir=str(run_dir))
+    assert code == 0, err
+    table1 = pd.read_csv(run_dir / "table1.csv", dtype=str, keep_default_na=False)
+    small = table1[table1["Age group"].isin(["24-35 months", "36-47 months"])]
+    assert len(small) == 8 and (small["p-values"] == "n<3").all()
+    assert (small["Cohen's d"] == "—").all()
+    note = "too few children (fewer than 3) in age group 36-47 months (1 child)"
+    for step, instead in [
+        ("05_perturbation", "its lobe levels are the whole cohort's"),
+        ("07_attribution", "their baseline is the mean input of the whole cohort"),
+    ]:
+        node = nbformat.read(run_dir / "notebooks" / f"{step}.ipynb", as_version=4)
+        shown = "".join(str(o.get("text", "")) for c in node.cells for o in c.get("outputs", []))
+        assert f"{note}: {instead}" in shown, step
+    levels = pd.read_csv(run_dir / "perturbation_group_level.csv")
+    assert levels[["pred_masked", "delta_ae", "fill_mean"]].notna().all().all()
+    oldest = levels[levels["age_months"] >= 36].drop_duplicates("lobe").set_index("lobe")
+    cohort_means = (
+        levels.drop_duplicates(["subject_id", "lobe"]).groupby("lobe")["lobe_mean"].mean()
+    )
+    assert np.allclose(oldest["fill_mean"], cohort_means.loc[oldest.index], atol=1e-3)

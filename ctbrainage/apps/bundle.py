@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,9 @@ def export_bundle(profile: Profile, out_dir: str | Path, progress: bool = True) 
             "inputs; run it and retrain first (python run_all.py --to 3)"
         )
     oof, line = _out_of_fold(predictions)
+    line["unstable"] = evaluate.unstable_slope(line["slope"])
+    if line["unstable"]:
+        warnings.warn(f"run {layout.root}: {line['unstable']}", stacklevel=2)
     levels = _group_levels(profile, predictions, progress)
     info = {
         "format": BUNDLE_FORMAT,
@@ -307,6 +311,11 @@ def _run_record(layout: RunLayout) -> dict[str, Any]:
     return {"git": manifest.get("git"), "created": manifest.get("created")}
 
 
+def _unstable_note(info: dict[str, Any]) -> str:
+    unstable = info["bias"].get("unstable")
+    return f" **Warning: {unstable}.**" if unstable else ""
+
+
 def model_card(info: dict[str, Any], profile: Profile) -> str:
     """The bundle's model card (Markdown): data, metrics with CIs, intended use, limits."""
     from ctbrainage.learn.networks import build_model, count_parameters
@@ -355,7 +364,7 @@ used together as an ensemble (mean; their spread is reported).
 
 Brain-age bias line (predicted ≈ slope · age + intercept, fitted on all out-of-fold \
 predictions): slope {info["bias"]["slope"]:.3f}, intercept {info["bias"]["intercept"]:.2f}; \
-new scans get the corrected brain age (predicted − intercept) / slope.
+new scans get the corrected brain age (predicted − intercept) / slope.{_unstable_note(info)}
 
 Prediction intervals (split-conformal on the out-of-fold residuals of the corrected brain age;
 coverage measured on the run, each fold calibrated on the others):

@@ -42,6 +42,7 @@ from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.core.workers import progress_bar
 from ctbrainage.imaging.cohort_manifest import ManifestError, user_files_inside
+from ctbrainage.stats import evaluate
 from ctbrainage.stats.evaluate import correct_bias
 from ctbrainage.steps.contract import (
     Step,
@@ -189,6 +190,7 @@ def _predict_subjects(bundle, profile, cohort, ids, level, radius, gpu, progress
     models = [prepare_model(m, device) for m in bundle.models()]
     scaler = bundle.scaler
     slope, intercept = bundle.bias
+    unstable = evaluate.unstable_slope(slope)
     low, high = bundle.training_ages
     by_id = cohort.set_index("subject_id")
     rows, errors = [], {}
@@ -226,6 +228,10 @@ def _predict_subjects(bundle, profile, cohort, ids, level, radius, gpu, progress
             flags.append(f"age outside the training ages ({low:g}-{high:g} months)")
         if not levels:
             flags.append("no age group: lobe importance not computed")
+        if unstable:
+            flags.append(unstable)
+        if corrected - radius < 0:
+            flags.append("interval_low clipped at 0 months")
         rows.append(
             {
                 "subject_id": sid,

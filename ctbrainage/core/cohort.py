@@ -29,6 +29,24 @@ def age_group(ages, edges=PAPER_AGE_EDGES) -> pd.Series:
     return pd.cut(ages.astype(float), edges, right=False, labels=labels)
 
 
+MIN_GROUP = 3  # children: the smallest age group that is tested, or whose mean is a baseline
+
+
+def thin_groups(groups: pd.Series) -> dict[str, int]:
+    """Age group → number of children, for every group (of ``age_group``'s categories) with
+    fewer than ``MIN_GROUP``, empty ones included."""
+    counts = groups.value_counts(sort=False)
+    return {str(g): int(n) for g, n in counts.items() if n < MIN_GROUP}
+
+
+def thin_group_note(thin: dict[str, int], instead: str) -> str:
+    """One sentence for the notebooks: which groups are too small, and what is used instead."""
+    listed = ", ".join(
+        f"{g} months ({n} {'child' if n == 1 else 'children'})" for g, n in thin.items()
+    )
+    return f"too few children (fewer than {MIN_GROUP}) in age group {listed}: {instead}"
+
+
 def sliding_windows(ages, width: float, step: float, lo: float, hi: float) -> pd.DataFrame:
     """Memberships in windows ``[lo + n*step, lo + n*step + width)`` that fit in ``[lo, hi]``.
 

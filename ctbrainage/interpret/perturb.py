@@ -16,6 +16,7 @@ reads tissue intensity sees change (``stats.fill_contrast``).
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctbrainage.core.cohort import age_group
+from ctbrainage.core.cohort import age_group, thin_group_note, thin_groups
 from ctbrainage.core.config import Profile
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
@@ -221,6 +222,11 @@ def level_targets(
     table = pd.DataFrame.from_dict(dict(means), orient="index")
     groups = age_group(ages.reindex(table.index).astype(float), edges)
     level = table.groupby(groups, observed=True).transform("mean")
+    thin = {g: n for g, n in thin_groups(groups.dropna()).items() if n}
+    if thin:  # a group of one or two: its own mean says nothing; the cohort's is used instead
+        small = groups.astype(str).isin(list(thin)).to_numpy()
+        level.loc[small] = table.mean().to_numpy()
+        warnings.warn(thin_group_note(thin, "its lobe levels are the whole cohort's"), stacklevel=2)
     return {sid: row.dropna().to_dict() for sid, row in level.iterrows() if row.notna().any()}
 
 

@@ -111,6 +111,21 @@ def fit_bias(age, predicted) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
+# below this slope the corrected brain age (predicted − intercept) / slope multiplies every
+# prediction error by more than 1 / 0.2 = 5: reported, not hidden
+UNSTABLE_SLOPE = 0.2
+
+
+def unstable_slope(slope: float) -> str:
+    """Why the bias correction with ``slope`` is not to be trusted, or ""."""
+    if slope >= UNSTABLE_SLOPE:
+        return ""
+    return (
+        f"bias-correction slope {slope:.2g} is below {UNSTABLE_SLOPE}: the corrected brain age "
+        f"multiplies prediction errors by {1 / abs(slope):.3g}; read brain_age_months"
+    )
+
+
 def correct_bias(predicted, slope: float, intercept: float) -> np.ndarray:
     """Predictions with the linear bias removed, ``(predicted − intercept) / slope`` (Cole et
     al.; de Lange & Cole 2020): uses only the fitted line, never the subjects' ages."""

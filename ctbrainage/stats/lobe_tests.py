@@ -37,7 +37,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from ctbrainage.core.cohort import PAPER_AGE_EDGES, age_group, sliding_windows
+from ctbrainage.core.cohort import MIN_GROUP, PAPER_AGE_EDGES, age_group, sliding_windows
 from ctbrainage.core.labels import LOBES as LOBE_LABELS
 
 __all__ = [
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 LOBES = tuple(LOBE_LABELS.values())  # Table 1's row order: frontal, parietal, temporal, occipital
-MIN_SUBJECTS = 3  # fewest subjects a group needs to be tested (Shapiro–Wilk needs 3)
+MIN_SUBJECTS = MIN_GROUP  # fewest subjects a group needs to be tested (Shapiro–Wilk needs 3)
 # Table 1's markers live here because every PairedTest (and lobe_age_table row) carries them.
 SIGNIFICANCE_MARKER = "*"
 EFFECT_MARKERS = {"small": "†", "medium": "‡", "large": "§"}

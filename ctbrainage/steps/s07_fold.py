@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from ctbrainage.core.atomic import atomic_write_npz
-from ctbrainage.core.cohort import age_group
+from ctbrainage.core.cohort import MIN_GROUP, age_group, thin_group_note
 from ctbrainage.core.config import Profile
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
@@ -78,8 +78,10 @@ class SubjectInputs:
         return self._brains[sid]
 
     def fit_group_means(self, table: pd.DataFrame) -> None:
-        """The mean input of each age group over ``table``'s readable subjects."""
+        """The mean input of each age group over ``table``'s readable subjects; a group of
+        fewer than ``MIN_GROUP`` children gets the whole cohort's mean input (and says so)."""
         groups = age_group(table["age_months"], self.edges)
+        sums, counts = {}, {}
         for group, part in table.groupby(groups, observed=True):
             volumes = []
             for sid in part["subject_id"]:
@@ -88,7 +90,17 @@ class SubjectInputs:
                 except ValueError:
                     continue  # reported when the subject itself is attributed
             if volumes:
-                self.group_means[str(group)] = np.mean(volumes, axis=0, dtype=np.float64)
+                sums[str(group)] = np.sum(volumes, axis=0, dtype=np.float64)
+                counts[str(group)] = len(volumes)
+        self.group_means = {g: sums[g] / counts[g] for g in sums}
+        thin = {g: n for g, n in counts.items() if n < MIN_GROUP}
+        if thin:  # a group of one or two: its mean would be (nearly) the input itself
+            cohort_mean = sum(sums.values()) / sum(counts.values())
+            self.group_means.update(dict.fromkeys(thin, cohort_mean))
+            warnings.warn(
+                thin_group_note(thin, "their baseline is the mean input of the whole cohort"),
+                stacklevel=2,
+            )
 
     def group(self, age: float) -> str:
         return str(age_group(pd.Series([age]), self.edges).iloc[0])
