@@ -21,7 +21,7 @@ from ctbrainage.core.atomic import strict_json
 from ctbrainage.core.config import ProfileError, load_profile
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.imaging.cohort_manifest import user_files_inside
-from ctbrainage.run import execute
+from ctbrainage.run import execute, guard
 from ctbrainage.steps import s01_preprocess
 
 
@@ -163,8 +163,8 @@ def test_a_cohort_left_empty_by_validation_stops_with_one_sentence(tmp_path):
 HOLDER = """
 import sys, time
 from ctbrainage.core.layout import RunLayout
-from ctbrainage.run.execute import _one_run_per_directory
-with _one_run_per_directory(RunLayout(sys.argv[1])):
+from ctbrainage.run.guard import one_run_per_directory
+with one_run_per_directory(RunLayout(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)
 """
@@ -187,7 +187,7 @@ def test_one_run_all_per_run_directory_and_a_killed_holder_frees_it(tmp_path):
         holder.wait()
     layout = RunLayout(run_dir)
     started = time.perf_counter()
-    with execute._one_run_per_directory(layout):  # the stale lock is taken over at once
+    with guard.one_run_per_directory(layout):  # the stale lock is taken over at once
         owner = json.loads(layout.run_owner.read_text())
     assert owner["pid"] != holder.pid and time.perf_counter() - started < 5
     assert not layout.run_owner.exists()
@@ -311,3 +311,69 @@ def test_the_pipeline_runs_on_a_cohort_with_a_one_child_group_and_an_empty_group
         levels.drop_duplicates(["subject_id", "lobe"]).groupby("lobe")["lobe_mean"].mean()
     )
     assert np.allclose(oldest["fill_mean"], cohort_means.loc[oldest.index], atol=1e-3)
+
+
+def _disk_full(path):
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_a_full_disk_before_the_first_step_is_one_clear_message(tmp_path, monkeypatch):
+    from ctbrainage.run import record
+
+    def full(path, *args, **kwargs):
+        raise _disk_full(path)
+
+    monkeypatch.setattr(record, "atomic_write_json", full)
+    run_dir = tmp_path / "run"
+    code, err = _run(profile="tiny", run_dir=str(run_dir), first=4, last=4)
+    assert code == run.FAILED
+    assert err.startswith(f"run_all: error: cannot write {run_dir / 'manifest.json'}: No space")
+    assert "MiB free of" in err and "Traceback" not in err
+    assert "free space or choose another --run-dir" in err
+
+
+def test_a_full_disk_during_a_step_leaves_the_manifest_failed_not_running(tmp_path, monkeypatch):
+    def full(self):
+        raise _disk_full(tmp_path / "run" / "notebooks" / "04_evaluate.ipynb")
+
+    monkeypatch.setattr(execute._PhaseExecutor, "run", full)
+    code, err = _run(profile="tiny", run_dir=str(tmp_path / "run"), first=4, last=4)
+    assert code == run.FAILED and "04_evaluate.ipynb: No space left on device" in err
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    assert manifest["invocations"][-1]["status"] == "failed"
+
+
+@pytest.mark.integration
+def test_an_executed_notebook_that_cannot_be_written_keeps_the_good_one(tmp_path, monkeypatch):
+    import nbformat
+
+    from ctbrainage.run import stored
+
+    source = tmp_path / "step.ipynb"
+    node = nbformat.v4.new_notebook()
+    node.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    parameters = nbformat.v4.new_code_cell("x = 1")
+    parameters.metadata["tags"] = ["parameters"]
+    node.cells = [parameters, nbformat.v4.new_code_cell("print(x)")]
+    nbformat.write(node, source)
+    output = tmp_path / "out.ipynb"
+    assert execute.execute_notebook(str(source), str(output), {"x": 2})["status"] == "done"
+    good = output.read_bytes()
+
+    def full(notebook, out=None):
+        raise _disk_full(out)
+
+    monkeypatch.setattr(stored, "store", full)
+    outcome = execute.execute_notebook(str(source), str(output), {"x": 3})
+    assert outcome["status"] == "failed"
+    assert outcome["error"]["why"].startswith("OSError: [Errno 28] No space left on device")
+    assert "MiB free of" in outcome["error"]["why"]
+    assert output.read_bytes() == good  # not replaced by a partial notebook
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ipynb", "step.ipynb"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -28,10 +27,11 @@ from jupyter_client import AsyncKernelManager
 from tqdm.auto import tqdm
 from traitlets import default
 
-from ctbrainage.core.atomic import atomic_write_json, atomic_write_text
+from ctbrainage.core.atomic import atomic_write_text
 from ctbrainage.core.config import REPO_ROOT, Profile, ProfileError
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.run import stored
+from ctbrainage.run.guard import WRITE_ERRORS, RunBusyError, disk_space, one_run_per_directory
 from ctbrainage.run.plan import (
     FOLD_STEP,
     NOTEBOOK_DIR,
@@ -89,10 +89,14 @@ def execute_notebook(
     _quiet_papermill()
     started = time.time()
     error = None
+    final = Path(output)
+    # papermill writes the notebook as it runs: into a sibling, which replaces the output only
+    # once complete, so a full disk or a kill never leaves a truncated notebook in its place
+    partial = final.with_name(f".partial-{final.name}")
     try:
         pm.execute_notebook(
             source,
-            output,
+            str(partial),
             parameters=parameters,
             cwd=str(NOTEBOOK_DIR),
             progress_bar=False,
@@ -101,12 +105,13 @@ def execute_notebook(
             kernel_manager_class=IPCKernelManager,
         )
     except Exception as err:  # a failed notebook is a result, reported by the caller
-        error = _error_summary(err, Path(output))
-    if Path(output).exists():  # also a failed one: its outputs say where it stopped
+        error = _error_summary(err, partial)
+    if partial.exists():  # also a failed one: its outputs say where it stopped
         try:
-            stored.store(output)
-        except Exception as err:  # an unreadable notebook: the first error is the one to report
-            error = error or _error_summary(err, Path(output))
+            stored.store(partial, final)
+        except Exception as err:  # an unwritable notebook: the first error is the one to report
+            error = error or _error_summary(err, partial)
+        partial.unlink(missing_ok=True)
     ended = time.time()
     return {
         "status": "failed" if error else "done",
@@ -137,6 +142,8 @@ def _error_summary(err: Exception, output: Path) -> dict[str, Any]:
         why = (
             f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         )
+    if "No space left on device" in why or "Read-only file system" in why:
+        why += f" ({disk_space(output)})"
     return {
         "kind": kind,
         "cell_index": index,
@@ -319,50 +326,27 @@ class _PhaseExecutor:
             self.manifest.set_step(step.name, entry)
 
 
-class RunBusyError(RuntimeError):
-    """Another run_all.py holds the run directory."""
-
-
-@contextlib.contextmanager
-def _one_run_per_directory(layout: RunLayout) -> Iterator[None]:
-    """Hold the run directory's lock for this invocation (refuse when another run_all.py holds
-    it). The operating system releases the lock of a killed process, so a stale one is taken
-    over; the owner file (pid, start, command) only names the holder in the refusal."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(layout.run_lock))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        try:
-            owner = json.loads(layout.run_owner.read_text())
-            who = f"pid {owner['pid']}, started {owner['started']}: {' '.join(owner['argv'])}"
-        except (OSError, ValueError, KeyError):
-            who = "owner unknown"
-        raise RunBusyError(
-            f"run directory {layout.root} is in use by another run_all.py ({who}); wait for it "
-            "to finish or choose another --run-dir"
-        ) from None
-    try:
-        owner = {"pid": os.getpid(), "started": iso(time.time()), "argv": sys.argv}
-        atomic_write_json(layout.run_owner, owner)
-        yield
-    finally:
-        layout.run_owner.unlink(missing_ok=True)
-        lock.release()
-
-
 def execute(plan: Plan) -> int:
     """Run a checked plan, holding its run directory; returns the exit code (0 done, 1 a step
     failed, 2 the run directory is in use)."""
     layout = RunLayout(plan.run_path)
     layout.notebooks_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with _one_run_per_directory(layout):
+        with one_run_per_directory(layout):
             return _execute(plan, layout)
     except RunBusyError as err:
         print(f"run_all: error: {err}", file=sys.stderr)
         return USAGE
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        where = err.filename or layout.root
+        print(
+            f"run_all: error: cannot write {where}: {err.strerror} ({disk_space(where)}); "
+            "free space or choose another --run-dir, then run again (finished steps are kept)",
+            file=sys.stderr,
+        )
+        return FAILED
 
 
 def _execute(plan: Plan, layout: RunLayout) -> int:
@@ -377,8 +361,10 @@ def _execute(plan: Plan, layout: RunLayout) -> int:
     phases = _PhaseExecutor(plan, manifest, bar)
     try:
         phases.run()
-    except BaseException:
-        manifest.finish("interrupted", _invocation(started, "interrupted"))
+    except BaseException as err:
+        status = "failed" if isinstance(err, OSError) else "interrupted"
+        with contextlib.suppress(OSError):  # the disk may be full: the first error is reported
+            manifest.finish(status, _invocation(started, status))
         raise
     finally:
         bar.close()
