@@ -152,8 +152,11 @@ def test_a_rerun_computes_nothing_and_a_changed_setting_is_not_reused(attributed
     assert not s07_attribution.is_fresh(again)
     rerun = s07_attribution.run(again, progress=False)
     assert RunLayout(copy).attribution.read_bytes() == layout.attribution.read_bytes()
-    fewer = dataclasses.replace(
-        again, attribution=dataclasses.replace(again.attribution, ig_steps=3)
+    fewer = dataclasses.replace(  # (integrated gradients only: the one that reads ig_steps)
+        again,
+        attribution=dataclasses.replace(
+            again.attribution, ig_steps=3, methods=("integrated_gradients",)
+        ),
     )
     assert not s07_attribution.is_fresh(fewer)
     changed = s07_attribution.run(fewer, progress=False).table

@@ -59,8 +59,13 @@ def test_a_setting_out_of_its_range_is_refused_with_the_allowed_values(overrides
 
 
 def test_every_shipped_profile_is_within_range():
+    from ctbrainage.core.config import stacking_size_problem
+
     for name in ("tiny", "demo", "paper", "benchmark"):
         assert load_profile(name).name == name
+        assert stacking_size_problem(load_profile(name)) == ""
+    # a size step 08 cannot use is refused only when step 08 is asked (see below)
+    assert load_profile("tiny", {"preprocess.size": 48}).preprocess.size == 48
 
 
 @pytest.mark.parametrize(
@@ -69,6 +74,10 @@ def test_every_shipped_profile_is_within_range():
         (dict(parameters={"train.epochs": run.Text("-1")}), "train.epochs: -1 is out of range"),
         (dict(parameters={"workers": run.Text("-1")}), "parameter workers: -1 is out of range"),
         (dict(jobs=-1), "--jobs -1: allowed >= 1, or 0 for the default"),
+        (
+            dict(first=8, last=8, parameters={"preprocess.size": run.Text("48")}),
+            "preprocess.size: 48 is not a multiple of 32, which step 08 needs",
+        ),
         (dict(gpus=(-1,)), "--gpus -1: device numbers are >= 0"),
         (
             dict(first=9, last=9, parameters={"new_subjects": run.Text("0")}),
@@ -290,7 +299,11 @@ def test_the_pipeline_runs_on_a_cohort_with_a_one_child_group_and_an_empty_group
     manifest = tmp_path / "thin.csv"
     thin.to_csv(manifest, index=False)
     run_dir = tmp_path / "run"
-    code, err = _run(profile="tiny", data=str(manifest), run_dir=str(run_dir))
+    cheaper = {  # (integrated gradients: a method with a group-mean baseline)
+        "attribution.methods": run.Text("[integrated_gradients]"),
+        "perturb.compare_fills": run.Text("[group_level]"),
+    }
+    code, err = _run(profile="tiny", data=str(manifest), run_dir=str(run_dir), parameters=cheaper)
     assert code == 0, err
     table1 = pd.read_csv(run_dir / "table1.csv", dtype=str, keep_default_na=False)
     small = table1[table1["Age group"].isin(["24-35 months", "36-47 months"])]

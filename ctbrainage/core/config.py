@@ -333,15 +333,20 @@ def _inconsistencies(p: Profile) -> list[str]:
             f"preprocess.size: {pre.size} is not a multiple of {p.model.grid_multiple}, which "
             f"model.arch {p.model.arch} needs (it halves the input 5 times)"
         )
-    stacking = p.stacking
+    return problems
+
+
+def stacking_size_problem(p: Profile) -> str:
+    """Why step 08 cannot run on ``preprocess.size``, or "" (checked when step 08 is asked)."""
+    stacking, size = p.stacking, p.preprocess.size
     unet = 2 ** (len(stacking.synthesis.channels) - 1)
     need = stacking.downsample * max(stacking.model.grid_multiple, unet)
-    if pre.size % need:
-        problems.append(
-            f"preprocess.size: {pre.size} is not a multiple of {need}, which step 08 needs "
-            f"(stacking.downsample {stacking.downsample} x {stacking.model.arch} and its U-Net)"
-        )
-    return problems
+    if size % need == 0:
+        return ""
+    return (
+        f"preprocess.size: {size} is not a multiple of {need}, which step 08 needs "
+        f"(stacking.downsample {stacking.downsample} x {stacking.model.arch} and its U-Net)"
+    )
 
 
 def available_profiles() -> list[str]:

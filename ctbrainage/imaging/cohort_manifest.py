@@ -11,6 +11,8 @@ from pathlib import Path
 import nibabel as nib
 import pandas as pd
 
+from ctbrainage.core.layout import RunLayout
+
 REQUIRED_COLUMNS = ("subject_id", "age_months", "sex", "site", "image")
 _SUBJECT_ID = re.compile(r"[A-Za-z0-9_-]+")
 _SEX_CODES = {"": "", "f": "F", "female": "F", "m": "M", "male": "M"}
@@ -46,9 +48,12 @@ def _read_table(path: Path) -> pd.DataFrame:
 def user_files_inside(out_dir: str | os.PathLike, manifest_path: str | os.PathLike) -> str | None:
     """Why writing into ``out_dir`` could change the user's files, or None: it is, or holds,
     the manifest or one of its images, or lies inside an image folder (a DICOM series). The
-    manifest is read as text only; rows it cannot place are left to validation."""
+    manifest is read as text only; rows it cannot place are left to validation. A cohort that
+    the pipeline generated into the folder's ``synthetic/`` is its own."""
     out = Path(out_dir).expanduser().resolve()
     manifest = Path(manifest_path).expanduser().resolve()
+    if manifest.is_relative_to(RunLayout(out).synthetic.root):
+        return None  # a cohort the pipeline generated into the run (``synthetic/``): not the user's
     if manifest.is_relative_to(out):
         return f"it holds the manifest {manifest}"
     try:

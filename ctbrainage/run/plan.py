@@ -18,7 +18,14 @@ from typing import Any, Literal
 import nbformat
 import yaml
 
-from ctbrainage.core.config import Profile, Range, did_you_mean, load_profile, repo_relative
+from ctbrainage.core.config import (
+    Profile,
+    Range,
+    did_you_mean,
+    load_profile,
+    repo_relative,
+    stacking_size_problem,
+)
 from ctbrainage.core.config import profile_yaml as profile_yaml_text
 from ctbrainage.core.layout import NOTEBOOK_SOURCES, RunLayout
 from ctbrainage.imaging.cohort_manifest import user_files_inside
@@ -259,6 +266,8 @@ def make_plan(options: Options) -> Plan:
     profile = dataclasses.replace(profile, run_dir=str(profile.run_path))
     if data:
         _check_user_cohort(data, profile)
+    if 8 in numbers and stacking_size_problem(profile):
+        raise UsageError(stacking_size_problem(profile))
     folds = tuple(range(profile.train.folds)) if options.folds is None else options.folds
     bad = [k for k in folds if not 0 <= k < profile.train.folds]
     if bad or not folds:
