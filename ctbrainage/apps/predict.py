@@ -230,8 +230,6 @@ def _predict_subjects(bundle, profile, cohort, ids, level, radius, gpu, progress
             flags.append("no age group: lobe importance not computed")
         if unstable:
             flags.append(unstable)
-        if corrected - radius < 0:
-            flags.append("interval_low clipped at 0 months")
         rows.append(
             {
                 "subject_id": sid,
