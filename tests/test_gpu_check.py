@@ -40,6 +40,7 @@ def report(tmp_path_factory):
     return json.loads((out / "gpu_check.json").read_text())
 
 
+@pytest.mark.integration  # runs the benchmark script (trains)
 def test_the_tiny_cpu_run_measures_every_section(report):
     assert report["machine"]["device"] == "cpu" and report["machine"]["gpu"] is None
     assert report["phantom_subjects"] == 6 and report["loader_volumes_per_s"] > 0
@@ -54,6 +55,7 @@ def test_the_tiny_cpu_run_measures_every_section(report):
     }
 
 
+@pytest.mark.integration  # runs the benchmark script (trains)
 def test_the_projection_adds_up(report):
     projection = report["projection"]
     assert projection["cohort"] == 201
