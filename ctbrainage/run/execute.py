@@ -46,6 +46,9 @@ from ctbrainage.run.steps import is_fresh
 from ctbrainage.views import pages
 
 USAGE, FAILED = 2, 1
+# a kernel on a busy machine (folds training beside it, 2 cores) can take more than papermill's
+# default 60 s to start; a slow start is not a failed step
+KERNEL_START_S = 300
 
 
 # ---------------------------------------------------------------- executing one notebook
@@ -102,6 +105,7 @@ def execute_notebook(
             progress_bar=False,
             log_output=False,
             execution_timeout=timeout,
+            start_timeout=KERNEL_START_S,
             kernel_manager_class=IPCKernelManager,
         )
     except Exception as err:  # a failed notebook is a result, reported by the caller
