@@ -129,3 +129,20 @@ def dicom_identifiers(root) -> set[str]:
                 values.add(dt.datetime.strptime(text, "%Y%m%d").date().isoformat())
         values.add(str(ds.file_meta.MediaStorageSOPInstanceUID))
     return values - {""}
+
+
+def parameter_notebook(path, code: str):
+    """A two-cell notebook at ``path``: a ``parameters`` cell ``x = 1``, then ``code``."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    parameters = nbformat.v4.new_code_cell("x = 1")
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [parameters, nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, path)
+    return path

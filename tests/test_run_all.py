@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import parameter_notebook
 
 from ctbrainage import run
 from ctbrainage.core.config import REPO_ROOT, load_profile, repo_relative
@@ -451,20 +452,6 @@ def test_submitit_executor_runs_a_fold_as_a_job(tiny, tmp_path):
     assert (run_dir / "models" / name).read_bytes() == tiny.fold_predictions[name]
 
 
-def _notebook(path: Path, code: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    parameters = nbformat.v4.new_code_cell("x = 1")
-    parameters.metadata["tags"] = ["parameters"]
-    nb.cells = [parameters, nbformat.v4.new_code_cell(code)]
-    nbformat.write(nb, path)
-    return path
-
-
 @pytest.mark.parametrize(
     ("code", "kind", "why"),
     [
@@ -473,7 +460,7 @@ def _notebook(path: Path, code: str) -> Path:
     ],
 )
 def test_timeouts_and_dead_kernels_are_reported_with_their_cell(tmp_path, code, kind, why):
-    source = _notebook(tmp_path / "step.ipynb", code)
+    source = parameter_notebook(tmp_path / "step.ipynb", code)
     outcome = run.execute_notebook(str(source), str(tmp_path / "out.ipynb"), {"x": 2}, timeout=3)
     assert outcome["status"] == "failed"
     error = outcome["error"]

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import parameter_notebook
 
 from ctbrainage import run
 from ctbrainage.core.atomic import strict_json
@@ -361,21 +362,10 @@ def test_a_full_disk_during_a_step_leaves_the_manifest_failed_not_running(tmp_pa
 
 @pytest.mark.integration
 def test_an_executed_notebook_that_cannot_be_written_keeps_the_good_one(tmp_path, monkeypatch):
-    import nbformat
 
     from ctbrainage.run import stored
 
-    source = tmp_path / "step.ipynb"
-    node = nbformat.v4.new_notebook()
-    node.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    parameters = nbformat.v4.new_code_cell("x = 1")
-    parameters.metadata["tags"] = ["parameters"]
-    node.cells = [parameters, nbformat.v4.new_code_cell("print(x)")]
-    nbformat.write(node, source)
+    source = parameter_notebook(tmp_path / "step.ipynb", "print(x)")
     output = tmp_path / "out.ipynb"
     assert execute.execute_notebook(str(source), str(output), {"x": 2})["status"] == "done"
     good = output.read_bytes()
@@ -390,3 +380,25 @@ def test_an_executed_notebook_that_cannot_be_written_keeps_the_good_one(tmp_path
     assert "MiB free of" in outcome["error"]["why"]
     assert output.read_bytes() == good  # not replaced by a partial notebook
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ipynb", "step.ipynb"]
+
+
+@pytest.mark.integration
+def test_kernels_started_at_once_each_get_their_own_sockets(tmp_path):
+    """Folds side by side start their kernels at the same moment: each must answer (they used
+    to share jupyter_client's ``kernel-ipc-N`` sockets in the working directory)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ctbrainage.run.plan import NOTEBOOK_DIR
+
+    source = parameter_notebook(tmp_path / "step.ipynb", "print(x)")
+    with ThreadPoolExecutor(3) as pool:
+        outcomes = list(
+            pool.map(
+                lambda k: execute.execute_notebook(
+                    str(source), str(tmp_path / f"{k}.ipynb"), {"x": k}
+                ),
+                range(3),
+            )
+        )
+    assert [o["status"] for o in outcomes] == ["done"] * 3, outcomes
+    assert not list(NOTEBOOK_DIR.glob("kernel-ipc*"))  # nothing left in the repository

@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,18 @@ class IPCKernelManager(AsyncKernelManager):
     @default("transport")
     def _default_transport(self) -> str:
         return "ipc"
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        """A socket name of this kernel's own in Jupyter's (private) runtime directory.
+        jupyter_client's default, ``kernel-ipc`` in the working directory, is shared by every
+        kernel started there: two kernels starting at once (folds side by side, test workers)
+        took the same sockets, and one never answered."""
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        runtime = Path(jupyter_runtime_dir())
+        runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return str(runtime / f"ctbrainage-{uuid.uuid4().hex[:16]}-ipc")
 
 
 def execute_notebook(
