@@ -88,9 +88,8 @@ class SynthConfig:
     schedule: str = "physiological"  # preset (physiological, staggered, ...) or a JSON path
     # age cues of the heads: "all", or "lobar" = lobar white matter only (docs/synthetic-cohort.md)
     cues: Literal["all", "lobar"] = "all"
-    gantry_tilt_fraction: float = bounded(
-        0.0, minimum=0, maximum=1
-    )  # share of subjects scanned with a tilted gantry
+    # share of subjects scanned with a tilted gantry
+    gantry_tilt_fraction: float = bounded(0.0, minimum=0, maximum=1)
     workers: int = bounded(0, minimum=0)  # parallel processes; 0 = all cores
 
 
@@ -100,12 +99,10 @@ class PreprocessConfig:
 
     spacing_mm: float = bounded(1.5, above=0)  # isotropic output spacing
     size: int = bounded(128, minimum=MIN_SIZE)  # edge of the output cube, voxels
-    ptile_low: float = bounded(
-        0.5, minimum=0, below=100
-    )  # lower percentile of brain HU mapped to 0
-    ptile_high: float = bounded(
-        99.5, above=0, maximum=100
-    )  # upper percentile of brain HU mapped to 1
+    # lower percentile of brain HU mapped to 0
+    ptile_low: float = bounded(0.5, minimum=0, below=100)
+    # upper percentile of brain HU mapped to 1
+    ptile_high: float = bounded(99.5, above=0, maximum=100)
 
 
 @dataclass(frozen=True)
@@ -117,12 +114,10 @@ class LobesConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: Literal["resnet10", "resnet18", "resnet34", "resnet50", "vgg8", "sfcn"] = "resnet34"
-    width: int = bounded(
-        64, minimum=1
-    )  # channels of the first stage (standard: ResNet 64, VGG8 16, SFCN 32)
-    first_stride: int = bounded(
-        2, minimum=1, maximum=2
-    )  # ResNets: stride of the first convolution (MONAI's default is 1)
+    # channels of the first stage (standard: ResNet 64, VGG8 16, SFCN 32)
+    width: int = bounded(64, minimum=1)
+    # ResNets: stride of the first convolution (MONAI's default is 1)
+    first_stride: int = bounded(2, minimum=1, maximum=2)
 
     @property
     def grid_multiple(self) -> int:
@@ -170,9 +165,8 @@ class PerturbConfig:
 class StatsConfig:
     alpha: float = bounded(0.05, above=0, below=1)
     fdr: bool = False  # Benjamini–Hochberg across all tests
-    window_months: float = bounded(
-        12.0, above=0
-    )  # sliding windows of the developmental trajectory: width
+    # sliding windows of the developmental trajectory: width
+    window_months: float = bounded(12.0, above=0)
     window_step: float = bounded(3.0, above=0)  # ... and step
 
 
@@ -192,21 +186,18 @@ AttributionMethod = Literal[
 class UNoiseConfig:
     """U-Noise's noise model (Bintsi et al., section 2.3; docs/attribution.md)."""
 
-    channels: int = bounded(
-        16, minimum=1
-    )  # after the first layer (paper: 16); doubled at each of 5 levels
+    # after the first layer (paper: 16); doubled at each of 5 levels
+    channels: int = bounded(16, minimum=1)
     autoencoder_epochs: int = bounded(5, minimum=0)
     epochs: int = bounded(20, minimum=1)
     batch_size: int = bounded(4, minimum=1)
     lr: float = bounded(0.001, above=0)
-    v_min: float = bounded(
-        1.0, above=0
-    )  # noise SD range in units of the brain's intensity SD (paper: 1-5)
+    # noise SD range in units of the brain's intensity SD (paper: 1-5)
+    v_min: float = bounded(1.0, above=0)
     v_max: float = 5.0
     r: float = bounded(0.1, minimum=0)  # weight of the noise reward (paper: 0.1)
-    train_subjects: int = bounded(
-        0, minimum=0
-    )  # per fold, age-stratified; 0 = every training subject
+    # per fold, age-stratified; 0 = every training subject
+    train_subjects: int = bounded(0, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -214,9 +205,8 @@ class AttributionConfig:
     """Step 07: every attribution method on the fold models (docs/attribution.md)."""
 
     methods: tuple[AttributionMethod, ...] = typing.get_args(AttributionMethod)  # all
-    subjects_per_group: int = bounded(
-        0, minimum=0
-    )  # per fold and age group, age-stratified; 0 = every subject
+    # per fold and age group, age-stratified; 0 = every subject
+    subjects_per_group: int = bounded(0, minimum=0)
     baseline: Literal["group_mean", "zeros"] = "group_mean"  # of integrated gradients, occlusion
     ig_steps: int = bounded(32, minimum=1)
     smoothgrad_samples: int = bounded(16, minimum=1)
@@ -249,9 +239,8 @@ class StackingConfig:
     synthesised map — stacked by linear regression on their out-of-fold predictions."""
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vgg8", width=16))
-    downsample: int = bounded(
-        1, minimum=1
-    )  # encoders and U-Net see the model grid averaged over n³ voxels
+    # encoders and U-Net see the model grid averaged over n³ voxels
+    downsample: int = bounded(1, minimum=1)
     epochs: int = bounded(100, minimum=1)  # at most (paper: 100)
     patience: int = bounded(10, minimum=1)  # early stopping on the inner validation loss (10)
     batch_size: int = bounded(3, minimum=1)
@@ -259,9 +248,8 @@ class StackingConfig:
     loss: Literal["mae", "mse"] = "mae"
     val_fraction: float = bounded(0.1, above=0, below=1)  # inner validation part of each fold
     control_seed_offset: int = 1000  # the second T encoder's seed: seed + this (the control)
-    gradcam_top: float = bounded(
-        0.2, above=0, maximum=1
-    )  # share of brain voxels in each encoder's Grad-CAM top set
+    # share of brain voxels in each encoder's Grad-CAM top set
+    gradcam_top: float = bounded(0.2, above=0, maximum=1)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 

@@ -117,10 +117,11 @@ def build_model(config: ModelConfig, size: int | None = None) -> nn.Module:
     if config.arch in ("vgg8", "sfcn"):
         if config.arch == "vgg8" and size is None:
             raise ValueError("vgg8 needs the input size (preprocess.size) for its dense layers")
-        if size is not None and (size % 2**POOLINGS or size < 2**POOLINGS):
+        multiple = config.grid_multiple  # the profile's check, also here for direct calls
+        if size is not None and (size % multiple or size < multiple):
             raise ValueError(
                 f"{config.arch} halves the input {POOLINGS} times: preprocess.size must be a "
-                f"multiple of {2**POOLINGS}, got {size}"
+                f"multiple of {multiple}, got {size}"
             )
         return VGG8(size, config.width) if config.arch == "vgg8" else SFCN(config.width)
     block, layers = RESNETS[config.arch]
