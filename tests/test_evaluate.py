@@ -40,6 +40,25 @@ def test_metrics_match_scikit_learn_and_scipy():
     assert np.isnan(constant["r"]) and constant["mae"] > 0  # no correlation of a constant
 
 
+def test_metrics_of_a_stack_of_resamples_equal_scipys_one_by_one():
+    """The bootstrap evaluates every resample in one call: row by row the same numbers as
+    SciPy's pearsonr and spearmanr (ties included) on each resample alone."""
+    data = _predictions(n=30)
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 30, size=(50, 30))  # resamples with replacement: tied ranks
+    age = data["age_months"].round().to_numpy()[rows]
+    pred = data["predicted_months"].to_numpy()[rows]
+    pred[0] = 24.0  # a constant resample
+    stacked = ev.regression_metrics(age, pred)
+    for i in range(1, 50):
+        one = ev.regression_metrics(age[i], pred[i])
+        assert one["r"] == pytest.approx(stats.pearsonr(age[i], pred[i])[0], abs=1e-12)
+        assert one["spearman"] == pytest.approx(stats.spearmanr(age[i], pred[i])[0], abs=1e-12)
+        assert all(stacked[k][i] == pytest.approx(one[k], abs=1e-12) for k in ev.METRICS)
+    assert np.isnan(stacked["r"][0]) and np.isnan(stacked["spearman"][0])
+    assert stacked["n"] == 30
+
+
 def test_fold_metrics_report_each_fold_mean_sd_and_pooled():
     data = _predictions()
     table = ev.fold_metrics(data)

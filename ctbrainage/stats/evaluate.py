@@ -8,6 +8,7 @@ predictions), and the baselines are refitted per fold on that fold's training su
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -22,19 +23,29 @@ PAPER_METRICS = {"rmse": 5.205, "mae": 4.007, "r": 0.925}
 METRICS = ("rmse", "mae", "r", "r2", "spearman")
 
 
-def regression_metrics(age, predicted) -> dict[str, float]:
-    """RMSE and MAE (months), Pearson r, R² (1 − SSE/SST) and Spearman ρ."""
+def regression_metrics(age, predicted) -> dict:
+    """RMSE and MAE (months), Pearson r, R² (1 − SSE/SST) and Spearman ρ (Pearson r of the
+    ranks), over the last axis: floats for one set of subjects, arrays for a stack of them
+    (e.g. bootstrap resamples). r and ρ are NaN where either side is constant."""
     age, predicted = np.asarray(age, float), np.asarray(predicted, float)
     error = predicted - age
-    constant = np.ptp(predicted) == 0 or np.ptp(age) == 0  # correlation undefined
-    return {
-        "rmse": float(np.sqrt(np.mean(error**2))),
-        "mae": float(np.mean(np.abs(error))),
-        "r": np.nan if constant else float(stats.pearsonr(age, predicted).statistic),
-        "r2": float(1 - np.sum(error**2) / np.sum((age - age.mean()) ** 2)),
-        "spearman": np.nan if constant else float(stats.spearmanr(age, predicted).statistic),
-        "n": len(age),
+    constant = (np.ptp(predicted, axis=-1) == 0) | (np.ptp(age, axis=-1) == 0)
+    ranks = stats.rankdata(age, axis=-1), stats.rankdata(predicted, axis=-1)
+    with warnings.catch_warnings():  # (constant input: NaN, as documented)
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        r = np.where(constant, np.nan, stats.pearsonr(age, predicted, axis=-1).statistic)
+        rho = np.where(constant, np.nan, stats.pearsonr(*ranks, axis=-1).statistic)
+    sst = np.sum((age - age.mean(axis=-1, keepdims=True)) ** 2, axis=-1)
+    metrics = {
+        "rmse": np.sqrt(np.mean(error**2, axis=-1)),
+        "mae": np.mean(np.abs(error), axis=-1),
+        "r": r,
+        "r2": 1 - np.sum(error**2, axis=-1) / sst,
+        "spearman": rho,
     }
+    if age.ndim == 1:
+        metrics = {name: float(value) for name, value in metrics.items()}
+    return {**metrics, "n": age.shape[-1]}
 
 
 def fold_metrics(predictions: pd.DataFrame, column: str = "predicted_months") -> pd.DataFrame:
@@ -70,9 +81,9 @@ def bootstrap_ci(
     for name in METRICS:
         result = stats.bootstrap(
             (age, predicted),
-            lambda a, p, name=name: regression_metrics(a, p)[name],
+            lambda a, p, axis=-1, name=name: regression_metrics(a, p)[name],
             paired=True,
-            vectorized=False,
+            vectorized=True,  # all resamples in one call (see regression_metrics)
             n_resamples=n_resamples,
             confidence_level=confidence,
             method="percentile",
