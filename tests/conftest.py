@@ -6,6 +6,7 @@ run (one of ``RUN_FIXTURES``), trains a model or executes notebooks is an ``inte
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,20 @@ import pytest
 from filelock import FileLock
 
 from ctbrainage.synth import generate_cohort
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's share of the cores as its torch/BLAS threads, also for
+    the kernels and worker processes it starts (a value set in the environment wins): two
+    workers with two threads each on two cores spend their time in OpenMP's spin-waits."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
