@@ -94,13 +94,19 @@ def assert_no_identifiers(paths, values) -> None:
     for path in map(Path, paths):
         assert path.exists(), f"nothing to scan at {path}"
         files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    # one pass per file: every value as UTF-8 in any letter case, or as UTF-16
-    forms = [s.encode(codec) for s in secrets for codec in ("utf-8", "utf-16-le")]
-    pattern = re.compile(b"|".join(map(re.escape, forms)), re.IGNORECASE)
+    # values of digits and dots (UIDs, dates) are looked up in the file's runs of digits and dots
+    # only (hundreds of UIDs against a whole volume would take minutes); the others anywhere
+    numeric = [v.encode() for v in secrets if re.fullmatch(r"[0-9.]+", v)]
+    words = [v.lower().encode(codec) for v in secrets if not re.fullmatch(r"[0-9.]+", v)
+             for codec in ("utf-8", "utf-16-le")]  # fmt: skip
+    runs = re.compile(rb"[0-9.]{4,}|(?:[0-9.]\x00){4,}")
     for file in files:
         for where, blob in _contents(str(file), file.read_bytes()):
-            found = pattern.search(blob)
-            assert found is None, f"{found.group()!r} found in {where}"
+            lower = blob.lower()
+            found = [w for w in words if w in lower]
+            digits = b"\n".join(run.replace(b"\x00", b"") for run in set(runs.findall(blob)))
+            found += [v for v in numeric if v in digits]
+            assert not found, f"{found[0]!r} found in {where}"
 
 
 # the header fields whose values identify someone (what no output may hold)

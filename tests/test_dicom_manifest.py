@@ -343,6 +343,13 @@ def test_the_identifier_scan_finds_values_in_any_encoding_and_archive(tmp_path):
         archive.writestr("inner/table.csv.gz", gzip.compress(secret.encode("utf-16-le")))
     with pytest.raises(AssertionError, match=r"bundle\.zip/inner/table\.csv\.gz"):
         assert_no_identifiers([tmp_path], [secret])
+    (tmp_path / "bundle.zip").unlink()
+    uid = "1.2.826.0.1.3680043.8.498.12345"  # digits and dots: looked up in runs of them
+    for blob in (b"\xff\x01" + uid.encode() + b".7\x00", ("x" + uid + "7").encode("utf-16-le")):
+        (tmp_path / "volume.bin").write_bytes(blob)
+        assert_no_identifiers([tmp_path], ["1.2.826.0.1.3680043.8.498.99"])
+        with pytest.raises(AssertionError, match="volume.bin"):
+            assert_no_identifiers([tmp_path], [uid])
     with pytest.raises(AssertionError, match="too short"):
         assert_no_identifiers([tmp_path], ["F"])
 
