@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m ctbrainage.synth --profile demo --figure figures/synthetic_cohort.png
 	$(PY) run_all.py --profile demo --figures figures
 
-# After `make demo`: step 08, two encoders and linear stacking (about 5 minutes on 2 cores)
+# After `make demo`: step 08, two encoders and linear stacking (about 10 minutes on 2 cores)
 stacking: $(STAMP)
 	$(PY) run_all.py --profile demo --from 8 --to 8 --figures figures
 

@@ -11,10 +11,12 @@ def test_shipped_profiles_load_with_their_settings():
     assert available_profiles() == ["benchmark", "demo", "paper", "tiny"]
     benchmark = load_profile("benchmark")
     assert (benchmark.synth.schedule, benchmark.synth.cues) == ("staggered", "lobar")
-    # the demo's size and model: the benchmark differs from the demo only in its cohort
+    # the demo's model and tests on a 64^3 grid (the demo's is 48^3, for its time budget)
     demo_settings = load_profile("demo").to_dict()
-    for section in ("preprocess", "model", "train", "perturb", "stats"):
+    for section in ("model", "perturb", "stats"):
         assert benchmark.to_dict()[section] == demo_settings[section], section
+    assert (benchmark.preprocess.spacing_mm, benchmark.preprocess.size) == (3.0, 64)
+    assert (benchmark.train.epochs, benchmark.synth.n) == (12, 120)
     assert load_profile("demo").synth.cues == "all"
     paper = load_profile("paper")
     assert paper.name == "paper" and paper.seed == 42
@@ -26,11 +28,12 @@ def test_shipped_profiles_load_with_their_settings():
     demo = load_profile()  # the default profile
     assert demo.name == "demo"
     assert (demo.synth.n, demo.model.arch, demo.train.epochs, demo.preprocess.size) == (
-        120,
+        96,
         "resnet10",
-        12,
-        64,
+        15,
+        48,
     )
+    assert (demo.preprocess.spacing_mm, demo.stacking.size) == (4.0, 32)
     tiny = load_profile("tiny")
     assert (tiny.synth.n, tiny.train.folds, tiny.train.epochs, tiny.preprocess.size) == (
         12,

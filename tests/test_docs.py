@@ -342,3 +342,19 @@ def test_every_results_block_of_the_pages_is_known(tmp_path):
 def test_the_pages_fill_the_same_way_twice(page, tmp_path):
     once = docs.fill_text(page.read_text(), tmp_path)
     assert docs.fill_text(once, tmp_path) == once
+
+
+def test_the_wall_time_block_sums_the_default_steps_of_the_manifest(tmp_path):
+    layout = RunLayout(tmp_path / "runs" / "demo")
+    layout.root.mkdir(parents=True)
+    steps = {
+        "01_preprocess": {"status": "done", "duration_s": 100.0},
+        "03_train_fold0": {"status": "skipped", "duration_s": 20.5},
+        "03_train_fold1": {"status": "failed", "duration_s": 3.0},
+        "08_stacking": {"status": "done", "duration_s": 300.0},
+    }
+    layout.manifest.write_text(json.dumps({"steps": steps}))
+    rows = docs.render("wall-time", layout.root).splitlines()
+    assert rows[2:5] == ["| 01_preprocess | 100.0 |", "| 03_train_fold0 | 20.5 |",
+                         "| 08_stacking | 300.0 |"]  # fmt: skip
+    assert rows[5] == "| steps 01-07 (`run_all.py` by default) | 120.5 (2.0 min) |"

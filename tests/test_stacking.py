@@ -149,13 +149,21 @@ def test_top_sets_hold_exactly_their_share_of_the_brain_and_jaccard_counts_overl
     assert attribution.jaccard(top, top)[0] == 1
 
 
-def test_downsampling_averages_blocks():
+def test_the_encoder_grid_averages_blocks_and_overlapping_windows():
     volume = np.arange(64, dtype=np.float32).reshape(1, 1, 4, 4, 4)
-    out = maturity_net.downsample(volume, 2)
-    assert out.shape == (1, 1, 2, 2, 2)
-    assert out[0, 0, 0, 0, 0] == volume[0, 0, :2, :2, :2].mean()
-    with pytest.raises(ValueError, match="blocks of 3"):
-        maturity_net.downsample(volume, 3)
+    out = maturity_net.to_grid(volume, 2)  # an integer ratio: block means
+    blocks = volume.reshape(1, 1, 2, 2, 2, 2, 2, 2).mean(axis=(3, 5, 7))
+    np.testing.assert_allclose(out, blocks)
+    assert maturity_net.to_grid(volume, 4) is volume
+    # 6 -> 4 voxels (the demo's 48 -> 32): output voxel i averages input voxels
+    # floor(1.5 i) .. ceil(1.5 (i + 1)) - 1, i.e. (0, 1), (1, 2), (3, 4), (4, 5) per axis
+    ramp = np.broadcast_to(np.arange(6, dtype=np.float32)[:, None, None], (6, 6, 6))
+    out = maturity_net.to_grid(np.ascontiguousarray(ramp)[None, None], 4)
+    np.testing.assert_allclose(out[0, 0, :, 0, 0], [0.5, 1.5, 3.5, 4.5])
+    np.testing.assert_array_equal(maturity_net.nearest_index(6, 4), [0, 2, 3, 5])
+    np.testing.assert_array_equal(maturity_net.nearest_index(64, 32), np.arange(32) * 2 + 1)
+    with pytest.raises(ValueError, match="onto a 8\\^3 grid"):
+        maturity_net.to_grid(volume, 8)
 
 
 # ---- the step on the tiny run --------------------------------------------------------------------

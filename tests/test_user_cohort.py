@@ -79,6 +79,14 @@ def test_every_shipped_profile_is_within_range():
             dict(first=8, last=8, parameters={"preprocess.size": run.Text("48")}),
             "preprocess.size: 48 is not a multiple of 32, which step 08 needs",
         ),
+        (
+            dict(first=8, last=8, parameters={"stacking.size": run.Text("64")}),
+            "stacking.size: 64 is larger than preprocess.size 32",
+        ),
+        (
+            dict(first=8, last=8, parameters={"stacking.size": run.Text("24")}),
+            "stacking.size: 24 is not a multiple of 32, which step 08 needs",
+        ),
         (dict(gpus=(-1,)), "--gpus -1: device numbers are >= 0"),
         (
             dict(first=9, last=9, parameters={"new_subjects": run.Text("0")}),

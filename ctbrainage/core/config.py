@@ -239,8 +239,9 @@ class StackingConfig:
     synthesised map — stacked by linear regression on their out-of-fold predictions."""
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vgg8", width=16))
-    # encoders and U-Net see the model grid averaged over n³ voxels
-    downsample: int = bounded(1, minimum=1)
+    # edge of the encoders' and the U-Net's cube: the model grid averaged onto size³ voxels over
+    # the same field of view; 0 = the model grid itself (preprocess.size)
+    size: int = bounded(0, minimum=0)
     epochs: int = bounded(100, minimum=1)  # at most (paper: 100)
     patience: int = bounded(10, minimum=1)  # early stopping on the inner validation loss (10)
     batch_size: int = bounded(3, minimum=1)
@@ -324,16 +325,27 @@ def _inconsistencies(p: Profile) -> list[str]:
     return problems
 
 
+def encoder_size(p: Profile) -> int:
+    """Edge of step 08's cube in voxels (``stacking.size``, or the model grid's)."""
+    return p.stacking.size or p.preprocess.size
+
+
 def stacking_size_problem(p: Profile) -> str:
-    """Why step 08 cannot run on ``preprocess.size``, or "" (checked when step 08 is asked)."""
-    stacking, size = p.stacking, p.preprocess.size
+    """Why step 08 cannot run on its grid, or "" (checked when step 08 is asked)."""
+    stacking, size = p.stacking, encoder_size(p)
+    if size > p.preprocess.size:
+        return (
+            f"stacking.size: {size} is larger than preprocess.size {p.preprocess.size} "
+            "(step 08 averages the model grid onto a coarser one, never a finer one)"
+        )
     unet = 2 ** (len(stacking.synthesis.channels) - 1)
-    need = stacking.downsample * max(stacking.model.grid_multiple, unet)
+    need = max(stacking.model.grid_multiple, unet)
     if size % need == 0:
         return ""
+    which = "stacking.size" if stacking.size else "preprocess.size"
     return (
-        f"preprocess.size: {size} is not a multiple of {need}, which step 08 needs "
-        f"(stacking.downsample {stacking.downsample} x {stacking.model.arch} and its U-Net)"
+        f"{which}: {size} is not a multiple of {need}, which step 08 needs "
+        f"({stacking.model.arch} and its U-Net of {len(stacking.synthesis.channels)} levels)"
     )
 
 

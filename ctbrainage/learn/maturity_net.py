@@ -13,14 +13,23 @@ from monai.networks.nets import UNet
 from ctbrainage.core.config import SynthesisConfig
 
 
-def downsample(volumes: np.ndarray, factor: int) -> np.ndarray:
-    """Volumes [n, 1, X, Y, Z] averaged over ``factor``³ voxel blocks (1: unchanged)."""
-    if factor == 1:
+def to_grid(volumes: np.ndarray, size: int) -> np.ndarray:
+    """Volumes [n, 1, X, X, X] averaged onto a ``size``³ grid over the same field of view
+    (adaptive average pooling: each output voxel the mean of the input voxels it overlaps; for
+    an integer ratio, the mean of its block). ``size`` = X: unchanged."""
+    edge = volumes.shape[2]
+    if size == edge:
         return volumes
-    if factor < 1 or any(n % factor for n in volumes.shape[2:]):
-        raise ValueError(f"cannot average {volumes.shape[2:]} voxels over blocks of {factor}")
-    pooled = torch.nn.functional.avg_pool3d(torch.from_numpy(volumes), factor)
+    if not 1 <= size <= edge or set(volumes.shape[2:]) != {edge}:
+        raise ValueError(f"cannot average {volumes.shape[2:]} voxels onto a {size}^3 grid")
+    pooled = torch.nn.functional.adaptive_avg_pool3d(torch.from_numpy(volumes), size)
     return pooled.numpy()
+
+
+def nearest_index(edge: int, size: int) -> np.ndarray:
+    """Indices of the ``edge`` input voxels nearest the centres of ``size`` output voxels over
+    the same field of view (labels go to the coarser grid by nearest neighbour)."""
+    return np.floor((np.arange(size) + 0.5) * edge / size).astype(int)
 
 
 def build_unet(channels: tuple[int, ...]) -> torch.nn.Module:

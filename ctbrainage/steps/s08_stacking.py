@@ -30,7 +30,13 @@ import pandas as pd
 
 from ctbrainage.core.atomic import atomic_path, atomic_write_npz
 from ctbrainage.core.cohort import age_group
-from ctbrainage.core.config import PreprocessConfig, Profile, TrainConfig
+from ctbrainage.core.config import (
+    PreprocessConfig,
+    Profile,
+    TrainConfig,
+    encoder_size,
+    stacking_size_problem,
+)
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.stats import stacking
@@ -94,9 +100,9 @@ def _check(profile: Profile) -> None:
             "step 08 trains its synthesis U-Net on the planted white-matter maturity of the "
             "embedded synthetic cohort; a real cohort has no such target (docs/stacking.md)"
         )
-    size, factor = profile.preprocess.size, profile.stacking.downsample
-    if factor < 1 or size % factor:
-        raise ValueError(f"stacking.downsample must divide preprocess.size {size}, got {factor}")
+    problem = stacking_size_problem(profile)
+    if problem:
+        raise ValueError(problem)
 
 
 def folds(profile: Profile) -> pd.DataFrame:
@@ -186,7 +192,7 @@ def encoder_profile(profile: Profile | Settings, seed_offset: int = 0) -> Profil
         age_range_months=cfg.age_range_months,
         model=stack.model,
         train=train,
-        preprocess=PreprocessConfig(size=cfg.preprocess.size // stack.downsample),
+        preprocess=PreprocessConfig(size=encoder_size(cfg)),
     )
 
 
@@ -199,22 +205,24 @@ class _Data:
 
         from ctbrainage.core.workers import progress_bar
         from ctbrainage.learn.datasets import load_volumes
-        from ctbrainage.learn.maturity_net import downsample
+        from ctbrainage.learn.maturity_net import nearest_index, to_grid
         from ctbrainage.synth.scoring import planted_maturity
 
-        layout, f = RunLayout(profile.run_path), profile.stacking.downsample
+        layout, size = RunLayout(profile.run_path), encoder_size(profile)
+        f = profile.preprocess.size / size  # input voxels per encoder voxel along an axis
         ids = table["subject_id"].tolist()
         self.row = {sid: i for i, sid in enumerate(ids)}
-        self.ct = downsample(load_volumes([layout.preprocessed(s) for s in ids]), f)
-        self.brain = downsample(load_volumes([layout.brain(s) for s in ids]), f) >= 0.5
+        self.ct = to_grid(load_volumes([layout.preprocessed(s) for s in ids]), size)
+        self.brain = to_grid(load_volumes([layout.brain(s) for s in ids]), size) >= 0.5
         self.brain = self.brain.astype(np.float32)
         targets = [
             planted_maturity(layout, s)
             for s in progress_bar(ids, desc="planted maturity", progress=progress)
         ]
-        self.target = downsample(np.stack(targets)[:, None], f) * self.brain
+        self.target = to_grid(np.stack(targets)[:, None], size) * self.brain
         lobes = np.stack([np.asarray(nib.load(layout.lobes(s)).dataobj) for s in ids])
-        self.lobes = lobes[:, f // 2 :: f, f // 2 :: f, f // 2 :: f]
+        pick = nearest_index(profile.preprocess.size, size)
+        self.lobes = lobes[:, pick][:, :, pick][:, :, :, pick]
         scale = np.diag([f, f, f, 1.0])
         scale[:3, 3] = (f - 1) / 2
         self.affines = {s: nib.load(layout.preprocessed(s)).affine @ scale for s in ids}

@@ -195,6 +195,21 @@ def _new_scans(layout: RunLayout) -> str:
     return _table(["", "value"], rows)
 
 
+FINISHED = ("done", "skipped")  # skipped: up to date, with the seconds of the run that made it
+
+
+def _wall_time(layout: RunLayout) -> str:
+    """The run's steps and their wall seconds as ``manifest.json`` last recorded them (the cohort
+    generation and the virtual environment come before ``run_all.py`` and are not in it)."""
+    steps = json.loads(layout.manifest.read_text(encoding="utf-8"))["steps"]
+    done = {n: s["duration_s"] for n, s in sorted(steps.items()) if s["status"] in FINISHED}
+    default = sum(seconds for name, seconds in done.items() if name[:2] <= "07")
+    rows = [[name, _number(seconds, 1)] for name, seconds in done.items()]
+    total = f"{_number(default, 1)} ({default / 60:.1f} min)"
+    rows.append(["steps 01-07 (`run_all.py` by default)", total])
+    return _table(["step", "seconds"], rows)
+
+
 # name → (the step that writes the source, the source file, the table)
 BLOCKS: dict[str, tuple[int, Callable[[RunLayout], Path], Callable[[RunLayout], str]]] = {
     "planted": (1, lambda run: run.synthetic.expected_importance, _planted),
@@ -206,6 +221,7 @@ BLOCKS: dict[str, tuple[int, Callable[[RunLayout], Path], Callable[[RunLayout], 
     "stacked": (8, lambda run: run.stacking_table, _stacked),
     "f-tests": (8, lambda run: run.stacking_anova, _f_tests),
     "new-scans": (9, lambda run: RunLayout(run.new_scans_dir).predictions, _new_scans),
+    "wall-time": (1, lambda run: run.manifest, _wall_time),
 }
 
 
