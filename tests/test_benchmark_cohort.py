@@ -21,31 +21,38 @@ from ctbrainage.steps import s01_preprocess
 from ctbrainage.synth import MaturationSchedule, SubjectSpec, simulate_head
 from ctbrainage.synth.scoring import measure_age_cues
 
-pytestmark = pytest.mark.integration  # generates and preprocesses a cohort
+pytestmark = pytest.mark.integration  # generates a cohort and preprocesses part of one
 
 EDGES = (0.0, 12.0, 24.0, 36.0, 48.0)
 STAGGERED = MaturationSchedule.parse("staggered", EDGES)
 
 
+def _profile(root, n: int):
+    return load_profile(
+        "tiny",
+        {"run_dir": str(root), "synth.n": n, "synth.schedule": "staggered", "synth.cues": "lobar"},
+    )
+
+
+@pytest.fixture(scope="module")
+def benchmark_cohort(tmp_path_factory):
+    """24 staggered heads whose only age cue is lobar, as the profile generates them."""
+    profile = _profile(tmp_path_factory.mktemp("benchmark_cohort"), 24)
+    s01_preprocess.generate_synthetic(profile, progress=False)
+    return RunLayout(profile.run_path).synthetic
+
+
 @pytest.fixture(scope="module")
 def benchmark_run(tmp_path_factory):
-    """Step 01 of the tiny profile on 24 staggered heads whose only age cue is lobar."""
-    profile = load_profile(
-        "tiny",
-        {
-            "run_dir": str(tmp_path_factory.mktemp("benchmark_run")),
-            "synth.n": 24,
-            "synth.schedule": "staggered",
-            "synth.cues": "lobar",
-        },
-    )
+    """Step 01 of the tiny profile on 6 such heads (the signal maps on the model grid)."""
+    profile = _profile(tmp_path_factory.mktemp("benchmark_run"), 6)
     s01_preprocess.run(profile, progress=False)
     return RunLayout(profile.run_path)
 
 
 @pytest.fixture(scope="module")
-def cues(benchmark_run):
-    return measure_age_cues(benchmark_run.synthetic)
+def cues(benchmark_cohort):
+    return measure_age_cues(benchmark_cohort)
 
 
 def test_lobar_cues_change_only_the_lobar_white_matter():
@@ -76,8 +83,8 @@ def test_non_lobar_cues_do_not_follow_age_in_the_images(cues):
         assert abs(r) < 0.5, (column, r)
 
 
-def test_lobe_white_matter_follows_its_planted_curve(cues, benchmark_run):
-    truth = pd.read_csv(benchmark_run.synthetic.truth_table)
+def test_lobe_white_matter_follows_its_planted_curve(cues, benchmark_cohort):
+    truth = pd.read_csv(benchmark_cohort.truth_table)
     for name in LOBES.values():
         curve = STAGGERED.wm_hu(name, cues["biological_age_months"])
         residual = cues[f"wm_hu_{name}"] - curve  # the child's own 0.7 HU and image noise
@@ -100,14 +107,14 @@ def test_each_age_group_fastest_changing_lobe_is_the_planted_one(cues):
         assert max(slopes, key=slopes.get) == planted[str(group)], (group, slopes)
 
 
-def test_truth_table_records_the_biological_age(benchmark_run):
-    truth = pd.read_csv(benchmark_run.synthetic.truth_table)
+def test_truth_table_records_the_biological_age(benchmark_cohort):
+    truth = pd.read_csv(benchmark_cohort.truth_table)
     offset = truth["biological_age_months"] - truth["age_months"]
     clamped = truth["biological_age_months"] == 0.0
     assert np.allclose(offset[~clamped], truth.loc[~clamped, "maturity_offset_months"])
     assert 0.8 < truth["maturity_offset_months"].std() < 2.5  # drawn with SD 1.5 months
     assert (truth["cues"] == "lobar").all()
-    record = json.loads(benchmark_run.synthetic.truth("syn0001").read_text())
+    record = json.loads(benchmark_cohort.truth("syn0001").read_text())
     assert record["biological_age_months"] == pytest.approx(truth["biological_age_months"][0])
 
 
