@@ -203,7 +203,7 @@ def _wall_time(layout: RunLayout) -> str:
     generation and the virtual environment come before ``run_all.py`` and are not in it)."""
     steps = json.loads(layout.manifest.read_text(encoding="utf-8"))["steps"]
     done = {n: s["duration_s"] for n, s in sorted(steps.items()) if s["status"] in FINISHED}
-    default = sum(seconds for name, seconds in done.items() if name[:2] <= "07")
+    default = sum(seconds for name, seconds in done.items() if int(name[:2]) <= 7)
     rows = [[name, _number(seconds, 1)] for name, seconds in done.items()]
     total = f"{_number(default, 1)} ({default / 60:.1f} min)"
     rows.append(["steps 01-07 (`run_all.py` by default)", total])
