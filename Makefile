@@ -35,13 +35,14 @@ docs: $(STAMP)
 	$(PY) -m ctbrainage.views.docs runs/demo
 
 # the whole suite (CI's command) in one worker per core (pytest-xdist; a module's tests stay on
-# one worker, so its fixtures are built once), with the 15 slowest tests at the end
+# one worker, so its fixtures are built once; the longest modules first, tests/conftest.py), with
+# the 15 slowest tests at the end
 test: $(STAMP)
-	$(PY) -m pytest -n auto --dist loadscope --durations=15
+	$(PY) -m pytest -n auto --dist loadscope --no-loadscope-reorder --durations=15
 
 # the unit tier for the edit loop: no run building, no papermill (tests marked integration)
 test-fast: $(STAMP)
-	$(PY) -m pytest -n auto --dist loadscope -m "not integration" -q --durations=10
+	$(PY) -m pytest -n auto --dist loadscope --no-loadscope-reorder -m "not integration" -q --durations=10
 
 # JupyterLab on the repository, opened at notebooks/ (LAB_ARGS: e.g. --no-browser --port 8890)
 LAB_ARGS ?=

@@ -30,7 +30,13 @@ STAGGERED = MaturationSchedule.parse("staggered", EDGES)
 def _profile(root, n: int):
     return load_profile(
         "tiny",
-        {"run_dir": str(root), "synth.n": n, "synth.schedule": "staggered", "synth.cues": "lobar"},
+        {
+            "run_dir": str(root),
+            "synth.n": n,
+            "synth.mode": "demo",  # the benchmark's heads (the tiny profile's are coarser)
+            "synth.schedule": "staggered",
+            "synth.cues": "lobar",
+        },
     )
 
 
@@ -44,8 +50,8 @@ def benchmark_cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def benchmark_run(tmp_path_factory):
-    """Step 01 of the tiny profile on 6 such heads (the signal maps on the model grid)."""
-    profile = _profile(tmp_path_factory.mktemp("benchmark_run"), 6)
+    """Step 01 of the tiny profile on 4 such heads (the signal maps on the model grid)."""
+    profile = _profile(tmp_path_factory.mktemp("benchmark_run"), 4)
     s01_preprocess.run(profile, progress=False)
     return RunLayout(profile.run_path)
 

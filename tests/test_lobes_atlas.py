@@ -16,7 +16,7 @@ from ctbrainage.synth.scoring import dice
 @pytest.fixture(scope="module")
 def subjects(cohort_dir):
     """The youngest, a middle and the oldest subject, preprocessed to 64³ at 3 mm, with their
-    true lobes carried into that grid."""
+    true lobes carried into that grid and their atlas lobes."""
     truth = pd.read_csv(cohort_dir / "truth.csv").sort_values("age_months")
     out = []
     for sid in truth["subject_id"].iloc[[0, len(truth) // 2, -1]]:
@@ -24,14 +24,14 @@ def subjects(cohort_dir):
         result = preprocess_scan(scan.image, 3.0, 64, (0.5, 99.5))
         reference = ctio.ras_to_sitk(result.image, result.affine)
         lobes = sitk.ReadImage(str(cohort_dir / "truth" / f"{sid}_lobes.nii.gz"))
-        out.append((sid, result, map_to_grid(lobes, reference)))
+        labels = atlas_lobes(result.image, result.brain, result.affine)
+        out.append((sid, result, map_to_grid(lobes, reference), labels))
     return out
 
 
 def test_atlas_lobes_match_the_true_lobes(subjects):
     scores = []
-    for sid, result, truth in subjects:
-        labels = atlas_lobes(result.image, result.brain, result.affine)
+    for sid, result, truth, labels in subjects:
         assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 3, 4}
         assert not labels[result.brain == 0].any()  # restricted to the brain
         for idx, name in LOBES.items():
@@ -47,19 +47,18 @@ def test_atlas_is_built_once_per_grid_despite_spacing_jitter(subjects):
 
 
 def test_atlas_lobes_are_deterministic(subjects):
-    _, result, _ = subjects[1]
-    first = atlas_lobes(result.image, result.brain, result.affine)
+    _, result, _, first = subjects[1]
     assert np.array_equal(first, atlas_lobes(result.image, result.brain, result.affine))
 
 
 def test_method_choice_and_fallback(subjects, tmp_path):
-    _, result, _ = subjects[0]
+    _, result, _, atlas = subjects[0]
     args = (result.image, result.brain, result.affine)
     labels, method = segment_lobes(
         *args, "auto", native_path=tmp_path / "none.nii.gz", work_dir=tmp_path
     )
     assert method.startswith("atlas (TotalSegmentator unavailable:")
-    assert np.array_equal(labels, atlas_lobes(*args))
+    assert np.array_equal(labels, atlas)
     with pytest.raises(TotalSegmentatorUnavailable):
         segment_lobes(
             *args, "totalsegmentator", native_path=tmp_path / "none.nii.gz", work_dir=tmp_path

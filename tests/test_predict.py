@@ -186,14 +186,15 @@ def test_a_dicom_tree_is_predicted_under_pseudonyms_only(tiny_bundle, tmp_path):
 
     from ctbrainage.synth import generate_cohort
 
-    generate_cohort(tmp_path / "export", n=3, seed=5, fmt="dicom", workers=2, progress=False)
+    export = tmp_path / "export"
+    generate_cohort(export, n=2, seed=5, mode="quick", fmt="dicom", workers=2, progress=False)
     truth = pd.read_csv(tmp_path / "export" / "cohort.csv")
     out = tmp_path / "out"
     result = predict(
         tiny_bundle, tmp_path / "export" / "dicom", out, key="a-secret-key", progress=False
     )
     table = result.table
-    assert len(table) == 3 and table["subject_id"].str.fullmatch(r"s[0-9a-f]{12}").all()
+    assert len(table) == 2 and table["subject_id"].str.fullmatch(r"s[0-9a-f]{12}").all()
     assert np.allclose(sorted(table["age_months"]), sorted(truth["age_months"]), atol=0.1)
     assert result.skipped is not None and result.skipped.empty
     # no name, id, date or UID of the headers in any output, compressed images included
@@ -213,20 +214,20 @@ def test_step_09_exports_the_bundle_and_predicts_a_new_synthetic_cohort(tiny_run
 
     run_dir = shutil.copytree(tiny_run.run_path, tmp_path / "run")
     profile = dataclasses.replace(tiny_run, run_dir=str(run_dir))
-    assert not new_scans.is_fresh(profile, new_subjects=3)
-    result = new_scans.run(profile, new_subjects=3, progress=False)
+    assert not new_scans.is_fresh(profile, new_subjects=2)
+    result = new_scans.run(profile, new_subjects=2, progress=False)
     layout = RunLayout(run_dir)
     assert BundleLayout(layout.bundle_dir).manifest.exists() and result.synthetic
     new = pd.read_csv(RunLayout(layout.new_scans_dir).synthetic.manifest)
-    assert len(new) == 3 and set(result.prediction.table["subject_id"]) == set(new["subject_id"])
+    assert len(new) == 2 and set(result.prediction.table["subject_id"]) == set(new["subject_id"])
     ours = pd.read_csv(layout.cohort)
     assert not set(new["age_months"]) & set(ours["age_months"])  # another seed: other children
     accuracy = result.accuracy()
     table = result.prediction.table
     assert accuracy["mae_months"] == pytest.approx(table["gap_months"].abs().mean())
     assert accuracy["coverage"] == table["age_in_interval"].mean() and accuracy["level"] == 0.9
-    assert new_scans.is_fresh(profile, new_subjects=3)
-    assert not new_scans.is_fresh(profile, new_subjects=3, level=0.8)
+    assert new_scans.is_fresh(profile, new_subjects=2)
+    assert not new_scans.is_fresh(profile, new_subjects=2, level=0.8)
     from ctbrainage.views.pages import write_index
 
     page = write_index(run_dir).read_text()  # the run's index links the new scans' pages

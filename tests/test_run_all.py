@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import nbformat
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,6 +23,7 @@ from helpers import parameter_notebook
 
 from ctbrainage import run
 from ctbrainage.core.config import REPO_ROOT, load_profile, repo_relative
+from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.learn.train import MESSAGES
 from ctbrainage.run import nbcheck
@@ -67,7 +69,7 @@ def tiny(tiny_run, tmp_path_factory):
     """The tiny profile in two invocations: 01–03 (as if stopped after training), then all.
     The run starts as a copy of the session's ``tiny_run`` (steps 01–03 made by the step
     functions): the notebooks of 01–03 run, and their steps find their work up to date (the
-    nbval test below re-executes every notebook from nothing)."""
+    nbval test below executes notebook 01 from nothing)."""
     base = tmp_path_factory.mktemp("run_all")
     run_dir, figures = base / "run", base / "figures"
     shutil.copytree(tiny_run.run_path, run_dir)
@@ -271,17 +273,20 @@ def test_stored_notebooks_and_pages_work_without_a_kernel_or_the_web(tiny):
     assert "GPU available" in messages.read_text()
 
 
-def test_nbval_reruns_the_executed_notebooks_and_catches_a_changed_output(tiny, tmp_path):
-    # notebook 01 from nothing (make check-notebooks re-executes every notebook of the demo the
-    # same way, with the folds' training; here the driver's own test, kept short)
-    stored = tmp_path / "stored"
-    stored.mkdir()
-    shutil.copy(tiny.run_dir / "notebooks" / "01_preprocess.ipynb", stored)
-    rerun = tmp_path / "rerun"
-    assert nbcheck.check(stored, rerun, ["-q"]) == 0
-    assert RunLayout(rerun).preprocessed("syn0001").read_bytes() == (
-        RunLayout(tiny.run_dir).preprocessed("syn0001").read_bytes()
+def test_nbval_reruns_an_executed_notebook_and_catches_a_changed_output(tmp_path):
+    # notebook 01 of a four-child tiny run, executed by the driver, then re-executed from nothing
+    # by nbval (make check-notebooks does the same with every notebook of the demo)
+    first = tmp_path / "first"
+    code, _, err = _run(
+        profile="tiny", run_dir=str(first), parameters={"synth.n": 4, "workers": 2}, last=1
     )
+    assert code == 0, err
+    rerun = tmp_path / "rerun"
+    assert nbcheck.check(first / "notebooks", rerun, ["-q"]) == 0
+    for sid in ("syn0001", "syn0004"):
+        assert RunLayout(rerun).preprocessed(sid).read_bytes() == (
+            RunLayout(first).preprocessed(sid).read_bytes()
+        )
     # a stored number that the notebook no longer reproduces fails its cell
     copy = rerun / "nbval" / "01_preprocess.ipynb"
     node = nbformat.read(copy, as_version=4)
@@ -469,62 +474,78 @@ def test_timeouts_and_dead_kernels_are_reported_with_their_cell(tmp_path, code, 
     assert error["cell_source"] == code.splitlines()[0]
 
 
-# ---- freshness through the driver: the last tests of the module (they change the run) -------
+# ---- freshness: what a changed setting makes stale (the driver reruns exactly the steps that
+# are not fresh: the test above), shown with the step functions on copies of the run ---------
 
 
-def test_a_changed_statistics_setting_reruns_only_the_tests_of_06_and_07(tiny):
-    layout, options = RunLayout(tiny.run_dir), {**tiny.options, "figures": str(tiny.figures)}
+def _copy(tiny, tmp_path, **overrides):
+    """The tiny profile with ``overrides`` on a copy of the module's run."""
+    shutil.copytree(tiny.run_dir, tmp_path / "run")
+    return load_profile("tiny", {"run_dir": str(tmp_path / "run"), **overrides})
+
+
+def test_a_changed_statistics_setting_makes_only_06_and_07_stale(tiny, tmp_path):
+    from ctbrainage.run.steps import is_fresh
+    from ctbrainage.steps import s06_stats, s07_attribution
+
+    profile = _copy(tiny, tmp_path, **{"stats.alpha": 0.9})
+    layout = RunLayout(profile.run_path)
+    assert [is_fresh(n, profile) for n in range(1, 8)] == [True] * 5 + [False] * 2
     table1 = layout.table1(".csv").read_bytes()
-    alpha = {**options["parameters"], "stats.alpha": 0.9}
-    code, _, err = _run(**{**options, "parameters": alpha})
-    assert code == 0, err
-    statuses = _statuses(tiny.run_dir)
-    assert [statuses[n] for n in STEPS] == ["skipped"] * 6 + ["done", "done"]
+    tests = layout.attribution_tests.stat().st_mtime_ns
+    records = {p: p.stat().st_mtime_ns for p in layout.records_dir.glob("07_attribution_*.json")}
+    s06_stats.run(profile)
+    s07_attribution.run(profile, progress=False)
     assert layout.table1(".csv").read_bytes() != table1  # more cells significant at 0.9
     # 07 redid its tests only: its folds' and its sanity check's records were still fresh
-    records = sorted(p.name for p in layout.records_dir.glob("07_attribution_*.json"))
-    assert records and all(
-        layout.records_dir.joinpath(name).stat().st_mtime < layout.attribution_tests.stat().st_mtime
-        for name in records
-    )
+    assert layout.attribution_tests.stat().st_mtime_ns != tests
+    assert records and {p: p.stat().st_mtime_ns for p in records} == records
+    assert is_fresh(6, profile) and is_fresh(7, profile)
 
 
 def test_a_changed_preprocessing_setting_makes_every_later_step_stale(tiny, tmp_path):
-    """What run_all reruns is what is not fresh (test above): after a preprocessing change,
-    step 01 is stale; once it has rerun, every later step that reads its volumes is, and step
-    06, which reads only step 05's tables, refuses to run on them until 05 has rerun."""
+    """After a preprocessing change step 01 is stale; once it has rerun, every later step that
+    reads its volumes is, and step 06, which reads only step 05's tables, refuses to run on them
+    until 05 has rerun."""
     from ctbrainage.run.steps import is_fresh
     from ctbrainage.steps import s01_preprocess, s06_stats
     from ctbrainage.steps.contract import StaleInputError
 
-    shutil.copytree(tiny.run_dir, tmp_path / "run")
-    profile = load_profile("tiny", {"run_dir": str(tmp_path / "run")})
-    assert all(is_fresh(n, profile) for n in range(1, 6))  # (06, 07: other tests' settings)
-    changed = load_profile("tiny", {"run_dir": str(tmp_path / "run"), "preprocess.ptile_low": 5.0})
+    profile = _copy(tiny, tmp_path)
+    assert all(is_fresh(n, profile) for n in range(1, 8))
+    changed = load_profile("tiny", {"run_dir": profile.run_dir, "preprocess.ptile_low": 5.0})
     assert not is_fresh(1, changed) and is_fresh(2, changed)  # 02 reads no preprocess setting
-    inputs = RunLayout(tmp_path / "run").preprocessed("syn0001").read_bytes()
+    inputs = RunLayout(profile.run_path).preprocessed("syn0001").read_bytes()
     s01_preprocess.run(changed, progress=False)
-    assert RunLayout(tmp_path / "run").preprocessed("syn0001").read_bytes() != inputs
+    assert RunLayout(profile.run_path).preprocessed("syn0001").read_bytes() != inputs
     assert is_fresh(1, changed)
     assert [is_fresh(n, changed) for n in (2, 3, 4, 5, 7)] == [False] * 5
     with pytest.raises(StaleInputError, match="05_perturbation"):
         s06_stats.run(changed)
 
 
-# last: it leaves the run with another fill than the profile's (the fixture ran the profile's
-# own, noise; every fill's step-05 tables are tested in tests/test_perturb.py)
-def test_perturbation_and_statistics_run_with_another_fill(tiny):
+def test_perturbation_and_statistics_with_another_fill(tiny, tmp_path):
+    """The profile's fill (noise in the module's run) changed to group_level: 05 and what
+    reads it rerun; its table, the filled volumes the notebook draws, and the recovery."""
+    from ctbrainage.interpret import perturb
+    from ctbrainage.run.steps import is_fresh
+    from ctbrainage.steps import s05_perturbation, s06_stats
+
     fill = "group_level"
-    parameters = {"perturb.fill": run.Text(fill)}  # (workers is a parameter of 01 and 02 only)
-    options = {**tiny.options, "figures": str(tiny.figures), "parameters": parameters}
-    code, _, err = _run(**options, first=5, last=6)  # (07 reads the same tables: see its tests)
-    assert code == 0, err
-    layout = RunLayout(tiny.run_dir)
-    table = pd.read_csv(layout.perturbation(fill, fill))
+    profile = _copy(tiny, tmp_path, **{"perturb.fill": fill})
+    assert [is_fresh(n, profile) for n in range(1, 8)] == [True] * 4 + [False] * 3
+    s05_perturbation.run(profile, progress=False)
+    s06_stats.run(profile)
+    layout = RunLayout(profile.run_path)
+    table = pd.read_csv(layout.perturbation(fill, fill), dtype={"subject_id": str})
     assert len(table) == 12 * 4 and (table["fill"] == fill).all()
-    executed = nbformat.read(layout.notebook("05_perturbation"), as_version=4)
-    shown = [o for c in executed.cells for o in c.get("outputs", []) if "data" in o]
-    assert any("image/png" in o["data"] for o in shown)  # the filled lobes were drawn
+    labels = nib.load(layout.lobes("syn0001")).get_fdata()
+    filled = perturb.filled_volumes(profile, "syn0001")
+    rows = table[table["subject_id"] == "syn0001"].set_index("lobe")
+    for k, name in LOBES.items():  # each lobe brought to its age group's level
+        assert filled[name][labels == k].mean() == pytest.approx(
+            rows.loc[name, "fill_mean"], abs=1e-4
+        ), name
     recovery = json.loads(layout.recovery.read_text())
     assert recovery["by_fill"][0]["fill"] == fill
 

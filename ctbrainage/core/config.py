@@ -83,7 +83,7 @@ class SynthConfig:
     """The embedded synthetic cohort (used when ``data`` is empty)."""
 
     n: int = bounded(120, minimum=1)  # number of subjects
-    mode: Literal["demo", "full-res"] = "demo"  # acquisition grid preset
+    mode: Literal["demo", "full-res", "quick"] = "demo"  # acquisition grid preset
     format: Literal["nifti", "dicom"] = "nifti"
     schedule: str = "physiological"  # preset (physiological, staggered, ...) or a JSON path
     # age cues of the heads: "all", or "lobar" = lobar white matter only (docs/synthetic-cohort.md)

@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         const="demo",
         help="192 x 192, ~1.1 mm pixels, 2 mm slices (default)",
     )
+    res.add_argument(
+        "--quick-res",
+        dest="mode",
+        action="store_const",
+        const="quick",
+        help="128 x 128, ~1.7 mm pixels, 4 mm slices (tests and smoke runs)",
+    )
     p.add_argument("--age-min", type=float, default=AGE_LIMITS[0], help="months (default 0)")
     p.add_argument(
         "--age-max", type=float, default=AGE_LIMITS[1], help="months, exclusive (default 48)"

@@ -58,6 +58,9 @@ ACQUISITIONS = {
     "full-res": Acquisition(matrix=512, pixel_mm=(0.35, 0.5), slice_mm=0.625, template_mm=1.0),
     # a lighter reconstruction for CPU demos: 192 x 192, ~1.1 mm pixels, 2 mm slices
     "demo": Acquisition(matrix=192, pixel_mm=(0.95, 1.35), slice_mm=2.0, template_mm=1.5),
+    # a coarse one for tests and smoke runs (the tiny profile): 128 x 128, ~1.7 mm pixels, 4 mm
+    # slices, on a 2 mm template (about a quarter of demo's generation time)
+    "quick": Acquisition(matrix=128, pixel_mm=(1.425, 2.025), slice_mm=4.0, template_mm=2.0),
 }
 
 
