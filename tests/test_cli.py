@@ -2,6 +2,7 @@
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,6 +44,7 @@ def test_small_cohort_is_written(tmp_path, capsys):
         str(out),
         "--schedule",
         "null=temporal",
+        "--quick-res",
     ]
     assert main(args) == 0
     assert "2 subjects in" in capsys.readouterr().out
@@ -50,6 +52,8 @@ def test_small_cohort_is_written(tmp_path, capsys):
     assert list(manifest.columns) == ["subject_id", "age_months", "sex", "site", "image"]
     assert len(manifest) == 2 and all((out / image).exists() for image in manifest["image"])
     assert len(pd.read_csv(out / "truth.csv")) == 2
+    assert json.loads((out / "truth" / "syn0001.json").read_text())["mode"] == "quick"
+    assert nib.load(out / manifest["image"][0]).header.get_zooms()[2] == 4.0  # 4 mm slices
     assert json.loads((out / "schedule.json").read_text())["lobes"]["temporal"]["null"] is True
     importance = pd.read_csv(out / "expected_importance.csv")
     assert len(importance) == 32  # 2 definitions x 4 paper age groups x 4 lobes

@@ -62,3 +62,15 @@ def test_gantry_tilt_changes_the_grid_not_the_anatomy():
     assert not np.allclose(flat.affine, tilted.affine)
     for head in (flat, tilted):  # the whole brain is inside the scanned slab
         assert head.brain[:, :, [0, -1]].sum() == 0
+
+
+def test_quick_grid_is_coarse_and_holds_the_whole_brain():
+    """The tiny profile's preset: 128 x 128, 1.425-2.025 mm pixels, 4 mm slices; the brain it
+    samples has the planted volume (partial volume at 4 mm slices aside)."""
+    spec = SubjectSpec("s", 20.0, "F", "B", seed=4)
+    head = simulate_head(spec, MaturationSchedule.parse("physiological"), "quick")
+    spacing = np.linalg.norm(head.affine[:3, :3], axis=0)
+    assert head.hu.shape[:2] == (128, 128) and 20 <= head.hu.shape[2] <= 60
+    assert 1.425 <= spacing[0] == spacing[1] <= 2.025 and spacing[2] == 4.0
+    brain_ml = head.brain.sum() * np.prod(spacing) / 1000
+    assert brain_ml == pytest.approx(head.truth["brain_volume_planted_ml"], rel=0.05)
