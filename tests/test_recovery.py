@@ -1,13 +1,16 @@
 """Scoring the recovery of the planted schedule from perturbation statistics."""
 
+import warnings
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import rankdata, spearmanr
 
 from ctbrainage.synth import MaturationSchedule
 from ctbrainage.synth.schedule import PHYSIOLOGICAL
-from ctbrainage.synth.scoring import recovery_row, score_importance
+from ctbrainage.synth.scoring import _average_ranks, recovery_row, score_importance, spearman_rho
 
 EDGES = (0, 12, 24, 36, 48)
 
@@ -99,3 +102,23 @@ def test_an_untested_readout_is_scored_without_significance():
     row = recovery_row("group_level", measured, expected, "mean_abs_change")
     assert row["readout"] == "|Δprediction|" and row["significant_cells"] is None
     assert row["definition"] == "fisher" and row["top_lobe"] == "4/4"
+
+
+def test_spearman_rho_is_scipys_statistic_to_the_last_bit():
+    """The bootstrap's ρ: the same float as scipy.stats.spearmanr, ties, constant and NaN
+    inputs included."""
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 4, 16, 40):
+        for case in range(60):
+            x = rng.integers(0, 4, n).astype(float)  # many ties
+            y = rng.random(n) if case % 3 else x * 2 + rng.integers(0, 2, n)
+            if case % 10 == 0:
+                y[0] = np.nan
+            if case % 10 == 1:
+                y[:] = 1.0  # constant
+            assert np.array_equal(_average_ranks(x), rankdata(x))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # scipy warns on a constant input
+                expected = spearmanr(x, y).statistic
+            ours = spearman_rho(x, y)
+            assert (np.isnan(ours) and np.isnan(expected)) or ours == expected, (x, y)
