@@ -12,9 +12,9 @@ from collections.abc import Callable, Collection, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import spearmanr
 
 from ctbrainage.core.workers import progress_bar
+from ctbrainage.synth.scoring import spearman_rho
 
 SURVIVES = 0.5  # a map this similar (Spearman) to a randomised model's fails the check
 RANDOM_LABELS = "random_labels"  # the model trained on shuffled ages
@@ -40,11 +40,6 @@ def randomised_cascade(model: torch.nn.Module, seed: int):
         yield name, copy.deepcopy(current).eval()
 
 
-def _rho(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman ρ; NaN where either side is constant (its ptp, as std > 0 can be rounding)."""
-    return float(spearmanr(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else np.nan
-
-
 def similarity(reference: Values, other: Values, brains: Sequence[np.ndarray]) -> tuple:
     """(mean over subjects of the Spearman ρ of their |voxel map| inside the brain (``brains``,
     one mask per subject), Spearman ρ of the lobe importances over subjects × lobes); the first
@@ -55,9 +50,9 @@ def similarity(reference: Values, other: Values, brains: Sequence[np.ndarray]) -
         for i, brain in enumerate(brains):
             inside = brain > 0
             a, b = reference[0][i].abs().numpy()[inside], other[0][i].abs().numpy()[inside]
-            per_subject.append(_rho(a, b))
+            per_subject.append(spearman_rho(a, b))
         voxel = float(np.nanmean(per_subject)) if np.isfinite(per_subject).any() else np.nan
-    return voxel, _rho(reference[1].ravel(), other[1].ravel())
+    return voxel, spearman_rho(reference[1].ravel(), other[1].ravel())
 
 
 def survives(voxel_rho: float, lobe_rho: float, threshold: float = SURVIVES) -> bool:

@@ -170,7 +170,8 @@ class Rho(NamedTuple):
 def spearman_rho(x, y) -> float:
     """Spearman's ρ exactly as ``scipy.stats.spearmanr`` computes it (Pearson's r of the
     average ranks, the same calls), NaN where a side is constant or holds a NaN, without its
-    p-value and warnings: a tenth of the time, for the bootstrap's thousands of calls."""
+    p-value and warnings: a third of the time (0.14 against 0.47 ms on 16 cells), for the
+    bootstrap's thousands of calls."""
     pair = np.column_stack((np.asarray(x, float), np.asarray(y, float)))
     if len(pair) < 2 or np.isnan(pair).any() or (pair == pair[0]).all(axis=0).any():
         return np.nan

@@ -20,14 +20,12 @@ LOBE_COLOURS = {
 BRAIN_WINDOW = (0.0, 80.0)  # HU: window 80, level 40
 
 
-def save(fig: plt.Figure, out, dpi: int = 110, tight: bool = True) -> plt.Figure:
-    """Save atomically to ``out`` (a path, a list of paths, or None); return the figure.
-    ``tight``: cropped to what is drawn (a figure laid out by hand can skip that pass)."""
+def save(fig: plt.Figure, out, dpi: int = 110) -> plt.Figure:
+    """Save atomically to ``out`` (a path, a list of paths, or None); return the figure."""
     paths = [] if out is None else [out] if isinstance(out, str | Path) else list(out)
-    bbox = "tight" if tight else None
     for path in paths:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches=bbox, format=Path(path).suffix[1:] or "png")
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix[1:] or "png")
     return fig
 
 

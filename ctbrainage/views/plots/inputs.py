@@ -110,9 +110,7 @@ def preprocess_qc_figure(native, result, title: str = "", out=None):
     """Before (native HU, brain window, brain outline) and after (model input) in three planes."""
     import SimpleITK as sitk
 
-    # laid out by hand: one per subject, and the automatic layouts took half its time
-    fig, axes = plt.subplots(2, 3, figsize=(9, 6.2))
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.04, hspace=0.12)
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6.2), layout="constrained")
     hu = sitk.Resample(native, result.work_mask, sitk.Transform(), sitk.sitkLinear, -1024.0)
     hu_array, affine = ctio.sitk_to_ras(hu)
     mask_array, _ = ctio.sitk_to_ras(result.work_mask)
@@ -136,7 +134,7 @@ def preprocess_qc_figure(native, result, title: str = "", out=None):
         f"P-tile {result.ptile_hu[0]:.0f}-{result.ptile_hu[1]:.0f} HU",
         fontsize=10,
     )
-    return save(fig, out, dpi=80, tight=False)
+    return save(fig, out, dpi=80)
 
 
 def qc_montage(images: Iterable[str | Path | tuple[str, str | Path]], ncols: int = 3, out=None):
