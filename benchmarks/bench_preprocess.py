@@ -45,7 +45,7 @@ mask, orientation = result.work_mask, result.orientation
 
 t = time.perf_counter()  # ours: the stages that follow orient() in preprocess_scan
 ours_img, ours_brain, _ = pp.sample_model_input(
-    work, mask, pp.output_grid(orientation, SPACING, SIZE), PTILE
+    work, mask, result.intracranial, pp.output_grid(orientation, SPACING, SIZE), PTILE
 )
 ours_s = time.perf_counter() - t
 

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 # bump whenever a change alters the outputs: finished subjects of older versions are redone
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
 WORK_MM = 1.0  # isotropic working resolution for skull stripping and orientation
 CSF_HU = 5.0  # nominal CSF attenuation (2-10 HU at 120 kVp)
 BLOOD_HU = 50.0  # above this, intracranial soft tissue is venous blood or bone, not brain
@@ -126,19 +126,14 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(sizes))
 
 
-def skull_strip(work: sitk.Image, min_brain_ml: float = 100.0) -> sitk.Image:
-    """Brain mask (uint8) on the working grid, from HU alone.
+def intracranial_space(work: sitk.Image, min_brain_ml: float = 100.0) -> np.ndarray:
+    """The intracranial soft tissue (brain and CSF) on the working grid, bool ``[k, j, i]``.
 
-    1. Intracranial soft tissue: -20..100 HU, not bone. An erosion by a 3 mm ball cuts the
-       scalp (thinner than 6 mm) and any bridge through sutures, fontanelles or a head holder;
-       the largest component is the intracranial space, grown back within the soft tissue.
-    2. Parenchyma: within it, voxels below 50 HU (venous sinuses, bone) and above half-way
-       between CSF (nominal 5 HU) and cortical grey matter (the 90th percentile of intracranial
-       soft tissue), i.e. a voxel that is half brain
-       is brain; opened, largest component, holes filled (ventricles and deep white matter, which
-       at 15-22 HU in young infants may fall below the threshold, are enclosed by cortex); the
-       outermost voxel layer, partial volume with CSF, must exceed the threshold by 2 HU.
-    """
+    Soft tissue is -20..100 HU. An erosion by a 3 mm ball cuts the scalp (thinner than 6 mm)
+    and any bridge through sutures, fontanelles or a head holder; the largest component is the
+    intracranial space, grown back within the soft tissue and filled. It does not depend on
+    how far the white matter has myelinated, so the output grid (orientation, centre) and the
+    P-tile levels are taken from it."""
     hu = sitk.GetArrayViewFromImage(work)  # [k, j, i]
     voxel_ml = float(np.prod(work.GetSpacing())) / 1000.0
     radius = max(1, int(round(3.0 / work.GetSpacing()[0])))
@@ -153,22 +148,53 @@ def skull_strip(work: sitk.Image, min_brain_ml: float = 100.0) -> sitk.Image:
             f"no head found: the largest soft-tissue region ({region_ml:.0f} mL)"
             f" is not a skull-enclosed brain of >= {min_brain_ml:.0f} mL"
         )
+    return intracranial
+
+
+def skull_strip(
+    work: sitk.Image, intracranial: np.ndarray | None = None, min_brain_ml: float = 100.0
+) -> sitk.Image:
+    """Brain mask (uint8: grey and white matter, no CSF spaces) on the working grid, from HU.
+
+    Two levels from the intracranial soft tissue (:func:`intracranial_space`): ``mid``, half-way
+    between CSF (nominal 5 HU) and cortical grey matter (its 90th percentile), where a voxel
+    at the cortex is half brain; and ``low``, a quarter of the way, below the least myelinated
+    white matter (15-22 HU in young infants). Brain is a voxel below 50 HU (venous blood, bone)
+    and either above ``mid``, or above ``low`` and more than 2.5 mm from CSF (below ``low``)
+    within a tissue region at least 3 voxels wide: unmyelinated white matter is kept without
+    relying on hole filling, while CSF-filled sulci and fissures, which read above ``low`` by
+    partial volume, are not (CSF: below ``low`` after a 1 mm smoothing). Opened, largest
+    component, holes filled; then the CSF spaces it encloses (ventricles) are cut out, as in
+    the true brain; the outermost voxel layer, partial volume with CSF, must exceed ``mid`` by
+    2 HU.
+    Whether the ventricles are enclosed therefore no longer depends on myelination."""
+    if intracranial is None:
+        intracranial = intracranial_space(work, min_brain_ml)
+    hu = sitk.GetArrayViewFromImage(work)  # [k, j, i]
+    voxel_ml = float(np.prod(work.GetSpacing())) / 1000.0
     values = hu[intracranial]
     grey = np.percentile(values[(values > -10.0) & (values < 45.0)], 90)
-    threshold = float(np.clip((CSF_HU + grey) / 2, 10.0, 25.0))
+    mid = float(np.clip((CSF_HU + grey) / 2, 10.0, 25.0))
+    low = float(np.clip(CSF_HU + (grey - CSF_HU) / 4, 8.0, mid))
     box = _bounding_box(intracranial, margin=2)  # the same result, on a third of the voxels
     inside, hu_box = intracranial[box], hu[box]
-    brain_box = inside & (hu_box > threshold) & (hu_box < BLOOD_HU)
-    brain_box = _largest_component(ndimage.binary_opening(brain_box, _ball(1)))
-    brain_box = fill_holes(brain_box)
+    # CSF: below ``low``, opened (noise specks in tissue are not CSF)
+    csf = ndimage.binary_opening(hu_box < low, _ball(1))
+    spacing = work.GetSpacing()[::-1]
+    far_from_csf = ndimage.distance_transform_edt(~(csf | ~inside), sampling=spacing) > 2.5
+    tissue = inside & (hu_box < BLOOD_HU)
+    faint = ndimage.binary_opening(tissue & (hu_box > low) & far_from_csf, _ball(1))
+    brain_box = (tissue & (hu_box > mid)) | faint
+    brain_box = fill_holes(_largest_component(ndimage.binary_opening(brain_box, _ball(1))))
+    brain_box &= ~csf  # the CSF spaces it encloses (ventricles), as in the true brain
     # the outermost layer is partial volume with CSF: keep its voxels only if clearly tissue
     rim = brain_box & ~ndimage.binary_erosion(brain_box)
-    brain_box &= ~(rim & (hu_box < threshold + RIM_MARGIN_HU))
+    brain_box &= ~(rim & (hu_box < mid + RIM_MARGIN_HU))
     brain = np.zeros_like(intracranial)
     brain[box] = brain_box
     if brain.sum() * voxel_ml < min_brain_ml:
         raise PreprocessError(
-            f"no brain found: {brain.sum() * voxel_ml:.0f} mL above {threshold:.0f} HU"
+            f"no brain found: {brain.sum() * voxel_ml:.0f} mL of tissue above {low:.0f} HU"
         )
     mask = sitk.GetImageFromArray(brain.astype(np.uint8))
     mask.CopyInformation(work)
@@ -176,13 +202,16 @@ def skull_strip(work: sitk.Image, min_brain_ml: float = 100.0) -> sitk.Image:
 
 
 # ---- 2. orientation -----------------------------------------------------------------------------
-def mask_points(mask: sitk.Image, max_points: int = 60000, seed: int = 0) -> np.ndarray:
-    """Physical (LPS mm) coordinates of mask voxels, subsampled deterministically."""
-    idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1].astype(float)  # i, j, k
-    if len(idx) > max_points:
-        idx = idx[np.random.default_rng(seed).choice(len(idx), max_points, replace=False)]
+def mask_points(mask: sitk.Image, max_points: int = 60000) -> np.ndarray:
+    """Physical (LPS mm) coordinates of mask voxels, at most about ``max_points``: every voxel
+    of a regular lattice (a random draw would change wholly when one voxel of the mask does)."""
+    array = sitk.GetArrayViewFromImage(mask)
+    stride = max(1, math.ceil((np.count_nonzero(array) / max_points) ** (1 / 3)))
+    idx = np.argwhere(array[::stride, ::stride, ::stride] > 0)[:, ::-1] * stride  # i, j, k
     direction = np.array(mask.GetDirection()).reshape(3, 3)
-    return idx * np.array(mask.GetSpacing()) @ direction.T + np.array(mask.GetOrigin())
+    return idx.astype(float) * np.array(mask.GetSpacing()) @ direction.T + np.array(
+        mask.GetOrigin()
+    )
 
 
 def orient(mask: sitk.Image) -> Orientation:
@@ -221,24 +250,35 @@ def orient(mask: sitk.Image) -> Orientation:
 def _symmetry_normal(mask: sitk.Image, centre, axis, start) -> np.ndarray:
     """Unit normal of the plane through ``centre`` of best mirror symmetry of the mask: searched
     around ``axis`` (the AP axis) first, then tilted towards it (so that the yaw comes from the
-    symmetry, not from the PCA axis), and around it again, finer each time."""
-    array = sitk.GetArrayViewFromImage(mask)
-    points = mask_points(mask, max_points=20000, seed=1) - centre
+    symmetry, not from the PCA axis), and around it again, finer each time. The score is the
+    mask smoothed by a 2 mm Gaussian, read at the mirrored points: it changes smoothly with the
+    plane, so a mask that differs in a few voxels gives almost the same plane."""
+    spacing = np.array(mask.GetSpacing())
+    smooth = ndimage.gaussian_filter(
+        sitk.GetArrayViewFromImage(mask).astype(np.float32), 2.0 / spacing[::-1]
+    )
+    points = mask_points(mask, max_points=20000) - centre
     direction = np.array(mask.GetDirection()).reshape(3, 3)
-    to_index = np.linalg.inv(direction * np.array(mask.GetSpacing()))
+    to_index = np.linalg.inv(direction * spacing)
     origin = np.array(mask.GetOrigin())
 
     def score(n):
         mirrored = points - 2 * np.outer(points @ n, n) + centre
-        ijk = np.rint((mirrored - origin) @ to_index.T).astype(int)
-        inside = np.all((ijk >= 0) & (ijk < array.shape[::-1]), axis=1)
-        hits = np.zeros(len(ijk), bool)
-        hits[inside] = array[ijk[inside, 2], ijk[inside, 1], ijk[inside, 0]] > 0
-        return hits.mean()
+        kji = ((mirrored - origin) @ to_index.T)[:, ::-1].T
+        return float(ndimage.map_coordinates(smooth, kji, order=1, cval=0.0).mean())
 
     def best(rotate, degrees):
-        candidates = [rotate(math.radians(d)) for d in degrees]
-        return candidates[int(np.argmax([score(n) for n in candidates]))]
+        """The best of the candidate angles, refined between its neighbours by a parabola:
+        the angle then moves little when a few mask voxels do (an argmax alone jumps a step)."""
+        scores = [score(rotate(math.radians(d))) for d in degrees]
+        i = int(np.argmax(scores))
+        angle = degrees[i]
+        if 0 < i < len(degrees) - 1:
+            left, middle, right = scores[i - 1 : i + 2]
+            curvature = left - 2 * middle + right
+            if curvature < 0:
+                angle += 0.5 * (left - right) / curvature * (degrees[i + 1] - degrees[i])
+        return rotate(math.radians(angle))
 
     e1 = start - axis * (start @ axis)
     e1 /= np.linalg.norm(e1)
@@ -258,10 +298,11 @@ def _symmetry_normal(mask: sitk.Image, centre, axis, start) -> np.ndarray:
 
 
 # ---- 3. P-tile normalisation --------------------------------------------------------------------
-def ptile_normalise(hu: np.ndarray, brain: np.ndarray, low: float, high: float):
-    """Rescale HU linearly so that the ``low``/``high`` percentiles inside the brain map to 0/1;
-    clipped to [0, 1], 0 outside the brain. Returns the image and the two HU values."""
-    inside = hu[brain > 0]
+def ptile_normalise(hu: np.ndarray, brain: np.ndarray, low: float, high: float, levels_from=None):
+    """Rescale HU linearly so that the ``low``/``high`` percentiles of ``levels_from`` (default:
+    the brain) map to 0/1; clipped to [0, 1], 0 outside the brain. Returns the image and the
+    two HU values."""
+    inside = hu[(brain if levels_from is None else levels_from) > 0]
     if inside.size == 0:
         raise PreprocessError("empty brain mask: nothing to normalise")
     lo, hi = np.percentile(inside, [low, high])
@@ -323,6 +364,7 @@ class Preprocessed:
     brain: np.ndarray  # uint8 [i, j, k]
     affine: np.ndarray  # RAS affine of the output grid (native physical space → these voxels)
     work_mask: sitk.Image  # brain mask on the working grid (native axes)
+    intracranial: sitk.Image  # intracranial space (brain and CSF) on the working grid
     orientation: Orientation
     ptile_hu: tuple[float, float]
     brain_volume_ml: float
@@ -331,27 +373,40 @@ class Preprocessed:
 def preprocess_scan(
     image: sitk.Image, spacing_mm: float, size: int, ptile: tuple[float, float]
 ) -> Preprocessed:
-    """All stages for one HU image. The model input is sampled from the working grid (1 mm),
-    so output spacings finer than ``WORK_MM`` (e.g. the paper's literal 0.488 mm) are
-    interpolated, not more detailed."""
+    """All stages for one HU image. The output grid (orientation, centre) and the P-tile
+    levels come from the intracranial space, which does not change as the white matter
+    myelinates; the brain mask decides which voxels are input (docs/preprocessing.md). The
+    model input is sampled from the working grid (1 mm), so output spacings finer than
+    ``WORK_MM`` (e.g. the paper's literal 0.488 mm) are interpolated, not more detailed."""
     work = to_working_grid(image)
-    mask = skull_strip(work)
-    orientation = orient(mask)
+    intracranial = sitk.GetImageFromArray(intracranial_space(work).astype(np.uint8))
+    intracranial.CopyInformation(work)
+    mask = skull_strip(work, sitk.GetArrayViewFromImage(intracranial) > 0)
+    orientation = orient(intracranial)
     grid = output_grid(orientation, spacing_mm, size)
-    model_input, brain, ptile_hu = sample_model_input(work, mask, grid, ptile)
+    model_input, brain, ptile_hu = sample_model_input(work, mask, intracranial, grid, ptile)
     volume = float(sitk.GetArrayViewFromImage(mask).sum()) * WORK_MM**3 / 1000.0
-    return Preprocessed(model_input, brain, grid_affine(grid), mask, orientation, ptile_hu, volume)
+    return Preprocessed(
+        model_input, brain, grid_affine(grid), mask, intracranial, orientation, ptile_hu, volume
+    )
 
 
-def sample_model_input(work, mask, grid, ptile):
+def sample_model_input(work, mask, intracranial, grid, ptile):
     """P-tile normalisation, isotropic resampling and crop onto the brain's output ``grid``.
 
-    Normalised on the working grid, where the mask is exact, so that no skull or scalp can
-    bleed into brain voxels when the image is then sampled on the (coarser) output grid.
+    The levels are percentiles of the intracranial soft tissue below 50 HU (brain and CSF, no
+    venous blood or bone): percentiles of the brain alone sit in its darkest tissue, the least
+    myelinated white matter, and would rescale the whole input as one lobe matures. Normalised
+    on the working grid, where the mask is exact, so that no skull or scalp can bleed into brain
+    voxels when the image is then sampled on the (coarser) output grid.
     Returns (model input, brain mask, (low, high) HU)."""
-    work, mask = crop_to_mask(work, mask), crop_to_mask(mask, mask)
+    work, mask = crop_to_mask(work, intracranial), crop_to_mask(mask, intracranial)
+    hu = sitk.GetArrayViewFromImage(work)
+    reference = (sitk.GetArrayViewFromImage(crop_to_mask(intracranial, intracranial)) > 0) & (
+        hu < BLOOD_HU
+    )
     normalised, lo, hi = ptile_normalise(
-        sitk.GetArrayViewFromImage(work), sitk.GetArrayViewFromImage(mask), *ptile
+        hu, sitk.GetArrayViewFromImage(mask), *ptile, levels_from=reference
     )
     normalised_image = sitk.GetImageFromArray(normalised)
     normalised_image.CopyInformation(work)
