@@ -78,8 +78,19 @@ def test_lobar_cues_change_only_the_lobar_white_matter():
     c, d = (simulate_head(s, STAGGERED, cues="all") for s in (young, old))
     assert d.truth["brain_volume_planted_ml"] > 1.5 * c.truth["brain_volume_planted_ml"]
     assert d.truth["grey_matter_hu"] > c.truth["grey_matter_hu"] + 3
-    with pytest.raises(ValueError, match="unknown cues 'none'"):
-        simulate_head(young, STAGGERED, cues="none")
+    with pytest.raises(ValueError, match="unknown cues 'some'"):
+        simulate_head(young, STAGGERED, cues="some")
+
+
+def test_without_cues_the_same_child_is_the_same_image_at_every_age():
+    """cues=none, the negative control: nothing in the image, nor the planted signal, follows
+    age; the same random draws as cues=lobar (only the lobar white matter differs)."""
+    young, old = (SubjectSpec("s", age, "F", "A", seed=3) for age in (2.0, 46.0))
+    a, b = (simulate_head(s, STAGGERED, mode="quick", cues="none") for s in (young, old))
+    assert np.array_equal(a.hu, b.hu) and not a.signal.any()
+    lobar = simulate_head(young, STAGGERED, mode="quick", cues="lobar")
+    differs = a.hu != lobar.hu
+    assert differs.any() and not differs[lobar.signal == 0].any()
 
 
 def test_non_lobar_cues_do_not_follow_age_in_the_images(cues):

@@ -130,6 +130,8 @@ def test_fill_holes_and_the_cropped_masked_morphology_equal_scipys():
         mask = noise > 0.02
         assert mask[0].any() or mask[-1].any()  # objects touch the border
         assert np.array_equal(pp.fill_holes(mask), ndimage.binary_fill_holes(mask))
+        far = ~ndimage.binary_dilation(mask, pp._ball(2.5))  # "farther than 2.5 voxels"
+        assert np.array_equal(far, ndimage.distance_transform_edt(~mask) > 2.5)
         region = noise > -0.05
         core = ndimage.binary_erosion(region, pp._ball(3))
         assert core.any()

@@ -86,8 +86,9 @@ class SynthConfig:
     mode: Literal["demo", "full-res", "quick"] = "demo"  # acquisition grid preset
     format: Literal["nifti", "dicom"] = "nifti"
     schedule: str = "physiological"  # preset (physiological, staggered, ...) or a JSON path
-    # age cues of the heads: "all", or "lobar" = lobar white matter only (docs/synthetic-cohort.md)
-    cues: Literal["all", "lobar"] = "all"
+    # age cues of the heads: "all", "lobar" = lobar white matter only, or "none" = no age cue (the
+    # negative control) (docs/synthetic-cohort.md)
+    cues: Literal["all", "lobar", "none"] = "all"
     # share of subjects scanned with a tilted gantry
     gantry_tilt_fraction: float = bounded(0.0, minimum=0, maximum=1)
     workers: int = bounded(0, minimum=0)  # parallel processes; 0 = all cores

@@ -35,9 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cues",
-        choices=["all", "lobar"],
+        choices=["all", "lobar", "none"],
         help="age cues: all (default) | lobar = lobar white matter only, every other tissue "
-        "at the reference age",
+        "at the reference age | none = every tissue at the reference age (negative control)",
     )
     p.add_argument("--format", choices=["nifti", "dicom"], help="image format (default nifti)")
     res = p.add_mutually_exclusive_group()

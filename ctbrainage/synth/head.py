@@ -36,9 +36,10 @@ from ctbrainage.synth.schedule import INDIVIDUAL_SD_HU, MaturationSchedule
 AIR_HU = -1000.0
 # bump whenever a change alters the generated images: cohorts on disk then regenerate
 GENERATOR_VERSION = 4
-#: which age cues a head carries: ``all`` (every age-dependent tissue) or ``lobar`` (only the
+#: which age cues a head carries: ``all`` (every age-dependent tissue), ``lobar`` (only the
 #: lobar white matter; every other cue is drawn at :data:`REFERENCE_AGE_MONTHS` for every child)
-CUES = ("all", "lobar")
+#: or ``none`` (the lobar white matter too: no age cue at all, the negative control)
+CUES = ("all", "lobar", "none")
 REFERENCE_AGE_MONTHS = 24.0
 MATURITY_SD_MONTHS = 1.5  # a child's maturation runs early or late by this much (all lobes)
 
@@ -128,9 +129,11 @@ def simulate_head(
     cue_age = None if cues == "all" else REFERENCE_AGE_MONTHS
     cue_spec = spec if cue_age is None else replace(spec, age_months=cue_age)
     body = _sample_body(cue_spec, tpl, rng)
-    tissue = _sample_attenuation(spec, schedule, rng, cue_age)
+    tissue = _sample_attenuation(spec, schedule, rng, cue_age, lobar_cue=cues != "none")
     hu_t = _compose_template_hu(tpl, body, tissue, cue_spec.age_months)
     signal_t = _lobar_signal(tpl, body, schedule, tissue["biological_age_months"])
+    if cues == "none":  # no tissue changes with age
+        signal_t[:] = 0.0
     coords = _deformation(tpl, rng) if deform else None
     hu_t, signal_t, truth_t = (
         _warp(hu_t, coords, order=1, mode="nearest"),
@@ -208,15 +211,22 @@ def _sample_body(spec: SubjectSpec, tpl: Template, rng) -> dict:
 
 
 def _sample_attenuation(
-    spec: SubjectSpec, schedule: MaturationSchedule, rng, cue_age: float | None = None
+    spec: SubjectSpec,
+    schedule: MaturationSchedule,
+    rng,
+    cue_age: float | None = None,
+    lobar_cue: bool = True,
 ) -> dict:
     """Tissue attenuations (HU) for this subject: the schedule plus individual variation.
-    Every tissue but the lobar white matter sees ``cue_age`` when given (``cues="lobar"``)."""
+    Every tissue but the lobar white matter sees ``cue_age`` when given (``cues="lobar"``);
+    without ``lobar_cue`` the lobar white matter sees it too (``cues="none"``). The random
+    draws are the same in every case."""
     # maturation runs a little early or late in each child, for all lobes together
     offset = MATURITY_SD_MONTHS * float(rng.standard_normal())
     bio_age = max(0.0, spec.age_months + offset)
+    wm_age = bio_age if lobar_cue or cue_age is None else cue_age
     wm = {
-        name: float(schedule.wm_hu(name, bio_age) + INDIVIDUAL_SD_HU * rng.standard_normal())
+        name: float(schedule.wm_hu(name, wm_age) + INDIVIDUAL_SD_HU * rng.standard_normal())
         for name in LOBES.values()
     }
     age = spec.age_months if cue_age is None else cue_age
