@@ -19,6 +19,7 @@ from ctbrainage.imaging import ctio
 from ctbrainage.imaging.preprocess import input_derivative, map_to_grid, preprocess_scan
 from ctbrainage.steps import s01_preprocess
 from ctbrainage.synth import MaturationSchedule, SubjectSpec, simulate_head
+from ctbrainage.synth.invariance import cue_correlations, input_age_cues
 from ctbrainage.synth.scoring import measure_age_cues
 
 pytestmark = pytest.mark.integration  # generates a cohort and preprocesses part of one
@@ -177,3 +178,22 @@ def test_signal_is_the_derivative_of_the_model_input():
     assert r > 0.8, r
     ratio = difference[both].sum() / signal[both].sum()
     assert 0.7 < ratio < 1.3, ratio
+
+
+def test_age_cues_are_read_in_the_model_input(benchmark_run):
+    """Each lobe's white matter, read in the model input, is its planted HU through the
+    subject's P-tile levels (16 lobes of 4 children at 2-46 months, 18-30.5 HU); a lobe read in
+    another lobe's place would break the relation."""
+    cues = input_age_cues(benchmark_run)
+    truth = pd.read_csv(benchmark_run.synthetic.truth_table, dtype={"subject_id": str})
+    data = cues.merge(truth, on="subject_id", suffixes=("", "_truth"))
+    read, expected = [], []
+    for name in LOBES.values():
+        planted = data[f"wm_hu_measured_{name}"] + data["site_offset_hu"]
+        expected += list((planted - data.ptile_low_hu) / (data.ptile_high_hu - data.ptile_low_hu))
+        read += list(data[f"input_wm_{name}"])
+    assert stats.pearsonr(read, expected).statistic > 0.9
+    assert np.mean(np.abs(np.subtract(read, expected))) < 0.08
+    table = cue_correlations(cues)
+    assert set(table.cue) >= {"mask_ml", "ptile_low_hu", "input_outside_lobes"}
+    assert (table.n == len(cues)).all()

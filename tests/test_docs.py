@@ -358,3 +358,26 @@ def test_the_wall_time_block_sums_the_default_steps_of_the_manifest(tmp_path):
     assert rows[2:5] == ["| 01_preprocess | 100.0 |", "| 03_train_fold0 | 20.5 |",
                          "| 08_stacking | 300.0 |"]  # fmt: skip
     assert rows[5] == "| steps 01-07 (`run_all.py` by default) | 120.5 (2.0 min) |"
+
+
+def test_the_baselines_block_shows_step_04s_comparison(tmp_path):
+    """baselines.csv as step 04 writes it (the CNN, the ridge, the training mean age), rendered
+    with mean ± SD over folds."""
+    predictions = pd.DataFrame(
+        {"subject_id": [f"s{i}" for i in range(6)], "fold": [0, 1] * 3,
+         "age_months": [1.0, 5.0, 9.0, 20.0, 30.0, 40.0],
+         "predicted_months": [2.0, 4.0, 12.0, 18.0, 33.0, 39.0]}
+    )  # fmt: skip
+    baselines = predictions[["subject_id"]].assign(age_mean=[20.0] * 6, ridge=[3.0] * 6)
+    table = evaluate.compare_with_baselines(predictions, baselines)
+    layout = RunLayout(tmp_path / "runs" / "demo")
+    layout.root.mkdir(parents=True)
+    write_table(layout.baselines, table.reset_index(names="model"))
+    text = docs.render("baselines", layout.root)
+    for label, predicted in (
+        ("3D ResNet (ours)", predictions.predicted_months),
+        ("age-mean predictor", 20.0),
+    ):
+        m = evaluate.fold_metrics(predictions.assign(predicted_months=predicted))
+        assert f"| {label} | {m.at['mean', 'mae']:.2f} ± {m.at['sd', 'mae']:.2f} |" in text
+    assert text.count("| age-mean predictor |") == 1 and "| – |" in text  # a constant has no r

@@ -247,6 +247,11 @@ class RunLayout:
         """The fitted bias-correction lines (one per fold)."""
         return self.root / "bias_correction.csv"
 
+    @property
+    def baselines(self) -> Path:
+        """The CNN against the baselines (training mean age, ridge on image features)."""
+        return self.root / "baselines.csv"
+
     # ---- step 05: perturbation ---------------------------------------------------------------
     def perturbation(self, fill: str, main_fill: str) -> Path:
         """The table of the profile's fill (``main_fill``): ``perturbation.csv``; of another

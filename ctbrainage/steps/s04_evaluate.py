@@ -61,15 +61,15 @@ def inputs(profile: Profile | Settings) -> list[Path]:
 @STEP.outputs
 def outputs(profile: Profile | Settings) -> list[Path]:
     layout = RunLayout(profile.run_path)
-    return [layout.metrics, layout.brain_age_gaps, layout.bias_lines]
+    return [layout.metrics, layout.brain_age_gaps, layout.bias_lines, layout.baselines]
 
 
 is_fresh = STEP.is_fresh
 
 
 def run(profile: Profile) -> Result:
-    """Evaluate the out-of-fold predictions; writes ``metrics.csv``, ``brain_age_gap.csv`` and
-    ``bias_correction.csv`` (cheap: computed on every call)."""
+    """Evaluate the out-of-fold predictions; writes ``metrics.csv``, ``brain_age_gap.csv``,
+    ``bias_correction.csv`` and ``baselines.csv`` (cheap: computed on every call)."""
     return STEP.run(profile, _evaluate, always=True).result
 
 
@@ -87,10 +87,13 @@ def _evaluate(profile: Settings) -> Outcome:
         pd.read_csv(layout.lobes_table, dtype={"subject_id": str}),
         {sid: _arrays(layout, sid) for sid in predictions["subject_id"]},
     )
-    baselines = evaluate.baseline_predictions(features, predictions)
+    baselines = evaluate.compare_with_baselines(
+        predictions, evaluate.baseline_predictions(features, predictions)
+    )
     write_table(layout.metrics, metrics.reset_index(names=""))
     write_table(layout.brain_age_gaps, gaps)
     write_table(layout.bias_lines, lines)
+    write_table(layout.baselines, baselines.reset_index(names="model"))
     result = Result(
         predictions,
         metrics,
@@ -98,7 +101,7 @@ def _evaluate(profile: Settings) -> Outcome:
         evaluate.error_by_age_group(predictions, profile.age_group_edges),
         gaps,
         lines,
-        evaluate.compare_with_baselines(predictions, baselines),
+        baselines,
     )
     return Outcome(subjects=False, result=result)
 

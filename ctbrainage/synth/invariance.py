@@ -1,9 +1,13 @@
-"""Does preprocessing see maturation? The same child regenerated at many ages through step 01.
+"""Does preprocessing see maturation? Age cues measured in the model input.
 
-With ``cues="lobar"`` a child's random draws do not depend on age, so two ages of one child
-differ only in the lobar white matter. Whatever else changes in the model input (the brain
-mask, the P-tile levels, the output grid) is a leak: an age cue the preprocessing made, far
-from the maturing lobes. Run ``python -m ctbrainage.synth.invariance --out leak.csv``.
+- :func:`maturation_leak`: the same child regenerated at many ages through step 01. With
+  ``cues="lobar"`` a child's random draws do not depend on age, so two ages of one child differ
+  only in the lobar white matter; whatever else changes in the model input (the brain mask, the
+  P-tile levels, the output grid) is a leak: an age cue the preprocessing made, far from the
+  maturing lobes. ``python -m ctbrainage.synth.invariance --out leak.csv``.
+- :func:`input_age_cues`: every subject of a synthetic run, read from step 01's outputs (what the
+  model sees, not the generated image): brain-mask volume, P-tile levels, the input in each
+  lobe's white matter and outside the lobes; :func:`cue_correlations` ranks them against age.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
@@ -18,11 +23,13 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from ctbrainage.core.cohort import PAPER_AGE_EDGES
+from ctbrainage.core.labels import LOBES
+from ctbrainage.core.layout import RunLayout
 from ctbrainage.imaging.ctio import ras_to_sitk
-from ctbrainage.imaging.preprocess import preprocess_scan
+from ctbrainage.imaging.preprocess import map_to_grid, preprocess_scan
 from ctbrainage.synth.head import SubjectSpec, simulate_head
 from ctbrainage.synth.schedule import MaturationSchedule
-from ctbrainage.synth.scoring import dice
+from ctbrainage.synth.scoring import dice, spearman_rho
 
 SEEDS = (21, 5, 77)
 AGES = (2.0, 6.0, 10.0, 16.0, 24.0, 36.0, 46.0)
@@ -88,6 +95,51 @@ def maturation_leak(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def input_age_cues(layout: RunLayout) -> pd.DataFrame:
+    """One row per preprocessed subject of a synthetic run: age, biological age, brain-mask
+    volume (mL), P-tile levels (HU), and the mean model input in each lobe's white-matter core
+    (``input_wm_<lobe>``) and in the brain outside the lobes, one voxel away from them
+    (``input_outside_lobes``: deep grey matter, cerebellum, brainstem, central white matter)."""
+    truth = pd.read_csv(layout.synthetic.truth_table, dtype={"subject_id": str})
+    table = pd.read_csv(layout.preprocess_table, dtype={"subject_id": str})
+    table = table.merge(truth[["subject_id", "biological_age_months"]], on="subject_id")
+    rows = []
+    for rec in table.itertuples():
+        sid = rec.subject_id
+        reference = sitk.ReadImage(str(layout.preprocessed(sid)))
+        image = np.asarray(nib.load(layout.preprocessed(sid)).dataobj, dtype=np.float32)
+        brain = np.asarray(nib.load(layout.brain(sid)).dataobj) > 0
+        wm = map_to_grid(sitk.ReadImage(str(layout.synthetic.truth_wm(sid))), reference)
+        lobes = map_to_grid(sitk.ReadImage(str(layout.synthetic.truth_lobes(sid))), reference)
+        outside = brain & ~ndimage.binary_dilation(lobes > 0)
+        rows.append(
+            {
+                "subject_id": sid,
+                "age_months": rec.age_months,
+                "biological_age_months": rec.biological_age_months,
+                "mask_ml": rec.brain_volume_ml,
+                "ptile_low_hu": rec.ptile_low_hu,
+                "ptile_high_hu": rec.ptile_high_hu,
+                **{
+                    f"input_wm_{name}": float(image[(wm == idx) & brain].mean())
+                    for idx, name in LOBES.items()
+                },
+                "input_outside_lobes": float(image[outside].mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def cue_correlations(cues: pd.DataFrame, age: str = "age_months") -> pd.DataFrame:
+    """Spearman's ρ of every cue of :func:`input_age_cues` with ``age``, per cue."""
+    columns = [
+        c for c in cues.columns if c not in ("subject_id", "age_months", "biological_age_months")
+    ]
+    return pd.DataFrame(
+        [{"cue": c, "rho": spearman_rho(cues[c], cues[age]), "n": len(cues)} for c in columns]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

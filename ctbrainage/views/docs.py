@@ -27,6 +27,7 @@ from ctbrainage.core.layout import RunLayout
 from ctbrainage.interpret.perturb import FILLS
 from ctbrainage.interpret.sanity import sanity_verdict
 from ctbrainage.stats.evaluate import PAPER_METRICS
+from ctbrainage.synth.invariance import cue_correlations, input_age_cues
 from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
 
 _NAME = r"[\w.@-]+"
@@ -72,6 +73,30 @@ def _metrics(layout: RunLayout) -> str:
         ],
     ]
     return _table(["", "RMSE (months)", "MAE (months)", "r", "R²"], rows)
+
+
+def _baselines(layout: RunLayout) -> str:
+    """Step 04: the CNN against the training mean age and a ridge on image features."""
+    table = _read(layout.baselines)
+    digits = {"mae": 2, "rmse": 2, "r": 3}
+
+    def cell(row, metric):
+        mean, sd = getattr(row, f"{metric}_mean"), getattr(row, f"{metric}_sd")
+        if math.isnan(mean):
+            return DASH
+        return f"{_number(mean, digits[metric])} ± {_number(sd, digits[metric])}"
+
+    rows = [[row.model, *(cell(row, m) for m in digits)] for row in table.itertuples()]
+    return _table(["mean ± SD over folds", "MAE (months)", "RMSE (months)", "r"], rows)
+
+
+def _input_cues(layout: RunLayout) -> str:
+    """Step 01 on a synthetic run: Spearman's ρ of each cue in the model input with age."""
+    table = cue_correlations(input_age_cues(layout))
+    return _table(
+        ["cue in the model input", f"ρ with age (n = {int(table.n.iloc[0])})"],
+        [[f"`{row.cue}`", _number(row.rho, 2)] for row in table.itertuples()],
+    )
 
 
 def _main_table(layout: RunLayout) -> Path:
@@ -214,6 +239,8 @@ def _wall_time(layout: RunLayout) -> str:
 BLOCKS: dict[str, tuple[int, Callable[[RunLayout], Path], Callable[[RunLayout], str]]] = {
     "planted": (1, lambda run: run.synthetic.expected_importance, _planted),
     "metrics": (4, lambda run: run.metrics, _metrics),
+    "baselines": (4, lambda run: run.baselines, _baselines),
+    "input-cues": (1, lambda run: run.preprocess_table, _input_cues),
     "perturbation": (5, _main_table, _perturbation),
     "table1": (6, lambda run: run.table1(".md"), _table1),
     "recovery": (6, lambda run: run.recovery, _recovery),
