@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 # bump whenever a change alters the outputs: finished subjects of older versions are redone
-PREPROCESS_VERSION = 3
+PREPROCESS_VERSION = 4
 WORK_MM = 1.0  # isotropic working resolution for skull stripping and orientation
 CSF_HU = 5.0  # nominal CSF attenuation (2-10 HU at 120 kVp)
 BLOOD_HU = 50.0  # above this, intracranial soft tissue is venous blood or bone, not brain
@@ -43,8 +44,6 @@ class Orientation:
     def angles_deg(self) -> tuple[float, float, float]:
         """Rotation of the brain relative to the scanner axes: roll, pitch, yaw (degrees)."""
         ras = LPS_FROM_RAS @ self.axes  # the same vectors in RAS
-        from scipy.spatial.transform import Rotation
-
         return tuple(float(a) for a in Rotation.from_matrix(ras).as_euler("xyz", degrees=True))
 
 
@@ -246,7 +245,11 @@ def orient(mask: sitk.Image) -> Orientation:
         superior, inferior_offset = -si, v[top].mean()
     anterior = -np.sign(inferior_offset) * ap
     right = np.cross(anterior, superior)
-    return Orientation(centre=centre, axes=np.column_stack([right, anterior, superior]))
+    # rounded (1e-6 mm, 1e-9 rad): the same grid whatever the floating-point noise of the
+    # process (sums whose order depends on threads and memory alignment)
+    turn = Rotation.from_matrix(np.column_stack([right, anterior, superior])).as_rotvec()
+    axes = Rotation.from_rotvec(np.round(turn, 9)).as_matrix()
+    return Orientation(centre=np.round(centre, 6), axes=axes)
 
 
 def _symmetry_normal(mask: sitk.Image, centre, axis, start) -> np.ndarray:
