@@ -1,9 +1,11 @@
 """Preprocessing does not see maturation: the same child at two ages through step 01."""
 
+from ctbrainage.core.layout import RunLayout
 from ctbrainage.synth.invariance import maturation_leak
+from ctbrainage.views import docs
 
 
-def test_one_lobe_maturing_moves_neither_the_mask_nor_the_ptile_levels_nor_the_grid():
+def test_one_lobe_maturing_moves_neither_the_mask_nor_the_ptile_levels_nor_the_grid(tmp_path):
     """Seed 21 at 2 and 30 months differs only in lobar white matter (three lobes matured).
     Before the skull strip kept unmyelinated white matter, its mask grew 739 → 873 mL (Dice
     0.92), the lower P-tile level fell 20.4 → 12.1 HU, the grid turned 1.2° and 98 % of the
@@ -16,3 +18,10 @@ def test_one_lobe_maturing_moves_neither_the_mask_nor_the_ptile_levels_nor_the_g
     assert abs(later.ptile_high_hu - first.ptile_high_hu) < 0.5
     assert later.grid_turn_deg < 0.05 and later.grid_shift_mm < 0.05
     assert later.share_changed_outside < 0.05
+    # the docs block that shows it
+    layout = RunLayout(tmp_path)
+    table.to_csv(layout.maturation_leak, index=False)
+    text = docs.render("leak", tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| seed 21, 2–30 months |"))
+    assert f"| {later.mask_dice_vs_first:.3f} |" in row
+    assert f"| {min(table.ptile_low_hu):.2f}–{max(table.ptile_low_hu):.2f} |" in row

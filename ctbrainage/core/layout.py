@@ -248,6 +248,11 @@ class RunLayout:
         return self.root / "bias_correction.csv"
 
     @property
+    def maturation_leak(self) -> Path:
+        """The same children at many ages through step 01 (``ctbrainage.synth.invariance``)."""
+        return self.root / "maturation_leak.csv"
+
+    @property
     def baselines(self) -> Path:
         """The CNN against the baselines (training mean age, ridge on image features)."""
         return self.root / "baselines.csv"

@@ -4,7 +4,8 @@
   ``cues="lobar"`` a child's random draws do not depend on age, so two ages of one child differ
   only in the lobar white matter; whatever else changes in the model input (the brain mask, the
   P-tile levels, the output grid) is a leak: an age cue the preprocessing made, far from the
-  maturing lobes. ``python -m ctbrainage.synth.invariance --out leak.csv``.
+  maturing lobes. ``python -m ctbrainage.synth.invariance`` writes
+  ``runs/benchmark/maturation_leak.csv``.
 - :func:`input_age_cues`: every subject of a synthetic run, read from step 01's outputs (what the
   model sees, not the generated image): brain-mask volume, P-tile levels, the input in each
   lobe's white matter and outside the lobes; :func:`cue_correlations` ranks them against age.
@@ -22,6 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from ctbrainage.core.atomic import atomic_write_text
 from ctbrainage.core.cohort import PAPER_AGE_EDGES
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
@@ -144,13 +146,19 @@ def cue_correlations(cues: pd.DataFrame, age: str = "age_months") -> pd.DataFram
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="CSV to write")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("runs/benchmark"),
+        help="run directory to write maturation_leak.csv into (default: runs/benchmark)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--ages", type=float, nargs="+", default=list(AGES))
     args = parser.parse_args(argv)
     table = maturation_leak(args.seeds, args.ages)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False, float_format="%.4g")
+    out = RunLayout(args.run_dir).maturation_leak
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, table.to_csv(index=False, float_format="%.6g"))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     return 0
 

@@ -90,6 +90,27 @@ def _baselines(layout: RunLayout) -> str:
     return _table(["mean ± SD over folds", "MAE (months)", "RMSE (months)", "r"], rows)
 
 
+def _leak(layout: RunLayout) -> str:
+    """The same children at many ages: how far the mask, levels, grid and input moved."""
+    table = _read(layout.maturation_leak)
+    rows = []
+    for seed, part in table.groupby("seed"):
+        later = part.iloc[1:]
+        rows.append(
+            [
+                f"seed {seed}, {part.age_months.min():g}–{part.age_months.max():g} months",
+                _number(later.mask_dice_vs_first.min(), 3),
+                f"{part.mask_ml.min():.0f}–{part.mask_ml.max():.0f}",
+                f"{part.ptile_low_hu.min():.2f}–{part.ptile_low_hu.max():.2f}",
+                f"{later.grid_turn_deg.max():.3f} / {later.grid_shift_mm.max():.3f}",
+                f"{100 * later.share_changed_outside.max():.1f} %",
+            ]
+        )
+    header = ["child", "mask Dice with the first age (min)", "mask (mL)", "lower P-tile level (HU)"]
+    header += ["grid turned (°) / moved (mm), max", "outside voxels changed > 0.02, max"]
+    return _table(header, rows)
+
+
 def _input_cues(layout: RunLayout) -> str:
     """Step 01 on a synthetic run: Spearman's ρ of each cue in the model input with age."""
     table = cue_correlations(input_age_cues(layout))
@@ -241,6 +262,7 @@ BLOCKS: dict[str, tuple[int, Callable[[RunLayout], Path], Callable[[RunLayout], 
     "metrics": (4, lambda run: run.metrics, _metrics),
     "baselines": (4, lambda run: run.baselines, _baselines),
     "input-cues": (1, lambda run: run.preprocess_table, _input_cues),
+    "leak": (1, lambda run: run.maturation_leak, _leak),
     "perturbation": (5, _main_table, _perturbation),
     "table1": (6, lambda run: run.table1(".md"), _table1),
     "recovery": (6, lambda run: run.recovery, _recovery),
