@@ -21,7 +21,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 # bump whenever a change alters the outputs: finished subjects of older versions are redone
-PREPROCESS_VERSION = 4
+PREPROCESS_VERSION = 5
 WORK_MM = 1.0  # isotropic working resolution for skull stripping and orientation
 CSF_HU = 5.0  # nominal CSF attenuation (2-10 HU at 120 kVp)
 BLOOD_HU = 50.0  # above this, intracranial soft tissue is venous blood or bone, not brain
@@ -259,8 +259,10 @@ def _symmetry_normal(mask: sitk.Image, centre, axis, start) -> np.ndarray:
     mask smoothed by a 2 mm Gaussian, read at the mirrored points: it changes smoothly with the
     plane, so a mask that differs in a few voxels gives almost the same plane."""
     spacing = np.array(mask.GetSpacing())
+    # float64 throughout: a float32 mean of the scores varies with memory alignment (1e-7),
+    # enough to move the refined angle between processes
     smooth = ndimage.gaussian_filter(
-        sitk.GetArrayViewFromImage(mask).astype(np.float32), 2.0 / spacing[::-1]
+        sitk.GetArrayViewFromImage(mask).astype(np.float64), 2.0 / spacing[::-1]
     )
     points = mask_points(mask, max_points=20000) - centre
     direction = np.array(mask.GetDirection()).reshape(3, 3)
