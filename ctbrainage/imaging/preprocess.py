@@ -21,7 +21,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 # bump whenever a change alters the outputs: finished subjects of older versions are redone
-PREPROCESS_VERSION = 5
+PREPROCESS_VERSION = 6
 WORK_MM = 1.0  # isotropic working resolution for skull stripping and orientation
 CSF_HU = 5.0  # nominal CSF attenuation (2-10 HU at 120 kVp)
 BLOOD_HU = 50.0  # above this, intracranial soft tissue is venous blood or bone, not brain
@@ -312,7 +312,10 @@ def ptile_normalise(hu: np.ndarray, brain: np.ndarray, low: float, high: float, 
     inside = hu[(brain if levels_from is None else levels_from) > 0]
     if inside.size == 0:
         raise PreprocessError("empty brain mask: nothing to normalise")
-    lo, hi = np.percentile(inside, [low, high])
+    # on values rounded to 0.1 HU (far below CT noise): the levels then do not move when the
+    # working grid's HU carry floating-point noise of a process (1e-4 HU at bone edges, seen
+    # between worker processes; thousands of voxels share each rounded value)
+    lo, hi = (float(v) for v in np.percentile(np.round(inside, 1), [low, high]))
     if hi <= lo:
         raise PreprocessError(f"flat brain intensities ({lo:.1f} HU): cannot normalise")
     out = np.clip((hu - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
