@@ -259,8 +259,8 @@ def _symmetry_normal(mask: sitk.Image, centre, axis, start) -> np.ndarray:
     mask smoothed by a 2 mm Gaussian, read at the mirrored points: it changes smoothly with the
     plane, so a mask that differs in a few voxels gives almost the same plane."""
     spacing = np.array(mask.GetSpacing())
-    # float64 throughout: a float32 mean of the scores varies with memory alignment (1e-7),
-    # enough to move the refined angle between processes
+    # float64 throughout: the refined angle is continuous in the scores, so float32 rounding
+    # (1e-7) would move it more than the final rounding (1e-9 rad) absorbs
     smooth = ndimage.gaussian_filter(
         sitk.GetArrayViewFromImage(mask).astype(np.float64), 2.0 / spacing[::-1]
     )
