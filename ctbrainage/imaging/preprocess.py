@@ -165,11 +165,10 @@ def skull_strip(
     and either above ``mid``, or above ``low`` and more than 2.5 mm from CSF (below ``low``)
     within a tissue region at least 3 voxels wide: unmyelinated white matter is kept without
     relying on hole filling, while CSF-filled sulci and fissures, which read above ``low`` by
-    partial volume, are not (CSF: below ``low`` after a 1 mm smoothing). Opened, largest
-    component, holes filled; then the CSF spaces it encloses (ventricles) are cut out, as in
-    the true brain; the outermost voxel layer, partial volume with CSF, must exceed ``mid`` by
-    2 HU.
-    Whether the ventricles are enclosed therefore no longer depends on myelination."""
+    partial volume, are not (CSF: below ``low``, opened against noise specks). Opened, largest
+    component, holes filled; then the CSF spaces it encloses (ventricles) are cut out, as in the
+    true brain, whether or not the white matter around them has myelinated; the outermost voxel
+    layer, partial volume with CSF, must exceed ``mid`` by 2 HU."""
     if intracranial is None:
         intracranial = intracranial_space(work, min_brain_ml)
     hu = sitk.GetArrayViewFromImage(work)  # [k, j, i]
@@ -197,9 +196,14 @@ def skull_strip(
         raise PreprocessError(
             f"no brain found: {brain.sum() * voxel_ml:.0f} mL of tissue above {low:.0f} HU"
         )
-    mask = sitk.GetImageFromArray(brain.astype(np.uint8))
-    mask.CopyInformation(work)
-    return mask
+    return _mask_image(brain, work)
+
+
+def _mask_image(mask: np.ndarray, like: sitk.Image) -> sitk.Image:
+    """A bool ``[k, j, i]`` array as a uint8 image on ``like``'s grid."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.CopyInformation(like)
+    return image
 
 
 # ---- 2. orientation -----------------------------------------------------------------------------
@@ -347,13 +351,13 @@ def resample_to(image: sitk.Image, grid: sitk.Image, default: float, smooth: boo
     return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
 
 
-def crop_to_mask(image: sitk.Image, mask: sitk.Image, margin_mm: float = 5.0) -> sitk.Image:
-    """The part of ``image`` (same grid as ``mask``) around the mask, with a margin."""
+def crop_to_mask(images: list[sitk.Image], mask: sitk.Image, margin_mm: float = 5.0):
+    """The part of each of ``images`` (same grid as ``mask``) around the mask, with a margin."""
     idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1]
     pad = int(math.ceil(margin_mm / min(mask.GetSpacing())))
     lo = np.maximum(idx.min(axis=0) - pad, 0)
     hi = np.minimum(idx.max(axis=0) + pad + 1, mask.GetSize())
-    return sitk.RegionOfInterest(image, (hi - lo).tolist(), lo.tolist())
+    return [sitk.RegionOfInterest(image, (hi - lo).tolist(), lo.tolist()) for image in images]
 
 
 def grid_affine(grid: sitk.Image) -> np.ndarray:
@@ -385,13 +389,14 @@ def preprocess_scan(
 ) -> Preprocessed:
     """All stages for one HU image. The output grid (orientation, centre) and the P-tile
     levels come from the intracranial space, which does not change as the white matter
-    myelinates; the brain mask decides which voxels are input (docs/preprocessing.md). The
-    model input is sampled from the working grid (1 mm), so output spacings finer than
-    ``WORK_MM`` (e.g. the paper's literal 0.488 mm) are interpolated, not more detailed."""
+    myelinates; the brain mask decides which voxels are input
+    (docs/preprocessing-and-lobes.md). The model input is sampled from the working grid (1 mm),
+    so output spacings finer than ``WORK_MM`` (e.g. the paper's literal 0.488 mm) are
+    interpolated, not more detailed."""
     work = to_working_grid(image)
-    intracranial = sitk.GetImageFromArray(intracranial_space(work).astype(np.uint8))
-    intracranial.CopyInformation(work)
-    mask = skull_strip(work, sitk.GetArrayViewFromImage(intracranial) > 0)
+    space = intracranial_space(work)
+    mask = skull_strip(work, space)
+    intracranial = _mask_image(space, work)
     orientation = orient(intracranial)
     grid = output_grid(orientation, spacing_mm, size)
     model_input, brain, ptile_hu = sample_model_input(work, mask, intracranial, grid, ptile)
@@ -410,11 +415,9 @@ def sample_model_input(work, mask, intracranial, grid, ptile):
     on the working grid, where the mask is exact, so that no skull or scalp can bleed into brain
     voxels when the image is then sampled on the (coarser) output grid.
     Returns (model input, brain mask, (low, high) HU)."""
-    work, mask = crop_to_mask(work, intracranial), crop_to_mask(mask, intracranial)
+    work, mask, intracranial = crop_to_mask([work, mask, intracranial], intracranial)
     hu = sitk.GetArrayViewFromImage(work)
-    reference = (sitk.GetArrayViewFromImage(crop_to_mask(intracranial, intracranial)) > 0) & (
-        hu < BLOOD_HU
-    )
+    reference = (sitk.GetArrayViewFromImage(intracranial) > 0) & (hu < BLOOD_HU)
     normalised, lo, hi = ptile_normalise(
         hu, sitk.GetArrayViewFromImage(mask), *ptile, levels_from=reference
     )

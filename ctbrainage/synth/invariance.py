@@ -110,8 +110,8 @@ def input_age_cues(layout: RunLayout) -> pd.DataFrame:
     rows = []
     for rec in table.itertuples():
         sid = rec.subject_id
-        reference = sitk.ReadImage(str(layout.preprocessed(sid)))
-        image = np.asarray(nib.load(layout.preprocessed(sid)).dataobj, dtype=np.float32)
+        reference = sitk.ReadImage(str(layout.preprocessed(sid)))  # the input and its grid
+        image = sitk.GetArrayViewFromImage(reference).transpose(2, 1, 0)
         brain = np.asarray(nib.load(layout.brain(sid)).dataobj) > 0
         wm = map_to_grid(sitk.ReadImage(str(layout.synthetic.truth_wm(sid))), reference)
         lobes = map_to_grid(sitk.ReadImage(str(layout.synthetic.truth_lobes(sid))), reference)
