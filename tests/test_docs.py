@@ -87,20 +87,28 @@ def _make_run(root: Path) -> RunLayout:
     }  # fmt: skip
     layout.recovery.write_text(json.dumps(recovery, indent=1))
     scores = [
-        ("occlusion", "lobe", "spearman_rho", 0.64, 0.52, 0.69),
-        ("occlusion", "lobe", "top_lobe_matches", 3, 2, 4),
-        ("occlusion", "lobe", "groups", 4, np.nan, np.nan),
-        ("occlusion", "lobe_per_voxel", "spearman_rho", 0.65, 0.51, 0.70),
-        ("occlusion", "lobe_per_voxel", "top_lobe_matches", 4, 3, 4),
-        ("occlusion", "lobe_per_voxel", "groups", 4, np.nan, np.nan),
-        ("occlusion", "voxel", "auroc", 0.62, 0.60, 0.64),
-        ("occlusion", "voxel", "mass_accuracy", 0.18, 0.16, 0.20),
-        ("occlusion", "cost", "seconds_per_subject", 0.25, np.nan, np.nan),
-        ("lobe_shapley", "lobe", "spearman_rho", 0.76, 0.65, 0.83),
-        ("lobe_shapley", "lobe", "top_lobe_matches", 3, 2, 4),
-        ("lobe_shapley", "lobe", "groups", 4, np.nan, np.nan),
+        ("occlusion", "lobe", "spearman_rho", 0.64, 0.52, 0.69, 0.0),
+        ("occlusion", "lobe", "top_lobe_matches", 3, 2, 4, 1.0),
+        ("occlusion", "lobe", "groups", 4, np.nan, np.nan, np.nan),
+        ("occlusion", "lobe_per_voxel", "spearman_rho", 0.65, 0.51, 0.70, 0.0),
+        ("occlusion", "lobe_per_voxel", "top_lobe_matches", 4, 3, 4, 1.0),
+        ("occlusion", "lobe_per_voxel", "groups", 4, np.nan, np.nan, np.nan),
+        ("occlusion", "voxel", "auroc", 0.62, 0.60, 0.64, 0.5),
+        ("occlusion", "voxel", "mass_accuracy", 0.18, 0.16, 0.20, 0.12),
+        ("occlusion", "cost", "seconds_per_subject", 0.25, np.nan, np.nan, np.nan),
+        ("lobe_shapley", "lobe", "spearman_rho", 0.76, 0.65, 0.83, 0.0),
+        ("lobe_shapley", "lobe", "top_lobe_matches", 3, 2, 4, 1.0),
+        ("lobe_shapley", "lobe", "groups", 4, np.nan, np.nan, np.nan),
+        ("lobe_shapley", "faithfulness", "subject_rho", 0.9, 0.8, 0.95, 0.0),
+        ("lobe_shapley", "faithfulness", "subject_top_lobe", 0.75, 0.5, 1.0, 0.25),
+        ("lobe_shapley", "faithfulness", "top_lobe_mass", 0.6, 0.5, 0.7, 0.25),
+        ("lobe_shapley", "faithfulness", "spearman_rho", 0.93, 0.9, 0.96, 0.0),
+        ("lobe_shapley", "faithfulness", "top_lobe_matches", 4, 3, 4, 1.0),
+        ("lobe_shapley", "faithfulness", "groups", 4, np.nan, np.nan, np.nan),
     ]
     write_table(layout.attribution_scores, pd.DataFrame(scores, columns=_SCORE_COLUMNS))
+    columns = ["subject_id", "fold", "age_months", "cue", "kind", "value"]
+    write_table(layout.model_truth, pd.DataFrame(columns=columns))  # measured: the scores say
     sanity = [
         ("occlusion", "cascade", 1, 0.9, np.nan, True),
         ("occlusion", "cascade", 2, 0.1, np.nan, False),
@@ -113,7 +121,7 @@ def _make_run(root: Path) -> RunLayout:
     return layout
 
 
-_SCORE_COLUMNS = ["method", "level", "metric", "value", "ci_low", "ci_high"]
+_SCORE_COLUMNS = ["method", "level", "metric", "value", "ci_low", "ci_high", "chance"]
 
 
 def _page(blocks: list[str]) -> str:
@@ -132,7 +140,8 @@ def filled(tmp_path):
     _make_run(tmp_path / "runs" / "demo")
     _make_run(tmp_path / "runs" / "bench")
     (tmp_path / "docs").mkdir()
-    names = ["metrics", "perturbation", "table1", "recovery", "attribution", "stacked"]
+    names = ["metrics", "perturbation", "table1", "recovery", "attribution", "faithfulness"]
+    names += ["stacked"]
     names += ["f-tests", "new-scans", "planted", "metrics@bench", "attribution@missing"]
     page = tmp_path / "docs" / "results.md"
     page.write_text(_page(names))
@@ -179,10 +188,16 @@ def test_each_block_gets_the_runs_numbers(filled):
     attribution = _block(text, "attribution")
     lines = [line for line in attribution.splitlines() if line.startswith("| `")]
     assert lines == [
-        "| `lobe_shapley` | 0.76 [0.65, 0.83] | 3/4 | – | – | – | – | fails | – |",
-        "| `occlusion` | 0.64 [0.52, 0.69] | 3/4 | 0.65 [0.51, 0.70] | 4/4 | 0.62 [0.60, 0.64]"
-        " | 0.18 [0.16, 0.20] | passes | 0.250 |",
+        "| `lobe_shapley` | 0.76 [0.65, 0.83] | – | 3/4 | – | – | – | – | fails | – | – + – |",
+        "| `occlusion` | 0.64 [0.52, 0.69] | – | 3/4 | 0.65 [0.51, 0.70] | 4/4 | 0.62 [0.60, 0.64]"
+        " | 0.18 [0.16, 0.20] | passes | 0.250 | – + – |",
     ]
+    assert "relevance mass (chance 0.12)" in attribution and "AUROC (chance 0.50)" in attribution
+    faithful = _block(text, "faithfulness")
+    assert "| `lobe_shapley` | 0.93 [0.90, 0.96] | 4/4 | 0.90 [0.80, 0.95] | 0.75 [0.50, 1.00]" in (
+        faithful
+    )
+    assert "(chance 0.25)" in faithful and "`occlusion`" not in faithful
     assert "*From `metrics.csv` of the `bench` run" in _block(text, "metrics@bench")
 
 

@@ -4,6 +4,7 @@ determinism and a bad subject."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -13,10 +14,13 @@ from scipy import stats
 
 from ctbrainage.core.cohort import age_group
 from ctbrainage.core.config import AttributionConfig
+from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.interpret import attribution
 from ctbrainage.stats import lobe_tests
-from ctbrainage.steps import s05_perturbation, s07_attribution
+from ctbrainage.steps import s05_perturbation, s07_attribution, s07_model_truth
+from ctbrainage.synth.schedule import MaturationSchedule
+from ctbrainage.views.attribution_tables import faithfulness_table
 
 METHODS = list(AttributionConfig().methods)  # every method, in the profile's order
 FILLS = ["fill_noise", "fill_zero", "fill_mean", "fill_group_level"]
@@ -134,6 +138,42 @@ def test_scores_tests_maps_and_sanity_are_written(attributed):
     assert list(summary.index[:1]) and set(summary.index) == set(METHODS + FILLS)
 
 
+def test_the_model_truth_is_measured_and_scores_every_method_for_faithfulness(attributed):
+    profile, result = attributed
+    layout = RunLayout(profile.run_path)
+    truth = pd.read_csv(layout.model_truth, dtype={"subject_id": str})
+    assert list(truth.columns) == s07_model_truth.COLUMNS
+    ages = result.table.drop_duplicates("subject_id")["age_months"]
+    assert sorted(truth["age_months"].unique()) == [ages.min(), ages.max()]  # evenly over age
+    lobes = list(LOBES.values())
+    for sid, rows in truth.groupby("subject_id"):
+        value = rows.set_index(["cue", "kind"])["value"]
+        assert len(value) == 4 * 4 + 2 and value.notna().all()  # 4 lobes × 4 kinds, all, rest
+        lobar = sum(value[(lobe, "maturation")] for lobe in lobes)
+        assert value[("non_lobar", "maturation")] == pytest.approx(
+            value[("all", "maturation")] - lobar
+        )
+        # the chain rule's maturation is its content weight × the lobe's planted d HU / d age
+        schedule = MaturationSchedule.from_dict(json.loads(layout.synthetic.schedule.read_text()))
+        bio = json.loads(layout.synthetic.truth(sid).read_text())["biological_age_months"]
+        span = schedule.mature_hu - schedule.unmyelinated_hu
+        for lobe in lobes:
+            slope = span * float(schedule.lobes[lobe].slope(bio))
+            assert value[(lobe, "chain_maturation")] == pytest.approx(
+                value[(lobe, "chain_content")] * slope
+            )
+    faithful = result.scores[result.scores["level"] == "faithfulness"]
+    assert set(faithful["method"]) == set(METHODS + FILLS)
+    per_subject = faithful[faithful["metric"] == "subject_top_lobe"].set_index("method")
+    assert (per_subject["chance"] == 0.25).all()
+    assert per_subject["value"].isin([0.0, 0.5, 1.0]).all()  # two subjects
+    table = faithfulness_table(result.scores)
+    assert set(table.index) == set(METHODS + FILLS)
+    shares = s07_model_truth.model_vs_ideal(profile)
+    lobar = shares[shares["lobe"] != "non_lobar"]
+    assert lobar.groupby("group")["model_share"].sum().to_numpy() == pytest.approx(1.0)
+
+
 def test_a_rerun_computes_nothing_and_a_changed_setting_is_not_reused(attributed, tmp_path):
     profile, result = attributed
     layout = RunLayout(profile.run_path)
@@ -147,7 +187,8 @@ def test_a_rerun_computes_nothing_and_a_changed_setting_is_not_reused(attributed
     for path in [RunLayout(copy).attribution_part(k) for k in range(2)]:
         path.unlink()
     for path in RunLayout(copy).records_dir.glob("07_attribution*.json"):
-        path.unlink()  # the step's records: nothing of it is known
+        if "model_truth" not in path.name:  # (the model truth's folds: kept, they cost most)
+            path.unlink()  # the step's records: nothing else of it is known
     again = dataclasses.replace(profile, run_dir=str(copy))
     assert not s07_attribution.is_fresh(again)
     rerun = s07_attribution.run(again, progress=False)

@@ -202,6 +202,19 @@ class UNoiseConfig:
 
 
 @dataclass(frozen=True)
+class ModelTruthConfig:
+    """Step 07's interventional model truth on a synthetic run: each child regenerated with one
+    lobe's maturation (or its age, or one lobe's white-matter HU) changed, preprocessed and
+    predicted by its out-of-fold model (docs/attribution.md)."""
+
+    # of the attributed subjects, evenly spread over age; 0 = not measured (the cost: about 15
+    # preprocessings and 11 generated heads per subject)
+    subjects: int = bounded(0, minimum=0)
+    delta_months: float = bounded(1.5, above=0)  # each maturation moved by ± this
+    content_hu: float = bounded(1.0, above=0)  # added to one lobe's white matter
+
+
+@dataclass(frozen=True)
 class AttributionConfig:
     """Step 07: every attribution method on the fold models (docs/attribution.md)."""
 
@@ -217,6 +230,7 @@ class AttributionConfig:
     shapley_baseline: Fill = "group_level"  # what an absent lobe takes
     batch_size: int = bounded(8, minimum=1)
     unoise: UNoiseConfig = field(default_factory=UNoiseConfig)
+    model_truth: ModelTruthConfig = field(default_factory=ModelTruthConfig)
     sanity_subjects: int = bounded(8, minimum=1)  # of fold 0, for the randomisation checks
     bootstrap: int = bounded(1000, minimum=1)  # resamples of subjects for the score CIs
 

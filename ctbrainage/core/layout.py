@@ -320,6 +320,19 @@ class RunLayout:
         return self.root / "attribution_parts" / f"fold{fold}.npz"
 
     @property
+    def model_truth(self) -> Path:
+        """Synthetic runs: each model's measured sensitivity to every lobe and cue."""
+        return self.root / "model_truth.csv"
+
+    def model_truth_part(self, fold: int) -> Path:
+        """One fold's model-truth rows (a resumable unit)."""
+        return self.root / "model_truth_parts" / f"fold{fold}.csv"
+
+    def response(self, subject_id: str) -> Path:
+        """Synthetic runs: d(model input) / d(lobe's white-matter HU), one volume per lobe."""
+        return self.root / "model_truth_parts" / f"{subject_id}_response{NIFTI}"
+
+    @property
     def random_label_model(self) -> Path:
         """Fold 0's model trained on shuffled ages (the data-randomisation check)."""
         return self.models_dir / "fold0_random_labels.ckpt"

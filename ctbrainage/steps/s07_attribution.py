@@ -43,7 +43,7 @@ from ctbrainage.interpret.methods import METHODS, names
 from ctbrainage.interpret.sanity import sanity_verdict
 from ctbrainage.learn.datasets import AgeScaler
 from ctbrainage.stats import lobe_tests
-from ctbrainage.steps import s03_train, s05_perturbation
+from ctbrainage.steps import s03_train, s05_perturbation, s07_model_truth
 from ctbrainage.steps.contract import (
     Outcome,
     Settings,
@@ -65,7 +65,7 @@ from ctbrainage.steps.s07_fold import (
     synthetic,
     train_unoise,
 )
-from ctbrainage.synth import scoring
+from ctbrainage.synth import faithfulness, scoring
 from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
 from ctbrainage.views import attribution_tables
 
@@ -76,8 +76,7 @@ STEP = Step(
         "data",
         "age_range_months",
         "age_group_edges",
-        "preprocess.spacing_mm",
-        "preprocess.size",
+        "preprocess",
         "model",
         "train",
         "perturb",
@@ -86,6 +85,7 @@ STEP = Step(
     ),
     version="1",
     requires=(s05_perturbation.STEP,),
+    runtime=("synth.workers",),
 )
 COLUMNS = [
     "method",
@@ -149,6 +149,9 @@ def inputs(profile: Settings) -> list[Path]:
     files += [p for s in every for p in (layout.preprocessed(s), layout.brain(s), layout.lobes(s))]
     if synthetic(profile):
         files += [layout.synthetic.expected_importance] + [layout.signal(s) for s in ids]
+    if measures_model_truth(profile):
+        measured = s07_model_truth.chosen(profile, subjects(profile))["subject_id"]
+        files += [layout.synthetic.schedule] + [layout.synthetic.truth(s) for s in measured]
     return files
 
 
@@ -161,7 +164,13 @@ def outputs(profile: Settings) -> list[Path]:
         layout.attribution_maps,
         layout.attribution_sanity,
     ]
-    return files + ([layout.attribution_scores] if synthetic(profile) else [])
+    files += [layout.attribution_scores] if synthetic(profile) else []
+    return files + ([layout.model_truth] if measures_model_truth(profile) else [])
+
+
+def measures_model_truth(profile: Profile | Settings) -> bool:
+    """Whether the run measures the interventional model truth (synthetic runs that ask)."""
+    return synthetic(profile) and profile.attribution.model_truth.subjects > 0
 
 
 def _work_settings(profile: Profile, fills: bool = False, **extra) -> dict:
@@ -215,7 +224,11 @@ def _attribute(profile: Settings, device, progress: bool) -> Outcome:
     sanity = _sanity(profile, kept, data, device, progress)
     write_table(layout.attribution_sanity, sanity)
     if synthetic(profile):
-        score_table = score_methods(profile, long, pd.DataFrame(scores), pd.DataFrame(cost))
+        truth = None
+        if measures_model_truth(profile):
+            truth, failed = s07_model_truth.measure(STEP, profile, kept, device, progress)
+            errors.update(failed)
+        score_table = score_methods(profile, long, pd.DataFrame(scores), pd.DataFrame(cost), truth)
         write_table(layout.attribution_scores, score_table)
     return Outcome(failures=errors)
 
@@ -430,12 +443,17 @@ def _sanity(profile, table, data: SubjectInputs, device, progress) -> pd.DataFra
 
 
 def score_methods(
-    profile: Profile, table: pd.DataFrame, voxel: pd.DataFrame, cost: pd.DataFrame
+    profile: Profile,
+    table: pd.DataFrame,
+    voxel: pd.DataFrame,
+    cost: pd.DataFrame,
+    model_truth: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """``attribution_scores.csv`` (:func:`scoring.attribution_scores`) against the planted
-    importance of the first definition (Fisher)."""
+    """``attribution_scores.csv``: correctness (:func:`scoring.attribution_scores`, against the
+    planted importance of the first definition, Fisher) and, with a ``model_truth``,
+    faithfulness (:func:`faithfulness.faithfulness_scores`)."""
     truths = pd.read_csv(RunLayout(profile.run_path).synthetic.expected_importance)
-    return scoring.attribution_scores(
+    correct = scoring.attribution_scores(
         table,
         truths[truths["definition"] == IMPORTANCE_DEFINITIONS[0]],
         voxel,
@@ -446,6 +464,17 @@ def score_methods(
         per_voxel=names("voxel"),
         mean_ci=lobe_tests.mean_ci,
     )
+    if model_truth is None or model_truth.empty:
+        return correct
+    faithful = faithfulness.faithfulness_scores(
+        table,
+        model_truth,
+        edges=profile.age_group_edges,
+        n_resamples=profile.attribution.bootstrap,
+        seed=profile.seed,
+        per_voxel=names("voxel"),
+    )
+    return pd.concat([correct, faithful], ignore_index=True)
 
 
 def summary_table(result: Result, cost: bool = True) -> pd.DataFrame:

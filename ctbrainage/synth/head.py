@@ -103,6 +103,9 @@ class SyntheticHead:
     wm_core: np.ndarray  # uint8 1-4: lobe white matter away from partial volume
     signal: np.ndarray  # float32 d HU / d age of the planted lobar white-matter maturation
     truth: dict  # planted parameters: anthropometry, attenuations, pose
+    # float32 [i, j, k, lobe] (``responses=True``): d HU / d (lobe's white-matter HU), the image's
+    # response to 1 HU more in one lobe's white matter (partial volume, resampling, blur)
+    responses: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=2)
@@ -116,10 +119,12 @@ def simulate_head(
     mode: str = "demo",
     deform: bool = True,
     cues: str = "all",
+    responses: bool = False,
 ) -> SyntheticHead:
     """Simulate one head CT; deterministic for ``spec.seed``. ``deform=False`` keeps the
     template's own shape (used to build the registration atlas); ``cues`` is one of
-    :data:`CUES`."""
+    :data:`CUES`; ``responses`` adds each lobe's white-matter response map (one resampling and
+    one blur per lobe more)."""
     if cues not in CUES:
         raise ValueError(f"unknown cues {cues!r}; choose from {', '.join(CUES)}")
     acq = ACQUISITIONS[mode]
@@ -131,7 +136,8 @@ def simulate_head(
     body = _sample_body(cue_spec, tpl, rng)
     tissue = _sample_attenuation(spec, schedule, rng, cue_age, lobar_cue=cues != "none")
     hu_t = _compose_template_hu(tpl, body, tissue, cue_spec.age_months)
-    signal_t = _lobar_signal(tpl, body, schedule, tissue["biological_age_months"])
+    wm_t = _lobar_white_matter(tpl, body)
+    signal_t = _lobar_signal(tpl, wm_t, schedule, tissue["biological_age_months"])
     if cues == "none":  # no tissue changes with age
         signal_t[:] = 0.0
     coords = _deformation(tpl, rng) if deform else None
@@ -151,6 +157,22 @@ def simulate_head(
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     hu = _scanner(hu, spacing, site, rng)
     ndimage.gaussian_filter(signal, sigma=_psf_sigma(spacing, site), truncate=3.0, output=signal)
+    response = None
+    if responses:
+        response = np.stack(
+            [
+                ndimage.gaussian_filter(
+                    _sample(
+                        _warp((wm_t * (tpl.region == k)).astype(np.float32), coords, 1, "constant"),
+                        to_template, shape, order=1, cval=0.0,
+                    ),
+                    sigma=_psf_sigma(spacing, site),
+                    truncate=3.0,
+                )
+                for k in LOBES
+            ],
+            axis=-1,
+        )  # fmt: skip
     lobes, brain, wm_core = decode_truth(code)
     truth = {
         **asdict(spec),
@@ -166,7 +188,7 @@ def simulate_head(
         "translation_mm": [float(v) for v in pose["shift"]],
         "mode": mode,
     }
-    return SyntheticHead(hu, affine, lobes, brain, wm_core, signal, truth)
+    return SyntheticHead(hu, affine, lobes, brain, wm_core, signal, truth, response)
 
 
 # ---- subject parameters -------------------------------------------------------------------------
@@ -310,18 +332,24 @@ def _open_vault(tpl: Template, body: dict, age: float, s: float) -> np.ndarray:
     return midline | (tpl.suture * s < half) | (tpl.bregma * s < body["fontanelle_radius_mm"])
 
 
+def _lobar_white_matter(tpl: Template, body: dict) -> np.ndarray:
+    """White-matter occupancy inside the intracranial surface, outside the sinuses, on the
+    template grid: the weight of a region's white-matter HU in the noise-free image."""
+    s = body["iso_scale"]
+    inside = 1.0 - _ramp(tpl.dist * s, tpl.voxel_mm * s)
+    return inside * ~tpl.sinus * tpl.p_wm
+
+
 def _lobar_signal(
-    tpl: Template, body: dict, schedule: MaturationSchedule, bio_age: float
+    tpl: Template, wm: np.ndarray, schedule: MaturationSchedule, bio_age: float
 ) -> np.ndarray:
     """d HU / d age of the noise-free template image caused by the lobes' planted maturation:
-    white-matter occupancy inside the intracranial surface × the lobe's HU slope."""
+    white-matter occupancy ``wm`` × the lobe's HU slope."""
     span = schedule.mature_hu - schedule.unmyelinated_hu
     slope_of_region = np.zeros(8, np.float32)
     for lobe_id, name in LOBES.items():
         slope_of_region[lobe_id] = span * float(schedule.lobes[name].slope(bio_age))
-    s = body["iso_scale"]
-    inside = 1.0 - _ramp(tpl.dist * s, tpl.voxel_mm * s)
-    return (inside * ~tpl.sinus * tpl.p_wm * slope_of_region[tpl.region]).astype(np.float32)
+    return (wm * slope_of_region[tpl.region]).astype(np.float32)
 
 
 def _warp(volume: np.ndarray, coords: np.ndarray | None, order: int, mode: str) -> np.ndarray:

@@ -149,6 +149,19 @@ class MaturationSchedule:
         span = self.mature_hu - self.unmyelinated_hu
         return self.unmyelinated_hu + span * self.lobes[lobe].fraction(age_months)
 
+    def shift_lobe(self, lobe: str, months: float) -> MaturationSchedule:
+        """This schedule with ``lobe``'s maturation running ``months`` earlier (later if
+        negative): its white matter at age a is this schedule's at a + ``months``; every other
+        curve unchanged (a null lobe stays null)."""
+        _check_lobe(lobe)
+        curve = self.lobes[lobe]
+        moved = replace(
+            curve,
+            midpoint_months=curve.midpoint_months - months,
+            late_midpoint_months=curve.late_midpoint_months - months,
+        )
+        return replace(self, lobes={**self.lobes, lobe: moved})
+
     def central_wm_hu(self, age_months):
         span = self.mature_hu - self.unmyelinated_hu
         return self.unmyelinated_hu + span * self.central.fraction(age_months)

@@ -322,24 +322,29 @@ def recovery_row(
 def voxel_scores(attribution_map, signal, brain, level: float = 0.25) -> dict[str, float]:
     """A voxel map against the planted signal of one subject (same grid): the true region is
     the brain's voxels whose |signal| reaches ``level`` × its maximum. Returns the AUROC of
-    |map| for that region over the brain's voxels and the relevance-mass accuracy (Arras et al.
-    2022: the share of the brain's |map| inside the region); NaN without a planted signal."""
+    |map| for that region over the brain's voxels, the relevance-mass accuracy (Arras et al.
+    2022: the share of the brain's |map| inside the region) and its chance level, the region's
+    share of the brain's voxels (``region_share``); NaN without a planted signal."""
     from sklearn.metrics import roc_auc_score
 
     inside = np.asarray(brain) > 0
     score = np.abs(np.asarray(attribution_map, np.float64))[inside]
     planted = np.abs(np.asarray(signal, np.float64))[inside]
     if planted.size == 0 or planted.max() <= 0:
-        return {"auroc": float("nan"), "mass_accuracy": float("nan")}
+        return dict.fromkeys(("auroc", "mass_accuracy", "region_share"), float("nan"))
     region = planted >= level * planted.max()
     total = score.sum()
     return {
         "auroc": float(roc_auc_score(region, score)) if 0 < region.sum() < region.size else np.nan,
         "mass_accuracy": float(score[region].sum() / total) if total > 0 else float("nan"),
+        "region_share": float(region.mean()),
     }
 
 
-SCORE_COLUMNS = ["method", "level", "metric", "value", "ci_low", "ci_high"]
+#: a score, its bootstrap CI, and what it would be by chance (NaN where that is not defined)
+SCORE_COLUMNS = ["method", "level", "metric", "value", "ci_low", "ci_high", "chance"]
+#: the chance level of a score of :func:`lobe_scores` (ρ; top lobes: a share of the groups)
+LOBE_CHANCE = {"spearman_rho": 0.0, "within_group_rho": 0.0, "top_lobe_matches": 0.25}
 
 
 def percentile_ci(values, confidence: float = 0.95) -> tuple[float, float]:
@@ -387,12 +392,14 @@ def lobe_scores(
     ]
     draws = np.array(draws) if draws else np.full((0, 3), np.nan)
     names = ("spearman_rho", "within_group_rho", "top_lobe_matches")
+    scale = {"top_lobe_matches": len(members)}  # chance: a quarter of the groups
     scores = [
         {"level": level, "metric": name, "value": value,
-         **dict(zip(("ci_low", "ci_high"), percentile_ci(draws[:, i]), strict=True))}
+         **dict(zip(("ci_low", "ci_high"), percentile_ci(draws[:, i]), strict=True)),
+         "chance": LOBE_CHANCE[name] * scale.get(name, 1)}
         for i, (name, value) in enumerate(zip(names, point, strict=True))
     ]  # fmt: skip
-    no_ci = {"ci_low": np.nan, "ci_high": np.nan}
+    no_ci = {"ci_low": np.nan, "ci_high": np.nan, "chance": np.nan}
     return scores + [{"level": level, "metric": "groups", "value": len(members), **no_ci}]
 
 
@@ -424,12 +431,15 @@ def attribution_scores(
             scores = lobe_scores(cells, expected, edges, n_resamples, seed, level)
             rows += [{"method": method, **score} for score in scores]
         mine = voxel[voxel["method"] == method] if len(voxel) else voxel
+        shares = mine["region_share"] if "region_share" in mine else pd.Series(dtype=float)
+        chance = {"auroc": 0.5, "mass_accuracy": shares.mean()}
         for metric in ("auroc", "mass_accuracy") if len(mine) else ():
             values = mine[metric].dropna()
             low, high = mean_ci(values, seed=seed, n_resamples=n_resamples)
             rows.append(
                 {"method": method, "level": "voxel", "metric": metric,
-                 "value": float(values.mean()), "ci_low": low, "ci_high": high}
+                 "value": float(values.mean()), "ci_low": low, "ci_high": high,
+                 "chance": float(chance[metric])}
             )  # fmt: skip
         spent = cost[cost["method"] == method] if len(cost) else cost
         if len(spent):

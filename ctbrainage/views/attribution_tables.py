@@ -10,6 +10,65 @@ import pandas as pd
 from ctbrainage.synth.scoring import SCORE_COLUMNS
 from ctbrainage.views.tables import MISSING
 
+#: a score's key: its metric, suffixed by its level where metrics repeat between levels
+SUFFIX = {"lobe_per_voxel": "/voxel", "faithfulness": "/model"}
+
+
+def score_cells(scores: pd.DataFrame | None) -> pd.DataFrame:
+    """``attribution_scores.csv`` indexed by (method, key): the metric with its level's
+    :data:`SUFFIX`."""
+    scores = scores if scores is not None else pd.DataFrame(columns=SCORE_COLUMNS)
+    key = scores["metric"] + scores["level"].map(SUFFIX).fillna("")
+    return scores.assign(metric=key).set_index(["method", "metric"])
+
+
+def _with_ci(cell: pd.DataFrame, method: str, key: str) -> str:
+    if (method, key) not in cell.index:
+        return MISSING
+    row = cell.loc[(method, key)]
+    ci = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+    return f"{row['value']:.2f}{ci}"
+
+
+def chance(scores: pd.DataFrame | None, key: str) -> float:
+    """The chance level of one score (the mean over methods: the same subjects for each)."""
+    cell = score_cells(scores)
+    found = cell.xs(key, level="metric")["chance"] if key in cell.index.get_level_values(1) else []
+    return float(np.nanmean(found)) if len(found) and np.isfinite(found).any() else np.nan
+
+
+def faithfulness_table(scores: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per method measured against the model truth, ranked by its per-group ρ with the
+    model's |s_k|: ρ over lobe × group cells, groups whose top lobe is the model's, and per
+    subject the mean ρ, the share whose top lobe is the model's, and the share of importance
+    on the model's top lobe (95 % CIs; chance levels in the header)."""
+    cell = score_cells(scores)
+    methods = [m for m in dict.fromkeys(cell.index.get_level_values(0))
+               if (m, "subject_rho/model") in cell.index]  # fmt: skip
+
+    def groups(method):
+        found, total = (cell.loc[(method, k + "/model"), "value"]
+                        for k in ("top_lobe_matches", "groups"))  # fmt: skip
+        return f"{found:.0f}/{total:.0f}"
+
+    mass = f"mass on the model's top lobe (chance {chance(scores, 'top_lobe_mass/model'):.2f})"
+    rows = [
+        {
+            "method": method,
+            "ρ with the model (groups)": _with_ci(cell, method, "spearman_rho/model"),
+            "top lobe (groups)": groups(method),
+            "ρ per subject": _with_ci(cell, method, "subject_rho/model"),
+            "top lobe per subject (chance 0.25)": _with_ci(cell, method, "subject_top_lobe/model"),
+            mass: _with_ci(cell, method, "top_lobe_mass/model"),
+            "_rank": cell.loc[(method, "spearman_rho/model"), "value"],
+        }
+        for method in methods
+    ]
+    table = pd.DataFrame(rows, columns=["method", "ρ with the model (groups)", "_rank"])
+    if rows:
+        table = pd.DataFrame(rows).sort_values("_rank", ascending=False, na_position="last")
+    return table.drop(columns="_rank").set_index("method")
+
 
 def summary_table(
     methods: Iterable[str],
@@ -21,28 +80,21 @@ def summary_table(
     ``attribution_scores.csv``; else in the order of ``methods``): lobe ρ, within-group ρ, top
     lobe, voxel AUROC, relevance mass (95 % CIs), the sanity ``verdict`` (per method) and, with
     ``cost``, seconds and passes per subject."""
-    scores = scores if scores is not None else pd.DataFrame(columns=SCORE_COLUMNS)
-    per_voxel = scores["level"] == "lobe_per_voxel"
-    cell = scores.assign(
-        metric=np.where(per_voxel, scores["metric"] + "/voxel", scores["metric"])
-    ).set_index(["method", "metric"])
+    cell = score_cells(scores)
 
     def value(method, metric, fmt="{:.2f}"):
         found = (method, metric) in cell.index
         return fmt.format(cell.loc[(method, metric), "value"]) if found else MISSING
 
     def with_ci(method, metric):
-        if (method, metric) not in cell.index:
-            return MISSING
-        row = cell.loc[(method, metric)]
-        ci = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
-        return f"{row['value']:.2f}{ci}"
+        return _with_ci(cell, method, metric)
 
     def fraction(method, metric):
         if (method, metric) not in cell.index:
             return MISSING
         return f"{value(method, metric, '{:.0f}')}/{value(method, 'groups', '{:.0f}')}"
 
+    mass = f"relevance mass (chance {chance(scores, 'mass_accuracy'):.2f})"
     rows = [
         {
             "method": method,
@@ -51,8 +103,8 @@ def summary_table(
             "top lobe": fraction(method, "top_lobe_matches"),
             "per voxel: ρ": with_ci(method, "spearman_rho/voxel"),
             "per voxel: top lobe": fraction(method, "top_lobe_matches/voxel"),
-            "voxel AUROC": with_ci(method, "auroc"),
-            "relevance mass": with_ci(method, "mass_accuracy"),
+            "voxel AUROC (chance 0.50)": with_ci(method, "auroc"),
+            mass: with_ci(method, "mass_accuracy"),
             "sanity": verdict.get(method, MISSING),
             "s / subject": value(method, "seconds_per_subject", "{:.3f}"),
             "passes / subject": f"{value(method, 'forward_passes', '{:.0f}')} + "

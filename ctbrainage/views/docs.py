@@ -22,13 +22,17 @@ from pathlib import Path
 import pandas as pd
 
 from ctbrainage.core.atomic import atomic_write_text
+from ctbrainage.core.cohort import PAPER_AGE_EDGES
+from ctbrainage.core.config import load_profile
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.interpret.perturb import FILLS
 from ctbrainage.interpret.sanity import sanity_verdict
 from ctbrainage.stats.evaluate import PAPER_METRICS
+from ctbrainage.synth import faithfulness
 from ctbrainage.synth.invariance import cue_correlations, input_age_cues
 from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
+from ctbrainage.views import attribution_tables
 
 _NAME = r"[\w.@-]+"
 BLOCK = re.compile(  # both markers at the start of a line
@@ -169,40 +173,53 @@ def _planted(layout: RunLayout) -> str:
     return _table(["age group (months)", *lobes, f"top lobe ({IMPORTANCE_DEFINITIONS[0]})"], rows)
 
 
+def _frame(table: pd.DataFrame) -> str:
+    """A table of the views (index first) as a pipe table."""
+    rows = [[f"`{index}`", *row] for index, row in zip(table.index, table.to_numpy(), strict=True)]
+    return _table([table.index.name or "", *table.columns], rows)
+
+
+def _scores(layout: RunLayout) -> pd.DataFrame:
+    return pd.read_csv(layout.attribution_scores)
+
+
 def _attribution(layout: RunLayout) -> str:
-    """Step 07 (synthetic runs): each method against the planted truth, best lobe ρ first."""
-    scores = pd.read_csv(layout.attribution_scores)
-    per_voxel = scores["level"].map({"lobe_per_voxel": "/voxel"}).fillna("")
-    cell = scores.assign(key=scores["metric"] + per_voxel).set_index(["method", "key"])
-    verdict = {}
+    """Step 07 (synthetic runs): each method against the planted truth (correctness, with the
+    chance levels), best lobe ρ first."""
+    scores = _scores(layout)
+    verdict = pd.Series(dtype=str)
     if layout.attribution_sanity.exists():
         table = sanity_verdict(pd.read_csv(layout.attribution_sanity))
-        verdict = dict(zip(table["method"], table["sanity"], strict=True))
-
-    def ci(method, key):
-        if (method, key) not in cell.index:
-            return DASH
-        value, low, high = cell.loc[(method, key), ["value", "ci_low", "ci_high"]]
-        return _number(value) + ("" if pd.isna(low) else f" [{_number(low)}, {_number(high)}]")
-
-    def top(method, suffix=""):
-        if (method, "top_lobe_matches" + suffix) not in cell.index:
-            return DASH
-        found, groups = (
-            cell.at[(method, k + suffix), "value"] for k in ("top_lobe_matches", "groups")
-        )
-        return f"{found:.0f}/{groups:.0f}"
-
+        verdict = table.set_index("method")["sanity"]
     methods = list(dict.fromkeys(scores["method"]))
-    methods.sort(key=lambda m: -cell["value"].get((m, "spearman_rho"), -math.inf))
+    return _frame(attribution_tables.summary_table(methods, scores, verdict))
+
+
+def _faithfulness(layout: RunLayout) -> str:
+    """Step 07 (synthetic runs with a model truth): each method against what the model uses."""
+    return _frame(attribution_tables.faithfulness_table(_scores(layout)))
+
+
+def _model_vs_ideal(layout: RunLayout) -> str:
+    """Step 07: the model's s_k per age group beside the ideal observer's shares."""
+    truth = _read(layout.model_truth)
+    expected = pd.read_csv(layout.synthetic.expected_importance)
+    fisher = expected[expected["definition"] == IMPORTANCE_DEFINITIONS[0]]
+    edges = load_profile(layout.profile).age_group_edges if layout.profile.exists() else None
+    edges = edges or PAPER_AGE_EDGES
+    table = faithfulness.model_vs_ideal(truth, fisher, edges)
     rows = [
-        [f"`{m}`", ci(m, "spearman_rho"), top(m), ci(m, "spearman_rho/voxel"), top(m, "/voxel"),
-         ci(m, "auroc"), ci(m, "mass_accuracy"), verdict.get(m, DASH),
-         _number(cell["value"].get((m, "seconds_per_subject")), 3)]
-        for m in methods
+        [r.group, r.lobe, r.subjects, _number(r.model_s, 3), _number(r.model_share),
+         _number(r.ideal_share)]
+        for r in table.itertuples()
     ]  # fmt: skip
-    header = ["method", "lobe ρ", "top lobe", "per voxel: ρ", "per voxel: top lobe"]
-    return _table([*header, "voxel AUROC", "relevance mass", "sanity", "s / subject"], rows)
+    header = ["age group", "cue", "subjects", "model s_k", "model share", "ideal share"]
+    scores = faithfulness.model_vs_ideal_scores(table)
+    note = (
+        f"\n\nModel ↔ ideal observer: ρ {_number(scores['spearman_rho'])} over the lobe × group "
+        f"cells, top lobe in {scores['top_lobe_matches']}/{scores['groups']} groups."
+    )
+    return _table(header, rows) + note
 
 
 def _stacked(layout: RunLayout) -> str:
@@ -267,6 +284,8 @@ BLOCKS: dict[str, tuple[int, Callable[[RunLayout], Path], Callable[[RunLayout], 
     "table1": (6, lambda run: run.table1(".md"), _table1),
     "recovery": (6, lambda run: run.recovery, _recovery),
     "attribution": (7, lambda run: run.attribution_scores, _attribution),
+    "faithfulness": (7, lambda run: run.model_truth, _faithfulness),
+    "model-vs-ideal": (7, lambda run: run.model_truth, _model_vs_ideal),
     "stacked": (8, lambda run: run.stacking_table, _stacked),
     "f-tests": (8, lambda run: run.stacking_anova, _f_tests),
     "new-scans": (9, lambda run: RunLayout(run.new_scans_dir).predictions, _new_scans),

@@ -57,16 +57,20 @@ def _start(group: str) -> float:
     return float(group.split("-")[0])
 
 
-def lobe_importance_figure(table: pd.DataFrame, expected: pd.DataFrame | None, edges, out=None):
-    """Per method (and the planted truth first), mean lobe importance per age group, each
-    group scaled to its largest lobe: where a method puts the age information."""
+def lobe_importance_figure(
+    table: pd.DataFrame, expected: pd.DataFrame | dict | None, edges, out=None
+):
+    """Per method (and the truth first), mean lobe importance per age group, each group scaled
+    to its largest lobe: where a method puts the age information. ``expected``: the planted
+    truth (``group, lobe, importance``), or truths by panel title."""
     cells = table.assign(group=age_group(table["age_months"], edges).astype(str))
     cells = cells.groupby(["method", "group", "lobe"], sort=False)["importance"].mean()
-    panels = {}
-    if expected is not None:
-        panels["planted (Fisher)"] = expected.pivot(
-            index="group", columns="lobe", values="importance"
-        )
+    if expected is not None and not isinstance(expected, dict):
+        expected = {"planted (Fisher)": expected}
+    panels = {
+        title: truth.pivot(index="group", columns="lobe", values="importance")
+        for title, truth in (expected or {}).items()
+    }
     for method in table["method"].unique():
         panels[method] = cells.loc[method].unstack("lobe")
     lobes = list(LOBES.values())
