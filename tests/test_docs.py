@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ctbrainage.core.config import REPO_ROOT
+from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.stats import evaluate, table1
 from ctbrainage.steps.contract import write_table
@@ -396,3 +397,24 @@ def test_the_baselines_block_shows_step_04s_comparison(tmp_path):
         m = evaluate.fold_metrics(predictions.assign(predicted_months=predicted))
         assert f"| {label} | {m.at['mean', 'mae']:.2f} ± {m.at['sd', 'mae']:.2f} |" in text
     assert text.count("| age-mean predictor |") == 1 and "| – |" in text  # a constant has no r
+
+
+def test_the_model_vs_ideal_block_sets_the_models_shares_beside_the_ideal_observers(tmp_path):
+    from ctbrainage.synth.schedule import MaturationSchedule
+
+    layout = RunLayout(tmp_path / "run")
+    layout.synthetic.root.mkdir(parents=True)
+    expected = MaturationSchedule.parse("staggered").expected_importance((0, 12, 24, 36, 48))
+    write_table(layout.synthetic.expected_importance, expected)
+    tops = {6.0: "occipital", 18.0: "parietal", 30.0: "frontal", 42.0: "temporal"}
+    rows = []
+    for i, (age, top) in enumerate(tops.items()):
+        for lobe in LOBES.values():
+            rows.append((f"s{i}", 0, age, lobe, "maturation", 0.4 if lobe == top else 0.05))
+        rows.append((f"s{i}", 0, age, "non_lobar", "maturation", 0.02))
+    columns = ["subject_id", "fold", "age_months", "cue", "kind", "value"]
+    write_table(layout.model_truth, pd.DataFrame(rows, columns=columns))
+    text = docs.render("model-vs-ideal", layout.root)
+    assert "| 0-11 | occipital | 1 | 0.400 | 0.73 | 0.98 |" in text
+    assert "| 0-11 | non_lobar | 1 | 0.020 | – | – |" in text
+    assert "top lobe in 4/4 groups" in text
