@@ -66,6 +66,27 @@ def test_gradcam_of_a_linear_model_is_the_relu_of_mean_weight_times_activation(l
     assert torch.allclose(got, torch.relu(alpha * 2.0 * x[:, 0]), atol=1e-5)
 
 
+def test_gradcams_layer_defaults_to_the_last_resnet_stage_with_four_cells_per_axis():
+    """layer4 of a 64³ input is 2³ cells: too coarse for lobes, so layer3 (4³) by default."""
+    stage = attribution.gradcam_stage
+    for size, expected in ((48, "layer2"), (64, "layer3"), (128, "layer4")):
+        model = build_model(ModelConfig(arch="resnet10", width=4), size).eval()
+        assert stage(model, (2, 1, size, size, size)) is getattr(model, expected), size
+    model = build_model(ModelConfig(arch="resnet10", width=4), 64).eval()
+    assert stage(model, (1, 1, 64, 64, 64), "layer4") is model.layer4
+    with pytest.raises(ValueError, match="no layer 'layer9' for Grad-CAM.*layer4"):
+        stage(model, (1, 1, 64, 64, 64), "layer9")
+    vgg = build_model(ModelConfig(arch="vgg8", width=4), 64).eval()
+    assert stage(vgg, (1, 1, 64, 64, 64)) is vgg.gradcam_layer  # the network's own layer
+    x = torch.rand(1, 1, 64, 64, 64)
+    fine = attribution.voxel_map(model, x, "gradcam")
+    coarse = attribution.voxel_map(
+        model, x, "gradcam", attribution.MapSettings(gradcam_layer="layer4")
+    )
+    assert fine.shape == coarse.shape == (1, 64, 64, 64)
+    assert not torch.allclose(fine, coarse)
+
+
 def test_occlusion_of_a_linear_model_and_against_captum(linear):
     model, x, baseline = linear
     single = attribution.MapSettings(occlusion_voxels=1, occlusion_stride=1)
@@ -141,9 +162,10 @@ def test_voxel_scores_of_a_perfect_a_random_and_an_inverted_map():
     signal[2:5, 2:5, 2:5] = 1.0
     brain = np.ones_like(signal)
     perfect = voxel_scores(signal * 3, signal, brain)
-    assert perfect == {"auroc": 1.0, "mass_accuracy": 1.0}
+    assert perfect == {"auroc": 1.0, "mass_accuracy": 1.0, "region_share": 0.027}
     noise = voxel_scores(rng.random(signal.shape), signal, brain)
     assert 0.4 < noise["auroc"] < 0.6 and noise["mass_accuracy"] == pytest.approx(0.027, abs=0.01)
+    assert noise["region_share"] == 0.027  # the mass accuracy of a map at chance
     assert voxel_scores(1 - signal, signal, brain)["auroc"] == 0.0
     assert np.isnan(voxel_scores(signal, signal * 0, brain)["auroc"])
 

@@ -227,6 +227,9 @@ class AttributionConfig:
     smoothgrad_sd: float = bounded(0.1, above=0)  # units of the input range
     occlusion_mm: float = bounded(36.0, above=0)  # cube edge
     occlusion_stride_mm: float = bounded(18.0, above=0)
+    # Grad-CAM's layer: "auto" = a ResNet's last stage with >= 4^3 cells (the network's own
+    # layer for vgg8, sfcn), or a module name such as "layer4"
+    gradcam_layer: str = "auto"
     shapley_baseline: Fill = "group_level"  # what an absent lobe takes
     batch_size: int = bounded(8, minimum=1)
     unoise: UNoiseConfig = field(default_factory=UNoiseConfig)

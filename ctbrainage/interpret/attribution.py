@@ -11,8 +11,8 @@ Voxel maps [B, X, Y, Z] for a batch of inputs [B, 1, X, Y, Z], all with Captum e
   2017; baseline: the age group's mean input or zeros);
 - ``smoothgrad``: the gradient averaged over Gaussian-noised copies (Smilkov et al. 2017);
 - ``guided_backprop``: gradients with negative ReLU signals stopped (Springenberg et al. 2015);
-- ``gradcam``: Grad-CAM at the last convolutional stage, trilinearly upsampled (Selvaraju et al.
-  2017); positive parts (what raises the predicted age);
+- ``gradcam``: Grad-CAM at a convolutional stage (by default a ResNet's last with ≥ 4³ cells),
+  trilinearly upsampled (Selvaraju et al. 2017); positive parts (what raises the predicted age);
 - ``occlusion``: a cube slid over the input, replaced by the baseline; the prediction change
   averaged over the cubes covering a voxel (Zeiler and Fergus 2014). Ours evaluates only the
   cubes touching the brain (Captum's evaluates every cube; inside the brain both agree);
@@ -58,20 +58,53 @@ class MapSettings:
     occlusion_voxels: int = 8  # cube edge
     occlusion_stride: int = 4
     batch_size: int = 8  # model inputs per forward pass
+    gradcam_layer: str = "auto"  # :func:`gradcam_stage`
 
 
-def last_conv_stage(model: torch.nn.Module) -> torch.nn.Module:
-    """The last convolutional stage of a network of the factory (Grad-CAM's layer): the one it
-    names (``gradcam_layer``), a ResNet's ``layer4``, or its last convolution."""
+#: the smallest grid (cells per axis) a Grad-CAM layer needs to resolve lobes by default
+GRADCAM_MIN_CELLS = 4
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def gradcam_stage(model: torch.nn.Module, shape, layer: str = "auto") -> torch.nn.Module:
+    """Grad-CAM's layer for inputs of ``shape`` [B, C, X, Y, Z]: the module named ``layer``, or
+    with ``auto`` the one the network names (``gradcam_layer``: VGG8, SFCN), else a ResNet's last
+    stage whose output has at least :data:`GRADCAM_MIN_CELLS` cells per axis (``layer4`` of a
+    64³ input is 2³ cells and cannot resolve lobes), else the last convolution."""
+    modules = dict(model.named_modules())
+    if layer != "auto":
+        if layer not in modules or not layer:
+            stages = [n for n in modules if n and "." not in n]
+            raise ValueError(f"no layer {layer!r} for Grad-CAM; top-level layers: {stages}")
+        return modules[layer]
     if hasattr(model, "gradcam_layer"):
         return model.gradcam_layer
-    for name in ("layer4", "features"):
-        if hasattr(model, name):
-            return getattr(model, name)
+    stages = [modules[n] for n in RESNET_STAGES if n in modules]
+    if stages:
+        cells = _output_cells(model, stages, shape)
+        wide = [stage for stage in stages if cells[stage] >= GRADCAM_MIN_CELLS]
+        return wide[-1] if wide else stages[0]
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no 3D convolution for Grad-CAM")
     return convs[-1]
+
+
+def _output_cells(model, stages, shape) -> dict[torch.nn.Module, int]:
+    """The smallest spatial edge of each stage's output for one input of ``shape``."""
+    cells = {}
+    hooks = [
+        stage.register_forward_hook(lambda m, _, out: cells.__setitem__(m, min(out.shape[2:])))
+        for stage in stages
+    ]
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros((1, *shape[1:]), device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return cells
 
 
 VoxelMethod = Callable[..., torch.Tensor]
@@ -144,8 +177,9 @@ def guided_backprop(model, x, settings, baseline, brain):
 
 @_voxel_method
 def gradcam(model, x, settings, baseline, brain):
-    """Grad-CAM at :func:`last_conv_stage` (positive part), trilinearly upsampled."""
-    cam = LayerGradCam(model, last_conv_stage(model)).attribute(x, target=0, relu_attributions=True)
+    """Grad-CAM at :func:`gradcam_stage` (positive part), trilinearly upsampled."""
+    layer = gradcam_stage(model, tuple(x.shape), settings.gradcam_layer)
+    cam = LayerGradCam(model, layer).attribute(x, target=0, relu_attributions=True)
     return LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "trilinear")
 
 

@@ -134,6 +134,7 @@ def map_settings(profile: Profile, spacing_mm: float) -> attribution.MapSettings
         occlusion_voxels=max(1, round(config.occlusion_mm / spacing_mm)),
         occlusion_stride=max(1, round(config.occlusion_stride_mm / spacing_mm)),
         batch_size=config.batch_size,
+        gradcam_layer=config.gradcam_layer,
     )
 
 
