@@ -229,11 +229,36 @@ def test_the_registry_holds_the_profiles_methods_in_their_order():
 
     assert tuple(methods.METHODS) == typing.get_args(AttributionMethod)
     assert methods.names() == typing.get_args(AttributionMethod)
-    voxel = [m for m in methods.METHODS.values() if m.kind == "voxel" and not m.trained]
+    voxel = [m for m in methods.METHODS.values() if m.kind == "voxel"]
+    voxel = [m for m in voxel if not m.trained and not m.reference]
     assert [m.name for m in voxel] == list(attribution.VOXEL_MAPS)
+    references = [m.name for m in methods.METHODS.values() if m.reference]
+    assert references == ["random_map", "intensity", "edges", "lobe_size"]
     assert all(m.compute is attribution.VOXEL_MAPS[m.name] for m in voxel)
     assert methods.names("lobe") == ("lobe_shapley",)
     assert [m.name for m in methods.METHODS.values() if m.trained] == ["unoise"]
+
+
+def test_the_reference_maps_are_chance_the_image_its_edges_and_lobe_size():
+    from ctbrainage.interpret import reference_maps
+
+    x = torch.zeros(1, 1, 8, 8, 8)
+    x[:, :, 4:] = 1.0  # a step along the first axis
+    edges = reference_maps.edges(None, x)
+    assert edges[0, 3:5].min() == 0.5 and edges[0, :3].max() == 0 and edges[0, 5:].max() == 0
+    assert torch.equal(reference_maps.intensity(None, x), x[:, 0])
+    assert torch.equal(reference_maps.lobe_size(None, x), torch.ones(1, 8, 8, 8))
+    labels = np.zeros((8, 8, 8), np.int64)
+    labels[:2], labels[2:8] = 1, 2
+    shares = attribution.lobe_shares(
+        reference_maps.lobe_size(None, x), torch.from_numpy(labels[None]),
+        torch.ones(1, 8, 8, 8), {1: "a", 2: "b"},
+    )[0]  # fmt: skip
+    assert shares.tolist() == pytest.approx([0.25, 0.75])  # lobe size
+    torch.manual_seed(0)
+    one = reference_maps.random_map(None, x)
+    torch.manual_seed(0)
+    assert torch.equal(one, reference_maps.random_map(None, x)) and one.std() > 0.2
 
 
 def test_group_maps_keep_the_top_share_and_their_keys_split_back():

@@ -200,7 +200,7 @@ def test_the_run_directory_holds_every_step_output(tiny):
     for name in ("evaluation", "table1_heatmap", "importance_trajectory", "importance_on_brain"):
         _assert_a_figure(run_dir / "figures" / f"{name}.png")
     attribution = pd.read_csv(run_dir / "attribution.csv")
-    assert attribution["method"].nunique() == 12 and attribution["subject_id"].nunique() == 12
+    assert attribution["method"].nunique() == 16 and attribution["subject_id"].nunique() == 12
     for name in ("attribution_scores.csv", "attribution_sanity.csv", "attribution_tests.csv"):
         assert len(pd.read_csv(run_dir / name)) > 0, name
     for name in ("attribution_group_maps", "attribution_lobes", "attribution_sanity"):

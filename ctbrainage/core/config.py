@@ -180,6 +180,10 @@ AttributionMethod = Literal[
     "occlusion",
     "lobe_shapley",
     "unoise",
+    "random_map",  # the reference maps (no model): chance, the image, its edges, lobe size
+    "intensity",
+    "edges",
+    "lobe_size",
 ]
 
 

@@ -6,7 +6,9 @@ Voxel methods (``kind="voxel"``) are functions ``(model, x, settings, baseline, 
 [B, X, Y, Z] (:mod:`ctbrainage.interpret.attribution`); U-Noise's ``model`` is its noise model,
 trained first for the age model (``trained``). The lobe method computes the age model's output
 for every coalition of lobes (:func:`~ctbrainage.interpret.attribution.coalition_values`), from
-which step 07 takes the lobes' Shapley values.
+which step 07 takes the lobes' Shapley values. The reference maps
+(:mod:`ctbrainage.interpret.reference_maps`, ``reference``) are scored like the voxel methods:
+what a map scores by chance, by showing the image, its edges, or lobe size.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from ctbrainage.interpret import attribution
+from ctbrainage.interpret import attribution, reference_maps
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Method:
     compute: Callable[..., torch.Tensor]
     relative_cost: int
     trained: bool = False  # needs a model of its own, trained for the age model (U-Noise)
+    reference: bool = False  # a reference map that does not ask the model (reference_maps)
 
 
 def _unoise_map(noise_model, x, settings=None, baseline=None, brain=None) -> torch.Tensor:
@@ -51,6 +54,10 @@ METHODS: dict[str, Method] = {
         Method("occlusion", "voxel", attribution.occlusion, 1500),
         Method("lobe_shapley", "lobe", attribution.coalition_values, 16),
         Method("unoise", "voxel", _unoise_map, 1, trained=True),
+        Method("random_map", "voxel", reference_maps.random_map, 0, reference=True),
+        Method("intensity", "voxel", reference_maps.intensity, 0, reference=True),
+        Method("edges", "voxel", reference_maps.edges, 0, reference=True),
+        Method("lobe_size", "voxel", reference_maps.lobe_size, 0, reference=True),
     )
 }
 
