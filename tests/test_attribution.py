@@ -162,11 +162,14 @@ def test_voxel_scores_of_a_perfect_a_random_and_an_inverted_map():
     signal[2:5, 2:5, 2:5] = 1.0
     brain = np.ones_like(signal)
     perfect = voxel_scores(signal * 3, signal, brain)
-    assert perfect == {"auroc": 1.0, "mass_accuracy": 1.0, "region_share": 0.027}
+    assert perfect == {
+        "auroc": 1.0, "mass_accuracy": 1.0, "rank_accuracy": 1.0, "region_share": 0.027
+    }  # fmt: skip
     noise = voxel_scores(rng.random(signal.shape), signal, brain)
     assert 0.4 < noise["auroc"] < 0.6 and noise["mass_accuracy"] == pytest.approx(0.027, abs=0.01)
     assert noise["region_share"] == 0.027  # the mass accuracy of a map at chance
     assert voxel_scores(1 - signal, signal, brain)["auroc"] == 0.0
+    assert voxel_scores(1 - signal, signal, brain)["rank_accuracy"] == 0.0
     assert np.isnan(voxel_scores(signal, signal * 0, brain)["auroc"])
 
 

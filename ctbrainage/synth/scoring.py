@@ -323,22 +323,29 @@ def voxel_scores(attribution_map, signal, brain, level: float = 0.25) -> dict[st
     """A voxel map against the planted signal of one subject (same grid): the true region is
     the brain's voxels whose |signal| reaches ``level`` × its maximum. Returns the AUROC of
     |map| for that region over the brain's voxels, the relevance-mass accuracy (Arras et al.
-    2022: the share of the brain's |map| inside the region) and its chance level, the region's
-    share of the brain's voxels (``region_share``); NaN without a planted signal."""
+    2022: the share of the brain's |map| inside the region), the relevance-rank accuracy (the
+    share of the region among the brain's top-|region| voxels of |map|) and the chance level of
+    both, the region's share of the brain's voxels (``region_share``); NaN without a planted
+    signal. Both accuracies equal Quantus' (tests/test_quantus.py)."""
     from sklearn.metrics import roc_auc_score
 
     inside = np.asarray(brain) > 0
     score = np.abs(np.asarray(attribution_map, np.float64))[inside]
     planted = np.abs(np.asarray(signal, np.float64))[inside]
     if planted.size == 0 or planted.max() <= 0:
-        return dict.fromkeys(("auroc", "mass_accuracy", "region_share"), float("nan"))
+        return dict.fromkeys(VOXEL_SCORES, float("nan"))
     region = planted >= level * planted.max()
     total = score.sum()
+    top = np.argsort(-score, kind="stable")[: region.sum()]
     return {
         "auroc": float(roc_auc_score(region, score)) if 0 < region.sum() < region.size else np.nan,
         "mass_accuracy": float(score[region].sum() / total) if total > 0 else float("nan"),
+        "rank_accuracy": float(region[top].mean()) if total > 0 else float("nan"),
         "region_share": float(region.mean()),
     }
+
+
+VOXEL_SCORES = ("auroc", "mass_accuracy", "rank_accuracy", "region_share")
 
 
 #: a score, its bootstrap CI, and what it would be by chance (NaN where that is not defined)
@@ -432,8 +439,8 @@ def attribution_scores(
             rows += [{"method": method, **score} for score in scores]
         mine = voxel[voxel["method"] == method] if len(voxel) else voxel
         shares = mine["region_share"] if "region_share" in mine else pd.Series(dtype=float)
-        chance = {"auroc": 0.5, "mass_accuracy": shares.mean()}
-        for metric in ("auroc", "mass_accuracy") if len(mine) else ():
+        chance = {"auroc": 0.5, "mass_accuracy": shares.mean(), "rank_accuracy": shares.mean()}
+        for metric in [m for m in chance if m in mine] if len(mine) else ():
             values = mine[metric].dropna()
             low, high = mean_ci(values, seed=seed, n_resamples=n_resamples)
             rows.append(

@@ -78,7 +78,7 @@ def summary_table(
 ) -> pd.DataFrame:
     """One row per method, ranked by lobe ρ (synthetic runs, ``scores`` of
     ``attribution_scores.csv``; else in the order of ``methods``): lobe ρ, within-group ρ, top
-    lobe, voxel AUROC, relevance mass (95 % CIs), the sanity ``verdict`` (per method) and, with
+    lobe, voxel AUROC, relevance mass and rank (95 % CIs; chance levels in the header), the sanity ``verdict`` (per method) and, with
     ``cost``, seconds and passes per subject."""
     cell = score_cells(scores)
 
@@ -95,6 +95,7 @@ def summary_table(
         return f"{value(method, metric, '{:.0f}')}/{value(method, 'groups', '{:.0f}')}"
 
     mass = f"relevance mass (chance {chance(scores, 'mass_accuracy'):.2f})"
+    rank = f"relevance rank (chance {chance(scores, 'rank_accuracy'):.2f})"
     rows = [
         {
             "method": method,
@@ -105,6 +106,7 @@ def summary_table(
             "per voxel: top lobe": fraction(method, "top_lobe_matches/voxel"),
             "voxel AUROC (chance 0.50)": with_ci(method, "auroc"),
             mass: with_ci(method, "mass_accuracy"),
+            rank: with_ci(method, "rank_accuracy"),
             "sanity": verdict.get(method, MISSING),
             "s / subject": value(method, "seconds_per_subject", "{:.3f}"),
             "passes / subject": f"{value(method, 'forward_passes', '{:.0f}')} + "
