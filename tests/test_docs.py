@@ -189,9 +189,10 @@ def test_each_block_gets_the_runs_numbers(filled):
     attribution = _block(text, "attribution")
     lines = [line for line in attribution.splitlines() if line.startswith("| `")]
     assert lines == [
-        "| `lobe_shapley` | 0.76 [0.65, 0.83] | – | 3/4 | – | – | – | – | – | fails | – | – + – |",
+        "| `lobe_shapley` | 0.76 [0.65, 0.83] | – | 3/4 | – | – | – | – | –"
+        " | fails (0.70 / 0.60) | – | – + – |",
         "| `occlusion` | 0.64 [0.52, 0.69] | – | 3/4 | 0.65 [0.51, 0.70] | 4/4 | 0.62 [0.60, 0.64]"
-        " | 0.18 [0.16, 0.20] | – | passes | 0.250 | – + – |",
+        " | 0.18 [0.16, 0.20] | – | passes (0.10 / 0.20) | 0.250 | – + – |",
     ]
     assert "relevance mass (chance 0.12)" in attribution and "AUROC (chance 0.50)" in attribution
     faithful = _block(text, "faithfulness")

@@ -76,9 +76,14 @@ def test_maps_that_follow_the_weights_pass():
     assert list(table["model"]) == ["head", "conv", "random_labels"]
     assert list(table["step"]) == [1, 2, 0]
     assert not table["survives"].any()
-    assert sanity.sanity_verdict(table).to_dict("records") == [
+    verdict = sanity.sanity_verdict(table)
+    assert verdict[["method", "sanity"]].to_dict("records") == [
         {"method": "saliency", "sanity": "passes"}
     ]
+    final = table[table["model"] == "conv"]["voxel_rho"].iloc[0]
+    labels = table[table["model"] == "random_labels"]["voxel_rho"].iloc[0]
+    assert verdict["rho_randomised"].iloc[0] == final  # the continuous similarity, too
+    assert verdict["rho_random_labels"].iloc[0] == labels
 
 
 def test_a_model_whose_output_ignores_its_weights_fails():

@@ -110,9 +110,18 @@ def table(rows: Sequence[dict]) -> pd.DataFrame:
 
 def sanity_verdict(sanity: pd.DataFrame) -> pd.DataFrame:
     """Per method: whether its maps survive full randomisation or label randomisation (then the
-    method fails the check: its maps do not depend on what the model learned)."""
+    method fails the check: its maps do not depend on what the model learned), and the
+    similarities themselves: ``rho_randomised`` after the whole cascade, ``rho_random_labels``
+    for the label-randomised model (voxel maps' ρ; a lobe method's lobe ρ)."""
     shuffled = sanity["model"] == RANDOM_LABELS
     last = sanity["method"].map(sanity[~shuffled].groupby("method")["step"].max())
     final = sanity[(sanity["step"] == last) | shuffled]
+    rho = final["voxel_rho"].where(final["voxel_rho"].notna(), final["lobe_rho"])
+    final = final.assign(rho=rho, labels=final["model"] == RANDOM_LABELS)
     verdict = final.groupby("method", sort=False)["survives"].any()
-    return verdict.map({True: "fails", False: "passes"}).rename("sanity").reset_index()
+    table = verdict.map({True: "fails", False: "passes"}).rename("sanity").reset_index()
+    similarity = final.pivot_table(index="method", columns="labels", values="rho", dropna=False)
+    for labels, column in ((False, "rho_randomised"), (True, "rho_random_labels")):
+        values = similarity[labels] if labels in similarity else pd.Series(dtype=float)
+        table[column] = table["method"].map(values).astype(float)
+    return table

@@ -480,6 +480,6 @@ def score_methods(
 def summary_table(result: Result, cost: bool = True) -> pd.DataFrame:
     """:func:`attribution_tables.summary_table` of the step's result (sanity: its
     :func:`sanity_verdict`)."""
-    verdict = sanity_verdict(result.sanity).set_index("method")["sanity"]
+    verdict = attribution_tables.sanity_cells(sanity_verdict(result.sanity))
     methods_run = result.table["method"].unique()
     return attribution_tables.summary_table(methods_run, result.scores, verdict, cost)

@@ -70,6 +70,17 @@ def faithfulness_table(scores: pd.DataFrame | None) -> pd.DataFrame:
     return table.drop(columns="_rank").set_index("method")
 
 
+def sanity_cells(verdict: pd.DataFrame) -> pd.Series:
+    """Per method (index) the sanity verdict with its similarities (``sanity_verdict``): "fails
+    (0.91 / 0.88)" = ρ after full randomisation / with random labels."""
+    cell = lambda v: "–" if pd.isna(v) else f"{v:.2f}"  # noqa: E731
+    return pd.Series(
+        [f"{r.sanity} ({cell(r.rho_randomised)} / {cell(r.rho_random_labels)})"
+         for r in verdict.itertuples()],
+        index=verdict["method"].to_numpy(), dtype=object,
+    )  # fmt: skip
+
+
 def summary_table(
     methods: Iterable[str],
     scores: pd.DataFrame | None,
@@ -78,8 +89,9 @@ def summary_table(
 ) -> pd.DataFrame:
     """One row per method, ranked by lobe ρ (synthetic runs, ``scores`` of
     ``attribution_scores.csv``; else in the order of ``methods``): lobe ρ, within-group ρ, top
-    lobe, voxel AUROC, relevance mass and rank (95 % CIs; chance levels in the header), the sanity ``verdict`` (per method) and, with
-    ``cost``, seconds and passes per subject."""
+    lobe, voxel AUROC, relevance mass and rank (95 % CIs; chance levels in the header), the
+    sanity ``verdict`` (per method, :func:`sanity_cells`) and, with ``cost``, seconds and
+    passes per subject."""
     cell = score_cells(scores)
 
     def value(method, metric, fmt="{:.2f}"):
@@ -107,7 +119,7 @@ def summary_table(
             "voxel AUROC (chance 0.50)": with_ci(method, "auroc"),
             mass: with_ci(method, "mass_accuracy"),
             rank: with_ci(method, "rank_accuracy"),
-            "sanity": verdict.get(method, MISSING),
+            "sanity (ρ random / labels)": verdict.get(method, MISSING),
             "s / subject": value(method, "seconds_per_subject", "{:.3f}"),
             "passes / subject": f"{value(method, 'forward_passes', '{:.0f}')} + "
             f"{value(method, 'backward_passes', '{:.0f}')}",

@@ -189,8 +189,9 @@ def _attribution(layout: RunLayout) -> str:
     scores = _scores(layout)
     verdict = pd.Series(dtype=str)
     if layout.attribution_sanity.exists():
-        table = sanity_verdict(pd.read_csv(layout.attribution_sanity))
-        verdict = table.set_index("method")["sanity"]
+        verdict = attribution_tables.sanity_cells(
+            sanity_verdict(pd.read_csv(layout.attribution_sanity))
+        )
     methods = list(dict.fromkeys(scores["method"]))
     return _frame(attribution_tables.summary_table(methods, scores, verdict))
 
