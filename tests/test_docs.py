@@ -419,3 +419,11 @@ def test_the_model_vs_ideal_block_sets_the_models_shares_beside_the_ideal_observ
     assert "| 0-11 | occipital | 1 | 0.400 | 0.73 | 0.98 |" in text
     assert "| 0-11 | non_lobar | 1 | 0.020 | – | – |" in text
     assert "top lobe in 4/4 groups" in text
+    rows = []
+    for i, value in enumerate([0.1, 0.5, -0.2]):  # the chain rule at twice the interventions
+        for kind, times in (("content", 1), ("chain_content", 2)):
+            for lobe in LOBES.values():
+                rows.append((f"s{i}", 0, 6.0, lobe, kind, times * value * (1 + len(lobe) / 10)))
+    write_table(layout.model_truth, pd.DataFrame(rows, columns=columns))
+    chain = docs.render("chain-rule", layout.root)
+    assert "| `content` | `chain_content` | 1.00 | 1.00 | 2.00 | 12 |" in chain

@@ -162,6 +162,8 @@ def chain_rule_agreement(model_truth: pd.DataFrame) -> pd.DataFrame:
     value on the interventional one (1 = equal in scale) and the number of pairs."""
     rows = []
     for kind in (MATURATION, "content"):
+        if not model_truth["kind"].isin([kind, "chain_" + kind]).any():
+            continue  # not measured
         measured = lobe_sensitivity(model_truth, kind).set_index("subject_id")[LOBE_NAMES]
         chained = lobe_sensitivity(model_truth, "chain_" + kind).set_index("subject_id")
         x = measured.to_numpy(float).ravel()
@@ -179,4 +181,5 @@ def chain_rule_agreement(model_truth: pd.DataFrame) -> pd.DataFrame:
                 "pairs": int(len(x)),
             }
         )
-    return pd.DataFrame(rows)
+    columns = ["interventional", "chain_rule", "pearson_r", "spearman_rho", "slope", "pairs"]
+    return pd.DataFrame(rows, columns=columns)

@@ -223,6 +223,18 @@ def _model_vs_ideal(layout: RunLayout) -> str:
     return _table(header, rows) + note
 
 
+def _chain_rule(layout: RunLayout) -> str:
+    """Step 07: the chain-rule (one backward pass) estimates against the interventions."""
+    table = faithfulness.chain_rule_agreement(_read(layout.model_truth))
+    rows = [
+        [f"`{r.interventional}`", f"`{r.chain_rule}`", _number(r.pearson_r),
+         _number(r.spearman_rho), _number(r.slope), r.pairs]
+        for r in table.itertuples()
+    ]  # fmt: skip
+    header = ["interventional", "chain rule", "Pearson r", "Spearman ρ", "slope", "pairs"]
+    return _table(header, rows)
+
+
 def _stacked(layout: RunLayout) -> str:
     """Step 08: the encoders and the cross-fitted stacked models (MAE and MSE in months)."""
     table = pd.read_csv(layout.stacking_table, keep_default_na=False, na_values=[""])
@@ -287,6 +299,7 @@ BLOCKS: dict[str, tuple[int, Callable[[RunLayout], Path], Callable[[RunLayout], 
     "attribution": (7, lambda run: run.attribution_scores, _attribution),
     "faithfulness": (7, lambda run: run.model_truth, _faithfulness),
     "model-vs-ideal": (7, lambda run: run.model_truth, _model_vs_ideal),
+    "chain-rule": (7, lambda run: run.model_truth, _chain_rule),
     "stacked": (8, lambda run: run.stacking_table, _stacked),
     "f-tests": (8, lambda run: run.stacking_anova, _f_tests),
     "new-scans": (9, lambda run: RunLayout(run.new_scans_dir).predictions, _new_scans),
