@@ -328,10 +328,6 @@ class RunLayout:
         """One fold's model-truth rows (a resumable unit)."""
         return self.root / "model_truth_parts" / f"fold{fold}.csv"
 
-    def response(self, subject_id: str) -> Path:
-        """Synthetic runs: d(model input) / d(lobe's white-matter HU), one volume per lobe."""
-        return self.root / "model_truth_parts" / f"{subject_id}_response{NIFTI}"
-
     @property
     def random_label_model(self) -> Path:
         """Fold 0's model trained on shuffled ages (the data-randomisation check)."""
