@@ -200,3 +200,24 @@ def test_chain_rule_agreement_is_one_where_the_chain_rule_is_exact_and_less_wher
     assert table.loc["maturation", "pairs"] == 40
     assert 0.5 < table.loc["content", "pearson_r"] < 0.99
     assert table.loc["content", "slope"] == pytest.approx(2.0, abs=0.3)
+
+
+def test_the_notebooks_verdict_names_the_faithful_methods_and_the_papers_fill():
+    from ctbrainage.views.attribution_tables import two_truths_text
+
+    truth = _model_truth(SENSITIVITY, AGES)
+    table = pd.concat([
+        _method("faithful", lambda i, lobe: SENSITIVITY[lobe][i]),
+        _method("fill_noise", lambda i, lobe: -SENSITIVITY[lobe][i]),
+    ])  # fmt: skip
+    scores = faithfulness.faithfulness_scores(
+        table, truth, edges=(0, 12, 24, 36, 48), n_resamples=10, seed=0, per_voxel=[]
+    )
+    correct = pd.DataFrame([["fill_noise", "lobe", "spearman_rho", 0.12, 0, 0.3, 0.0]],
+                           columns=scores.columns)  # fmt: skip
+    ideal = {"spearman_rho": 0.8, "top_lobe_matches": 3, "groups": 4}
+    text = two_truths_text(pd.concat([scores, correct]), ideal, "fill_noise")
+    assert "(ρ ≥ 0.9 with its |s_k| and its top lobe in every group): `faithful`;" in text
+    assert "ρ 0.80, the same top lobe in 3/4 groups" in text
+    assert "**The paper's fill** (`fill_noise`): ρ -1.00 with the model, top lobe in 0/4" in text
+    assert "against the data ρ 0.12" in text

@@ -147,3 +147,8 @@ def chain_rule(profile) -> pd.DataFrame:
     """The first-order estimates against the interventions
     (:func:`faithfulness.chain_rule_agreement`)."""
     return faithfulness.chain_rule_agreement(load(profile))
+
+
+def model_vs_ideal_scores(profile) -> dict:
+    """:func:`faithfulness.model_vs_ideal_scores` of :func:`model_vs_ideal`."""
+    return faithfulness.model_vs_ideal_scores(model_vs_ideal(profile))

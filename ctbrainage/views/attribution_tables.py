@@ -130,3 +130,44 @@ def summary_table(
     table = pd.DataFrame(rows).sort_values("_rank", ascending=False, na_position="last")
     table = table.drop(columns="_rank").set_index("method")
     return table if cost else table.drop(columns=["s / subject", "passes / subject"])
+
+
+#: the goal of a method faithful to the model (issue 29): ρ with |s_k| and top lobe in every group
+FAITHFUL_RHO = 0.9
+
+
+def two_truths_text(scores: pd.DataFrame, model_vs_ideal: dict, noise_fill: str) -> str:
+    """The notebook's verdict in words, from the faithfulness scores and the model ↔ ideal
+    observer scores (``faithfulness.model_vs_ideal_scores``): which methods are faithful to
+    the model (per-group ρ ≥ :data:`FAITHFUL_RHO` and the model's top lobe in every group),
+    whether the model weights the lobes as the data allow, and where the paper's fill stands."""
+    cell = score_cells(scores)
+
+    def get(method, key):
+        return cell["value"].get((method, key), np.nan)
+
+    methods = [m for m in dict.fromkeys(cell.index.get_level_values(0))
+               if (m, "spearman_rho/model") in cell.index]  # fmt: skip
+    faithful = [
+        m for m in methods
+        if get(m, "spearman_rho/model") >= FAITHFUL_RHO
+        and get(m, "top_lobe_matches/model") == get(m, "groups/model")
+    ]  # fmt: skip
+    best = max(methods, key=lambda m: np.nan_to_num(get(m, "spearman_rho/model"), nan=-2))
+    lines = [
+        "**Faithful to the model** (ρ ≥ 0.9 with its |s_k| and its top lobe in every group): "
+        + (", ".join(f"`{m}`" for m in faithful) if faithful else "none")
+        + f"; the closest is `{best}` (ρ {get(best, 'spearman_rho/model'):.2f}, top lobe in "
+        f"{get(best, 'top_lobe_matches/model'):.0f}/{get(best, 'groups/model'):.0f} groups).",
+        f"**The model against the data**: its lobe shares against the ideal observer's, ρ "
+        f"{model_vs_ideal['spearman_rho']:.2f}, the same top lobe in "
+        f"{model_vs_ideal['top_lobe_matches']}/{model_vs_ideal['groups']} groups.",
+    ]
+    if (noise_fill, "spearman_rho/model") in cell.index:
+        lines.append(
+            f"**The paper's fill** (`{noise_fill}`): ρ {get(noise_fill, 'spearman_rho/model'):.2f}"
+            f" with the model, top lobe in {get(noise_fill, 'top_lobe_matches/model'):.0f}/"
+            f"{get(noise_fill, 'groups/model'):.0f} groups; against the data ρ "
+            f"{get(noise_fill, 'spearman_rho'):.2f}."
+        )
+    return "\n\n".join(lines)
