@@ -26,6 +26,8 @@ def _with_ci(cell: pd.DataFrame, method: str, key: str) -> str:
     if (method, key) not in cell.index:
         return MISSING
     row = cell.loc[(method, key)]
+    if pd.isna(row["value"]):
+        return MISSING
     ci = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
     return f"{row['value']:.2f}{ci}"
 
