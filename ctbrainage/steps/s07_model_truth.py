@@ -138,7 +138,7 @@ def two_truths(profile, table: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], p
     lobes = shares[shares["lobe"] != faithfulness.NON_LOBAR]
     truths = {
         "ideal observer (Fisher share)": lobes.assign(importance=lobes["ideal_share"]),
-        "the model (sₖ)": lobes.assign(importance=lobes["model_s"]),
+        "the model (|sₖ|)": lobes.assign(importance=lobes["model_s"].abs()),
     }
     return truths, table[table["subject_id"].isin(load(profile)["subject_id"])]
 

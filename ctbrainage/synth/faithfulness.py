@@ -9,7 +9,9 @@ observer).
   against the groups' mean |s_k|).
 - *Model ↔ data*: with linear-Gaussian cues the optimal (ideal-observer) estimator's
   sensitivity to lobe k is I_k / Σ_j I_j, the Fisher shares of ``expected_importance.csv``; the
-  model's shares are s_k / Σ_j s_j.
+  model's shares are |s_k| / Σ_j |s_j|. Only with the lobar white matter as the only cue is
+  that the whole ideal observer; where every cue ages, the model's non-lobar part says how much
+  it takes from elsewhere.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def lobe_sensitivity(model_truth: pd.DataFrame, kind: str = MATURATION) -> pd.Da
 
 def model_vs_ideal(model_truth: pd.DataFrame, expected: pd.DataFrame, edges) -> pd.DataFrame:
     """Per age group and lobe: the model's mean s_k (months of predicted age per month of the
-    lobe's maturation), its share s_k / Σ s_j of the group means, and the ideal observer's
+    lobe's maturation), its share |s_k| / Σ |s_j| of the group means, and the ideal observer's
     share (``expected``: one definition of ``expected_importance.csv``, Fisher); plus the non-
     lobar remainder s_all − Σ s_k as lobe ``non_lobar`` (no share)."""
     wide = lobe_sensitivity(model_truth)
@@ -57,7 +59,7 @@ def model_vs_ideal(model_truth: pd.DataFrame, expected: pd.DataFrame, edges) -> 
     ideal = expected.set_index(["group", "lobe"])["share"]
     rows = []
     for group, mean in means.iterrows():
-        total = mean[LOBE_NAMES].sum()
+        total = mean[LOBE_NAMES].abs().sum()
         for lobe in [*LOBE_NAMES, NON_LOBAR]:
             lobar = lobe in LOBE_NAMES
             rows.append(
@@ -66,7 +68,7 @@ def model_vs_ideal(model_truth: pd.DataFrame, expected: pd.DataFrame, edges) -> 
                     "lobe": lobe,
                     "subjects": int(counts[group]),
                     "model_s": float(mean[lobe]),
-                    "model_share": float(mean[lobe] / total) if lobar and total else np.nan,
+                    "model_share": float(abs(mean[lobe]) / total) if lobar and total else np.nan,
                     "ideal_share": float(ideal.get((group, lobe), np.nan)) if lobar else np.nan,
                 }
             )
