@@ -73,9 +73,7 @@ def tiny(tiny_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("run_all")
     run_dir, figures = base / "run", base / "figures"
     shutil.copytree(tiny_run.run_path, run_dir)
-    # (the model truth is step 07's costliest part and tested in test_step_attribution.py)
-    parameters = {"workers": 2, "attribution.model_truth.subjects": 0}
-    options = dict(profile="tiny", run_dir=str(run_dir), parameters=parameters)
+    options = dict(profile="tiny", run_dir=str(run_dir), parameters={"workers": 2})
     first = _run(**options, last=3)
     after_first = _mtimes(run_dir)
     fold_predictions = {

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from ctbrainage.core.cohort import age_group
-from ctbrainage.core.config import AttributionConfig
+from ctbrainage.core.config import AttributionConfig, ModelTruthConfig
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.interpret import attribution
@@ -31,7 +31,11 @@ FILLS = ["fill_noise", "fill_zero", "fill_mean", "fill_group_level"]
 def attributed(tiny_run, tmp_path_factory):
     dest = tmp_path_factory.mktemp("attribution") / "run"
     shutil.copytree(tiny_run.run_path, dest)
-    profile = dataclasses.replace(tiny_run, run_dir=str(dest))
+    # the model truth of the youngest and the oldest child (the tiny profile measures none: it
+    # is step 07's costliest part)
+    truth = ModelTruthConfig(subjects=2)
+    attributing = dataclasses.replace(tiny_run.attribution, model_truth=truth)
+    profile = dataclasses.replace(tiny_run, run_dir=str(dest), attribution=attributing)
     s05_perturbation.run(profile, progress=False)
     return profile, s07_attribution.run(profile, progress=False)
 
