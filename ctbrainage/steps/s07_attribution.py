@@ -453,27 +453,19 @@ def score_methods(
     planted importance of the first definition, Fisher) and, with a ``model_truth``,
     faithfulness (:func:`faithfulness.faithfulness_scores`)."""
     truths = pd.read_csv(RunLayout(profile.run_path).synthetic.expected_importance)
-    correct = scoring.attribution_scores(
-        table,
-        truths[truths["definition"] == IMPORTANCE_DEFINITIONS[0]],
-        voxel,
-        cost,
+    common = dict(
         edges=profile.age_group_edges,
         n_resamples=profile.attribution.bootstrap,
         seed=profile.seed,
         per_voxel=names("voxel"),
-        mean_ci=lobe_tests.mean_ci,
+    )
+    fisher = truths[truths["definition"] == IMPORTANCE_DEFINITIONS[0]]
+    correct = scoring.attribution_scores(
+        table, fisher, voxel, cost, mean_ci=lobe_tests.mean_ci, **common
     )
     if model_truth is None or model_truth.empty:
         return correct
-    faithful = faithfulness.faithfulness_scores(
-        table,
-        model_truth,
-        edges=profile.age_group_edges,
-        n_resamples=profile.attribution.bootstrap,
-        seed=profile.seed,
-        per_voxel=names("voxel"),
-    )
+    faithful = faithfulness.faithfulness_scores(table, model_truth, **common)
     return pd.concat([correct, faithful], ignore_index=True)
 
 
