@@ -427,3 +427,46 @@ def test_the_model_vs_ideal_block_sets_the_models_shares_beside_the_ideal_observ
     write_table(layout.model_truth, pd.DataFrame(rows, columns=columns))
     chain = docs.render("chain-rule", layout.root)
     assert "| `content` | `chain_content` | 1.00 | 1.00 | 2.00 | 12 |" in chain
+
+
+def test_the_unoise_block_shows_each_training_and_an_unconverged_one_has_no_verdict(tmp_path):
+    from ctbrainage.steps.s07_unoise import CURVE_COLUMNS
+    from ctbrainage.views.attribution_tables import not_converged, sanity_cells
+
+    layout = RunLayout(tmp_path / "run")
+    layout.root.mkdir(parents=True)
+    rows = []
+    for role, fold, r, losses, plateaued, chosen in (
+        ("candidate", 0, 0.1, [0.5, 0.3, 0.35], True, False),
+        ("candidate", 0, 0.3, [0.6, 0.4, 0.45], True, True),
+        ("fold", 1, 0.3, [0.7, 0.6, 0.5], False, True),
+    ):
+        best = int(np.argmin(losses)) + 1
+        rows.append(dict(role=role, fold=fold, r=r, v_min=1.0, v_max=5.0, phase="autoencoder",
+                         epoch=1, train_loss=0.01))  # fmt: skip
+        for epoch, loss in enumerate(losses, start=1):
+            rows.append(dict(
+                role=role, fold=fold, r=r, v_min=1.0, v_max=5.0, phase="noise", epoch=epoch,
+                train_loss=loss, val_loss=loss, val_mae_months=3.0 + r, clean_mae_months=1.5,
+                mask_mean=0.25, mask_sd=0.1, floor_share=0.02, best=epoch == best,
+                plateaued=plateaued, chosen=chosen,
+            ))  # fmt: skip
+    training = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    write_table(layout.unoise_training, training)
+    text = docs.render("unoise", layout.root)
+    header = [c.strip() for c in text.splitlines()[0].strip("|").split("|")]
+    assert header[:6] == ["training", "r", "v_min", "v_max", "epochs", "best epoch"]
+    lines = [line for line in text.splitlines() if line.startswith("| `")]
+    assert lines[0].startswith("| `candidate (fold 0)` | 0.1 | 1.0 | 5.0 | 3 | 2 | yes |")
+    assert "| 2.00 |" in lines[0]  # noise SD: 1 + 4 × 0.25 σ
+    assert lines[1].endswith("| ✓ |") and not lines[0].endswith("| ✓ |")
+    assert lines[2].startswith("| `fold 1` | 0.3 | 1.0 | 5.0 | 3 | 3 | no (max_epochs) |")
+    assert not_converged(training) == ["unoise"]
+    assert not_converged(training.assign(plateaued=True)) == [] == not_converged(None)
+    verdict = pd.DataFrame(
+        {"method": ["unoise", "saliency"], "sanity": ["fails", "passes"],
+         "rho_randomised": [0.8, 0.1], "rho_random_labels": [0.7, 0.2]}
+    )  # fmt: skip
+    cells = sanity_cells(verdict, not_converged(training))
+    assert cells["unoise"] == "not converged (0.80 / 0.70)"
+    assert cells["saliency"] == "passes (0.10 / 0.20)"

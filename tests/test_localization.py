@@ -157,18 +157,27 @@ def noise_tolerance():
     phantoms, applied to held-out ones near each group's centre (where one lobe matures); and
     the model's own sensitivity to noise in each lobe of those phantoms."""
     from ctbrainage.core.config import UNoiseConfig
-    from ctbrainage.interpret.unoise import importance_map, train_noise_model
+    from ctbrainage.interpret.unoise import NoiseRange, Volumes, importance_map, train_noise_model
 
     order = ORDERS["posterior first"]
     schedule = staggered(order)
     ages, volumes, labels, model = trained_phantom("posterior first")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     brains = torch.from_numpy(np.stack([lab > 0 for lab in labels])[:, None].astype(np.float32))
-    settings = UNoiseConfig(channels=4, autoencoder_epochs=2, epochs=15, batch_size=8, lr=3e-3)
+    cohort = Volumes(
+        torch.from_numpy(volumes), brains, torch.tensor(ages / SPAN, dtype=torch.float32)
+    )
+    val = np.arange(len(ages)) % 5 == 0
+    train, validation = (
+        Volumes(cohort.x[m], cohort.brain[m], cohort.ages_unit[m]) for m in (~val, val)
+    )
+    settings = UNoiseConfig(
+        channels=4, autoencoder_epochs=2, max_epochs=15, patience=15, batch_size=8, lr=3e-3
+    )
     noise_model = train_noise_model(
-        model, torch.from_numpy(volumes), brains, torch.tensor(ages / SPAN, dtype=torch.float32),
-        SPAN, settings, seed=0, progress=False,
-    )  # fmt: skip
+        model, train, validation, SPAN, settings, NoiseRange(0.1, 1.0, 5.0), seed=0,
+        progress=False,
+    ).model  # fmt: skip
     held_ages, held, held_labels = phantom_cohort(schedule, n=80, seed=1)
     near = np.flatnonzero(np.abs((held_ages % 12) - 6) < 3)
     x, age = torch.from_numpy(held[near]), torch.tensor(held_ages[near])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ctbrainage.core.labels import LOBES
+from ctbrainage.interpret import attribution
 from ctbrainage.interpret.model_truth import sensitivities
 from ctbrainage.learn.datasets import AgeScaler
 from ctbrainage.synth import faithfulness
@@ -62,7 +63,10 @@ class Linear(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.from_numpy(weights)[None, None])
 
     def forward(self, x):
-        return (x * self.w).sum(dim=(1, 2, 3, 4)) + 0.25
+        return (x * self.w).sum(dim=(1, 2, 3, 4))[:, None] + 0.25
+
+
+HALF_SIGN = np.where(np.indices((6, 6, 6)).sum(axis=0) < 6, 1.0, -1.0).astype(np.float32)
 
 
 def test_the_chain_rule_equals_the_finite_differences_on_a_linear_model():
@@ -84,8 +88,13 @@ def test_the_chain_rule_equals_the_finite_differences_on_a_linear_model():
         variants.append(Variant("all", MATURATION, step, base + step * (every + extra)))
     found = Interventions(base, np.ones(shape, np.uint8), responses, slopes, variants)
     scaler = AgeScaler(0, 48)
-    rows = pd.DataFrame(sensitivities(Linear(weights), found, scaler)).set_index(["cue", "kind"])
-    value = rows["value"]
+    model = Linear(weights).eval()
+    maps = {  # the model's own gradient, and a map that is its negative outside one corner
+        "saliency": lambda x: attribution.saliency(model, x),
+        "half_wrong": lambda x: torch.from_numpy(weights * HALF_SIGN)[None],
+    }
+    rows = sensitivities(model, found, scaler, gradient_maps=maps)
+    value = pd.DataFrame(rows).set_index(["cue", "kind"])["value"]
     for i, lobe in enumerate(LOBE_NAMES):
         weight = 48 * float(np.sum(weights.astype(np.float64) * responses[i]))
         # finite differences of float32 predictions: to ~1e-3; the backward pass: exact
@@ -93,6 +102,11 @@ def test_the_chain_rule_equals_the_finite_differences_on_a_linear_model():
         assert value[(lobe, "chain_content")] == pytest.approx(weight, rel=1e-5)
         assert value[(lobe, "maturation")] == pytest.approx(weight * slopes[lobe], abs=2e-5)
         assert value[(lobe, "chain_maturation")] == pytest.approx(weight * slopes[lobe], rel=1e-5)
+        # the saliency map's signed projection on the lobe's signal map is the chain rule
+        chained = value[(lobe, "chain_maturation")]
+        assert value[(lobe, "projection:saliency")] == pytest.approx(chained, rel=1e-5)
+        wrong = 48 * float(np.sum(weights * HALF_SIGN * responses[i])) * slopes[lobe]
+        assert value[(lobe, "projection:half_wrong")] == pytest.approx(wrong, rel=1e-5, abs=1e-9)
     lobar = sum(value[(n, "maturation")] for n in LOBE_NAMES)
     non_lobar = 48 * float(np.sum(weights.astype(np.float64) * extra))
     assert value[("all", "maturation")] == pytest.approx(lobar + non_lobar, rel=2e-3)
@@ -105,7 +119,8 @@ def _model_truth(sensitivity: dict[str, list[float]], ages) -> pd.DataFrame:
         for lobe in LOBE_NAMES:
             rows.append((f"s{i}", age, lobe, "maturation", sensitivity[lobe][i]))
         rows.append((f"s{i}", age, "non_lobar", "maturation", 0.1))
-    return pd.DataFrame(rows, columns=["subject_id", "age_months", "cue", "kind", "value"])
+    columns = ["subject_id", "age_months", "cue", "kind", "value"]
+    return pd.DataFrame(rows, columns=columns).assign(fold=0)
 
 
 AGES = [3, 6, 9, 15, 18, 21, 27, 30, 33, 39, 42, 45]
@@ -149,6 +164,31 @@ def test_faithfulness_rewards_the_model_truth_and_punishes_its_reverse():
     # lobe method: the share of |importance| on the model's top lobe
     shares = [0.6 / sum(SENSITIVITY[lobe][i] for lobe in LOBE_NAMES) for i in range(12)]
     assert scores.loc[("reverse", "top_lobe_mass"), "value"] == pytest.approx(np.mean(shares))
+
+
+def test_the_projections_are_scored_as_lobe_methods():
+    """A projection equal to s_k is faithful; one with the lobes' order reversed is not."""
+    truth = _model_truth(SENSITIVITY, AGES)
+    order = {lobe: LOBE_NAMES[::-1][j] for j, lobe in enumerate(LOBE_NAMES)}
+    projected = pd.concat(
+        [
+            truth[truth["kind"] == "maturation"].assign(kind="projection:exact"),
+            truth[truth["kind"] == "maturation"].assign(
+                kind="projection:swapped", cue=lambda t: t["cue"].map(order).fillna(t["cue"])
+            ),
+        ]
+    )
+    truth = pd.concat([truth, projected.assign(value=lambda t: -t["value"])])  # sign: |ŝ|
+    rows = faithfulness.projection_rows(truth)
+    assert set(rows["method"]) == {"exact (projection)", "swapped (projection)"}
+    assert (rows["importance"] >= 0).all() and len(rows) == 2 * 4 * len(AGES)
+    scores = faithfulness.faithfulness_scores(
+        _method("faithful", lambda i, lobe: SENSITIVITY[lobe][i]), truth,
+        edges=(0, 12, 24, 36, 48), n_resamples=20, seed=0, per_voxel=[],
+    ).set_index(["method", "metric"])["value"]  # fmt: skip
+    assert scores[("exact (projection)", "subject_rho")] == pytest.approx(1.0)
+    assert scores[("exact (projection)", "top_lobe_matches")] == 4
+    assert scores[("swapped (projection)", "subject_rho")] < 0.5
 
 
 def test_model_vs_ideal_sets_the_models_shares_beside_the_fisher_shares():

@@ -338,6 +338,21 @@ def test_rerun_skips_finished_steps_and_resumes_after_a_kill(tiny):
     assert (run_dir / "table1.csv").read_bytes() == table1
 
 
+def test_a_changed_notebook_is_run_again(tiny, tmp_path):
+    """A step whose record is fresh is skipped only while its notebook is the one that ran."""
+    from ctbrainage.run.execute import _is_finished
+    from ctbrainage.run.plan import NotebookRun
+
+    entry = _manifest(tiny.run_dir)["steps"]["04_evaluate"]
+    profile = load_profile("tiny", {"run_dir": str(tiny.run_dir), "synth": {"workers": 2}})
+    source = tmp_path / "04_evaluate.ipynb"
+    source.write_bytes((REPO_ROOT / entry["notebook"]).read_bytes())
+    step = NotebookRun("04_evaluate", 4, source, Path(entry["output"]), entry["parameters"])
+    assert _is_finished(entry, step, profile)
+    source.write_bytes(source.read_bytes().replace(b"# 04", b"# 04 (edited)", 1))
+    assert not _is_finished(entry, step, profile)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

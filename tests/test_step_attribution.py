@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import stats
 
 from ctbrainage.core.cohort import age_group
@@ -32,9 +33,10 @@ def attributed(tiny_run, tmp_path_factory):
     dest = tmp_path_factory.mktemp("attribution") / "run"
     shutil.copytree(tiny_run.run_path, dest)
     # the model truth of the youngest and the oldest child (the tiny profile measures none: it
-    # is step 07's costliest part)
+    # is step 07's costliest part), and two U-Noise candidates (the tiny profile has one)
     truth = ModelTruthConfig(subjects=2)
-    attributing = dataclasses.replace(tiny_run.attribution, model_truth=truth)
+    noise = dataclasses.replace(tiny_run.attribution.unoise, r=(0.1, 1.0))  # a choice to make
+    attributing = dataclasses.replace(tiny_run.attribution, model_truth=truth, unoise=noise)
     profile = dataclasses.replace(tiny_run, run_dir=str(dest), attribution=attributing)
     s05_perturbation.run(profile, progress=False)
     return profile, s07_attribution.run(profile, progress=False)
@@ -155,7 +157,8 @@ def test_the_model_truth_is_measured_and_scores_every_method_for_faithfulness(at
     lobes = list(LOBES.values())
     for sid, rows in truth.groupby("subject_id"):
         value = rows.set_index(["cue", "kind"])["value"]
-        assert len(value) == 4 * 4 + 2 and value.notna().all()  # 4 lobes × 4 kinds, all, rest
+        # 4 lobes × (4 kinds + 3 projections), all, rest
+        assert len(value) == 4 * 7 + 2 and value.notna().all()
         lobar = sum(value[(lobe, "maturation")] for lobe in lobes)
         assert value[("non_lobar", "maturation")] == pytest.approx(
             value[("all", "maturation")] - lobar
@@ -169,16 +172,69 @@ def test_the_model_truth_is_measured_and_scores_every_method_for_faithfulness(at
             assert value[(lobe, "chain_maturation")] == pytest.approx(
                 value[(lobe, "chain_content")] * slope
             )
+            # saliency (Captum) projected on the lobe's signal map: the chain rule itself
+            assert value[(lobe, "projection:saliency")] == pytest.approx(
+                value[(lobe, "chain_maturation")], rel=1e-4, abs=1e-9
+            )
     faithful = result.scores[result.scores["level"] == "faithfulness"]
-    assert set(faithful["method"]) == set(METHODS + FILLS)
+    projections = [f"{m} (projection)" for m in ("saliency", "smoothgrad", "guided_backprop")]
+    assert set(faithful["method"]) == set(METHODS + FILLS + projections)
     per_subject = faithful[faithful["metric"] == "subject_top_lobe"].set_index("method")
     assert (per_subject["chance"] == 0.25).all()
     assert per_subject["value"].isin([0.0, 0.5, 1.0]).all()  # two subjects
     table = faithfulness_table(result.scores)
-    assert set(table.index) == set(METHODS + FILLS)
+    assert set(table.index) == set(METHODS + FILLS + projections)
     shares = s07_model_truth.model_vs_ideal(profile)
     lobar = shares[shares["lobe"] != "non_lobar"]
     assert lobar.groupby("group")["model_share"].sum().to_numpy() == pytest.approx(1.0)
+
+
+def test_unoise_is_trained_to_its_validation_loss_with_the_chosen_noise(attributed):
+    """Two candidates (the fixture's r 0.1 and 1.0) trained on fold 0's inner split, the one
+    :func:`unoise.choose` picks used by every fold; each training's best epoch is its lowest
+    validation loss (within the improvement that counts); the summary says whether it plateaued."""
+    from ctbrainage.interpret import unoise
+    from ctbrainage.steps import s07_unoise
+    from ctbrainage.steps.s07_fold import SubjectInputs
+
+    profile, result = attributed
+    training = result.unoise
+    assert list(training.columns) == s07_unoise.CURVE_COLUMNS
+    noise = training[training["phase"] == "noise"]
+    candidates = noise[noise["role"] == "candidate"]
+    assert sorted(candidates["r"].unique()) == [0.1, 1.0]
+    best = candidates[candidates["best"]]
+    assert len(best) == 2 and best["chosen"].sum() == 1
+    outcomes = [
+        unoise.Training(None, unoise.NoiseRange(b.r, b.v_min, b.v_max),
+                        [{"phase": "noise", "epoch": b.epoch, "val_mae_months": b.val_mae_months,
+                          "mask_mean": b.mask_mean}], b.epoch, b.plateaued, b.clean_mae_months)
+        for b in best.itertuples()
+    ]  # fmt: skip
+    chosen = unoise.choose(outcomes, profile.attribution.unoise.max_error_increase_months).noise
+    assert best.loc[best["chosen"], "r"].item() == chosen.r
+    folds = noise[noise["role"] == "fold"]
+    assert sorted(folds["fold"].unique()) == list(range(profile.train.folds))
+    assert (folds["r"] == chosen.r).all()
+    for _, curve in noise.groupby(["role", "fold", "r"]):
+        assert curve["best"].sum() == 1
+        lowest, improvement = curve["val_loss"].min(), profile.attribution.unoise.min_improvement
+        assert lowest <= curve.loc[curve["best"], "val_loss"].item() <= lowest * (1 + improvement)
+        assert len(curve) <= profile.attribution.unoise.max_epochs
+    # fold 0's own training repeats the chosen candidate's (same seed, same split)
+    same = candidates[candidates["r"] == chosen.r].drop(columns=["role", "chosen"])
+    mine = folds[folds["fold"] == 0].drop(columns=["role", "chosen"])
+    assert same.reset_index(drop=True).equals(mine.reset_index(drop=True))
+    summary = s07_attribution.summary_table(result, cost=False)
+    plateaued = training["plateaued"].all()
+    cell = summary.loc["unoise", "sanity (ρ random / labels)"]
+    assert cell.startswith("not converged") != plateaued
+    # the inner split: disjoint, a fifth of the fold's training subjects, spread over age
+    data = SubjectInputs(profile, pd.read_csv(RunLayout(profile.run_path).lobe_levels,
+                                              dtype={"subject_id": str}))  # fmt: skip
+    train, val = s07_unoise.inner_split(profile, 0, data)
+    assert len(val.x) == max(1, round(0.2 * (len(train.x) + len(val.x))))
+    assert not any(torch.equal(v, t) for v in val.x for t in train.x)
 
 
 def test_a_rerun_computes_nothing_and_a_changed_setting_is_not_reused(attributed, tmp_path):

@@ -194,15 +194,25 @@ class UNoiseConfig:
     # after the first layer (paper: 16); doubled at each of 5 levels
     channels: int = bounded(16, minimum=1)
     autoencoder_epochs: int = bounded(5, minimum=0)
-    epochs: int = bounded(20, minimum=1)
+    # the noise phase stops when the validation loss has not improved by min_improvement
+    # (relative) for patience epochs, or after max_epochs (paper: 50 epochs)
+    max_epochs: int = bounded(50, minimum=1)
+    patience: int = bounded(5, minimum=1)
+    min_improvement: float = bounded(0.01, minimum=0)
     batch_size: int = bounded(4, minimum=1)
     lr: float = bounded(0.001, above=0)
-    # noise SD range in units of the brain's intensity SD (paper: 1-5)
-    v_min: float = bounded(1.0, above=0)
-    v_max: float = 5.0
-    r: float = bounded(0.1, minimum=0)  # weight of the noise reward (paper: 0.1)
-    # per fold, age-stratified; 0 = every training subject
+    # candidates, every combination with v_min < v_max (paper's choice: 0.1, 1, 5); the noise SD
+    # range is in units of the brain's intensity SD; r weighs the reward against the age error
+    # in years²
+    r: tuple[float, ...] = bounded((0.1,), minimum=0)
+    v_min: tuple[float, ...] = bounded((1.0,), above=0)
+    v_max: tuple[float, ...] = bounded((5.0,), above=0)
+    # the chosen candidate: the most noise whose validation MAE stays within this of the clean
+    # model's (chosen on fold 0's inner validation subjects, used by every fold)
+    max_error_increase_months: float = bounded(1.0, minimum=0)
+    # per fold, age-stratified; 0 = every training subject; val_fraction of them validate
     train_subjects: int = bounded(0, minimum=0)
+    val_fraction: float = bounded(0.2, above=0, maximum=0.5)
 
 
 @dataclass(frozen=True)
@@ -330,9 +340,10 @@ def _inconsistencies(p: Profile) -> list[str]:
             f"preprocess.ptile_low {pre.ptile_low:g} must be below ptile_high {pre.ptile_high:g}"
         )
     unoise = p.attribution.unoise
-    if unoise.v_min > unoise.v_max:
+    if not any(lo < hi for lo in unoise.v_min for hi in unoise.v_max):
         problems.append(
-            f"attribution.unoise.v_min {unoise.v_min:g} must not exceed v_max {unoise.v_max:g}"
+            f"attribution.unoise: no v_min {list(unoise.v_min)} is below a v_max "
+            f"{list(unoise.v_max)}"
         )
     if not p.data and p.synth.n < p.train.folds:
         problems.append(

@@ -320,6 +320,11 @@ class RunLayout:
         return self.root / "attribution_parts" / f"fold{fold}.npz"
 
     @property
+    def unoise_training(self) -> Path:
+        """U-Noise's loss curves: the candidates on fold 0 and every fold's training."""
+        return self.root / "unoise_training.csv"
+
+    @property
     def model_truth(self) -> Path:
         """Synthetic runs: each model's measured sensitivity to every lobe and cue."""
         return self.root / "model_truth.csv"

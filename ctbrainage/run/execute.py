@@ -3,8 +3,9 @@
 Phases run in turn, the notebook runs of a phase at once: 01 → 02 → 03 once per fold (one per
 GPU, bounded by cores on CPU, or as SLURM jobs through submitit) → 04 → 05 → 06 → 07. A notebook run
 is skipped (unless ``force``) when the manifest records it as done with the same notebook
-parameters, its executed notebook exists, and its step's record shows that nothing the step
-reads has changed (:func:`ctbrainage.run.steps.is_fresh`), checked when its phase comes.
+(its source's SHA-256) and parameters, its executed notebook exists, and its step's record
+shows that nothing the step reads has changed (:func:`ctbrainage.run.steps.is_fresh`), checked
+when its phase comes.
 Exit codes: 0 done, 1 a notebook failed, 2 usage error.
 """
 
@@ -30,6 +31,7 @@ from traitlets import default
 
 from ctbrainage.core.atomic import atomic_write_text
 from ctbrainage.core.config import REPO_ROOT, Profile, ProfileError
+from ctbrainage.core.freshness import fingerprint
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.run import stored
 from ctbrainage.run.guard import WRITE_ERRORS, RunBusyError, disk_space, one_run_per_directory
@@ -266,11 +268,13 @@ def _notebook_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_finished(entry: dict[str, Any] | None, step: NotebookRun, profile: Profile) -> bool:
-    """The notebook ran to the end with these parameters, its executed copy is there, and its
-    step's record says that nothing the step reads has changed since (``ctbrainage.steps``)."""
+    """The notebook ran to the end, as it is now, with these parameters, its executed copy is
+    there, and its step's record says that nothing the step reads has changed since
+    (``ctbrainage.steps``)."""
     return (
         entry is not None
         and entry.get("status") in ("done", "skipped")
+        and entry.get("notebook_sha256") == fingerprint(step.source)["sha256"]
         and _notebook_parameters(entry.get("parameters", {}))
         == _notebook_parameters(step.parameters)
         and step.output.exists()
@@ -281,6 +285,7 @@ def _is_finished(entry: dict[str, Any] | None, step: NotebookRun, profile: Profi
 def _entry(step: NotebookRun, **fields: Any) -> dict[str, Any]:
     return {
         "notebook": str(step.source.relative_to(REPO_ROOT)),
+        "notebook_sha256": fingerprint(step.source)["sha256"],
         "output": str(step.output),
         "parameters": plain(step.parameters),
         **fields,

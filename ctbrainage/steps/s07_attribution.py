@@ -33,17 +33,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctbrainage.core.atomic import atomic_write_npz
 from ctbrainage.core.cohort import age_group
 from ctbrainage.core.config import Profile
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.imaging import run_arrays
-from ctbrainage.interpret import attribution, perturb, sanity
+from ctbrainage.interpret import perturb, sanity
 from ctbrainage.interpret.methods import METHODS, names
 from ctbrainage.interpret.sanity import sanity_verdict
 from ctbrainage.learn.datasets import AgeScaler
 from ctbrainage.stats import lobe_tests
-from ctbrainage.steps import s03_train, s05_perturbation, s07_model_truth
+from ctbrainage.steps import s03_train, s05_perturbation, s07_model_truth, s07_unoise
 from ctbrainage.steps.contract import (
     Outcome,
     Settings,
@@ -63,7 +62,7 @@ from ctbrainage.steps.s07_fold import (
     save_part,
     shapley_rows,
     synthetic,
-    train_unoise,
+    write_maps,
 )
 from ctbrainage.synth import faithfulness, scoring
 from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
@@ -109,6 +108,7 @@ class Result:
     scores: pd.DataFrame | None  # attribution_scores.csv (synthetic runs)
     maps: dict[str, np.ndarray]  # attribution.group_map_key(method or MEAN_INPUT, group)
     excluded: pd.DataFrame
+    unoise: pd.DataFrame | None  # unoise_training.csv (runs with U-Noise)
 
 
 def methods(profile: Profile) -> list[str]:
@@ -165,7 +165,12 @@ def outputs(profile: Settings) -> list[Path]:
         layout.attribution_sanity,
     ]
     files += [layout.attribution_scores] if synthetic(profile) else []
+    files += [layout.unoise_training] if trains_unoise(profile) else []
     return files + ([layout.model_truth] if measures_model_truth(profile) else [])
+
+
+def trains_unoise(profile: Profile | Settings) -> bool:
+    return "unoise" in profile.attribution.methods
 
 
 def measures_model_truth(profile: Profile | Settings) -> bool:
@@ -208,9 +213,13 @@ def _attribute(profile: Settings, device, progress: bool) -> Outcome:
     data = SubjectInputs(profile, pd.read_csv(layout.lobe_levels, dtype={"subject_id": str}))
     data.fit_group_means(s05_perturbation.subjects(profile))
     rows, scores, cost, sums, counts, errors = [], [], [], {}, {}, {}
+    noise, curves = None, []
+    if trains_unoise(profile):
+        noise, curves = s07_unoise.choose_noise(STEP, profile, data, device, progress)
     for fold, part in table.groupby("fold", sort=True):
-        done = _fold(profile, int(fold), part, data, device, progress)
+        done = _fold(profile, int(fold), part, data, device, progress, noise)
         rows, scores, cost = rows + done.rows, scores + done.scores, cost + done.cost
+        curves += done.training
         for key, value in done.sums.items():
             sums[key] = sums.get(key, 0) + value
             counts[key] = counts.get(key, 0) + done.counts[key]
@@ -220,7 +229,9 @@ def _attribute(profile: Settings, device, progress: bool) -> Outcome:
     long = long.reset_index(drop=True)
     write_table(layout.attribution, long)
     write_table(layout.attribution_tests, method_tests(profile, long))
-    _write_maps(layout, sums, counts, data)
+    if trains_unoise(profile):
+        write_table(layout.unoise_training, s07_unoise.training_table(curves))
+    write_maps(layout, sums, counts, data)
     sanity = _sanity(profile, kept, data, device, progress)
     write_table(layout.attribution_sanity, sanity)
     if synthetic(profile):
@@ -250,17 +261,20 @@ def load(profile: Profile | Settings) -> Result:
         pd.read_csv(layout.attribution_scores) if synthetic(profile) else None,
         maps,
         excluded[excluded["step"] == STEP.name].reset_index(drop=True),
+        pd.read_csv(layout.unoise_training) if trains_unoise(profile) else None,
     )
 
 
-def _fold(profile, fold, part, data, device, progress):
-    """One fold's part, from its record when its inputs and settings are unchanged."""
+def _fold(profile, fold, part, data, device, progress, noise):
+    """One fold's part, from its record when its inputs and settings are unchanged (``noise``:
+    U-Noise's chosen settings, or None)."""
     layout = RunLayout(profile.run_path)
     record = STEP.record(layout, f"_fold{fold}")
     ids = list(part["subject_id"])
     train = s05_perturbation.subjects(profile)
     train_ids = list(train.loc[train["fold"] != fold, "subject_id"])
     settings = _work_settings(profile, fold=fold, subjects=ids, trained_on=train_ids)
+    settings["unoise_chosen"] = vars(noise) if noise else None
     sources = [layout.model(fold), layout.lobe_levels]
     sources += [p for s in ids + train_ids for p in (layout.preprocessed(s), layout.brain(s))]
     sources += [layout.lobes(s) for s in ids]
@@ -270,7 +284,15 @@ def _fold(profile, fold, part, data, device, progress):
     if record.fresh(settings, STEP.version, sources, [target]) is not None:
         return load_part(target)
     prints = record.fingerprints(sources)
-    done = fold_part(profile, fold, part, data, device, progress)
+    trained, curves = {}, []
+    if noise is not None:
+        model = perturb.prepare_model(s03_train.load_model(profile, fold), device)
+        noise_model, curves, seconds = s07_unoise.train_fold(
+            profile, fold, model, data, noise, progress
+        )
+        trained["unoise"] = (noise_model, seconds)
+    done = fold_part(profile, fold, part, data, device, progress, trained)
+    done.training = curves
     save_part(target, done)
     if not done.errors:
         record.write(settings, STEP.version, prints)
@@ -327,16 +349,6 @@ def method_tests(profile: Profile, table: pd.DataFrame) -> pd.DataFrame:
     return tests[["method", *[c for c in tests.columns if c != "method"]]]
 
 
-def _write_maps(layout: RunLayout, sums, counts, data: SubjectInputs) -> None:
-    """Group maps (:func:`attribution.group_map`) and the groups' mean inputs."""
-    key = attribution.group_map_key
-    maps = {
-        key(attribution.MEAN_INPUT, g): m.astype(np.float32) for g, m in data.group_means.items()
-    }
-    maps |= {k: attribution.group_map(total, counts[k]) for k, total in sums.items()}
-    atomic_write_npz(layout.attribution_maps, **maps)
-
-
 # ---- sanity checks -------------------------------------------------------------------------
 
 
@@ -390,7 +402,8 @@ def _values(profile, model, method, part, data: SubjectInputs, device) -> sanity
         return None, np.array([r["importance"] for r in rows]).reshape(len(part), -1)
     runs_on = model
     if METHODS[method].trained:
-        runs_on = train_unoise(profile, 0, model, data, progress=False)[0]
+        noise = s07_unoise.choose_noise(STEP, profile, data, device, False)[0]
+        runs_on = s07_unoise.train_fold(profile, 0, model, data, noise, False)[0]
     settings = map_settings(profile, profile.preprocess.spacing_mm)
     maps = maps_of(runs_on, method, part, data, settings).cpu()
     ids = part["subject_id"]
@@ -471,7 +484,9 @@ def score_methods(
 
 def summary_table(result: Result, cost: bool = True) -> pd.DataFrame:
     """:func:`attribution_tables.summary_table` of the step's result (sanity: its
-    :func:`sanity_verdict`)."""
-    verdict = attribution_tables.sanity_cells(sanity_verdict(result.sanity))
+    :func:`sanity_verdict`; U-Noise "not converged" where a fold's training ran out of epochs)."""
+    verdict = attribution_tables.sanity_cells(
+        sanity_verdict(result.sanity), attribution_tables.not_converged(result.unoise)
+    )
     methods_run = result.table["method"].unique()
     return attribution_tables.summary_table(methods_run, result.scores, verdict, cost)

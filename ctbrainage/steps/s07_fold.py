@@ -26,7 +26,7 @@ from ctbrainage.imaging import run_arrays
 from ctbrainage.interpret import attribution, perturb
 from ctbrainage.interpret.methods import METHODS, PassCounter
 from ctbrainage.learn.datasets import AgeScaler
-from ctbrainage.steps import s03_train, s05_perturbation
+from ctbrainage.steps import s03_train
 from ctbrainage.synth import scoring
 
 
@@ -41,6 +41,7 @@ class FoldPart:
     sums: dict[str, np.ndarray]
     counts: dict[str, int]
     errors: dict[str, BaseException] = field(default_factory=dict)
+    training: list[dict] = field(default_factory=list)  # trained methods' curves (U-Noise)
 
 
 def evenly(table: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -222,8 +223,11 @@ def shapley_rows(model, batch, data: SubjectInputs, scaler: AgeScaler, method: s
     return rows
 
 
-def fold_part(profile, fold, table, data: SubjectInputs, device, progress) -> FoldPart:
-    """Every method on one fold's subjects."""
+def fold_part(
+    profile, fold, table, data: SubjectInputs, device, progress, trained=None
+) -> FoldPart:
+    """Every method on one fold's subjects; ``trained``: per trained method (U-Noise) its model
+    for this fold and the seconds its training took."""
     config = profile.attribution
     scaler = AgeScaler(*profile.age_range_months)
     spacing = profile.preprocess.spacing_mm
@@ -244,7 +248,7 @@ def fold_part(profile, fold, table, data: SubjectInputs, device, progress) -> Fo
     for method in config.methods:
         spec, runs_on, trained_s = METHODS[method], model, 0.0
         if spec.trained:  # the age model's passes while training are not counted
-            runs_on, trained_s = train_unoise(profile, fold, model, data, progress)
+            runs_on, trained_s = trained[method]
         counter, started = PassCounter(model), time.perf_counter()
         for batch in progress_bar(batches, desc=f"{method} (fold {fold})", progress=progress):
             torch.manual_seed(profile.seed + fold)  # SmoothGrad's noise
@@ -269,48 +273,26 @@ def fold_part(profile, fold, table, data: SubjectInputs, device, progress) -> Fo
     return FoldPart(rows, scores, cost, sums, counts, errors)
 
 
-def train_unoise(profile, fold, model, data: SubjectInputs, progress):
-    """The fold's noise model, trained on its training subjects (or an age-stratified
-    ``unoise.train_subjects`` of them); (model, seconds)."""
-    from ctbrainage.interpret import unoise
-
-    started = time.perf_counter()
-    config = profile.attribution.unoise
-    everyone = s05_perturbation.subjects(profile)
-    train = everyone[everyone["fold"] != fold].sort_values("age_months", kind="stable")
-    if config.train_subjects > 0:
-        train = evenly(train, config.train_subjects)
-    train = train[[readable(data, s) for s in train["subject_id"]]]
-    volumes = torch.from_numpy(np.stack([data.volume(s) for s in train["subject_id"]])[:, None])
-    brains = torch.from_numpy(np.stack([data.brain(s) for s in train["subject_id"]])[:, None])
-    scaler = AgeScaler(*profile.age_range_months)
-    ages = torch.from_numpy(scaler.to_unit(train["age_months"]))
-    noise_model = unoise.train_noise_model(
-        model,
-        volumes,
-        brains,
-        ages,
-        scaler.hi - scaler.lo,
-        config,
-        seed=profile.seed + fold,
-        progress=progress,
-        desc=f"U-Noise training (fold {fold})",
-    )
-    return noise_model, time.perf_counter() - started
-
-
-def readable(data: SubjectInputs, sid: str) -> bool:
-    try:
-        data.volume(sid), data.brain(sid)
-        return True
-    except ValueError:
-        return False
+def write_maps(layout: RunLayout, sums, counts, data: SubjectInputs) -> None:
+    """Group maps (:func:`attribution.group_map`) and the groups' mean inputs."""
+    key = attribution.group_map_key
+    maps = {
+        key(attribution.MEAN_INPUT, g): m.astype(np.float32) for g, m in data.group_means.items()
+    }
+    maps |= {k: attribution.group_map(total, counts[k]) for k, total in sums.items()}
+    atomic_write_npz(layout.attribution_maps, **maps)
 
 
 def save_part(path: Path, part: FoldPart) -> None:
     """The part as one .npz (resumable): its map sums, and its tables as JSON."""
     arrays = {f"sum:{k}": v.astype(np.float32) for k, v in part.sums.items()}
-    meta = {"rows": part.rows, "scores": part.scores, "cost": part.cost, "counts": part.counts}
+    meta = {
+        "rows": part.rows,
+        "scores": part.scores,
+        "cost": part.cost,
+        "counts": part.counts,
+        "training": part.training,
+    }
     atomic_write_npz(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
@@ -319,4 +301,6 @@ def load_part(path: Path) -> FoldPart:
     with np.load(path) as stored:
         meta = json.loads(str(stored["meta"]))
         sums = {k.removeprefix("sum:"): stored[k].astype(np.float64) for k in stored if k != "meta"}
-    return FoldPart(meta["rows"], meta["scores"], meta["cost"], sums, meta["counts"])
+    return FoldPart(
+        meta["rows"], meta["scores"], meta["cost"], sums, meta["counts"], {}, meta["training"]
+    )

@@ -10,25 +10,28 @@ writes ``model_truth.csv``: ``subject_id, fold, age_months, cue, kind, value``.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pandas as pd
+import torch
 
 from ctbrainage.core.config import Profile
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.core.workers import map_subjects
 from ctbrainage.interpret import model_truth, perturb
+from ctbrainage.interpret.methods import METHODS
 from ctbrainage.learn.datasets import AgeScaler
 from ctbrainage.steps import s03_train
 from ctbrainage.steps.contract import Step, write_table
-from ctbrainage.steps.s07_fold import evenly
+from ctbrainage.steps.s07_fold import evenly, map_settings
 from ctbrainage.synth import faithfulness
 from ctbrainage.synth.head import SubjectSpec
 from ctbrainage.synth.interventions import intervene
 from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS, MaturationSchedule
 
 COLUMNS = ["subject_id", "fold", "age_months", "cue", "kind", "value"]
-VERSION = 1
+VERSION = 2  # 2: the gradient maps' projections
 #: the settings of step 07 that a fold's model truth depends on (and the model-truth settings)
 DEPENDS_ON = ("seed", "data", "age_range_months", "preprocess", "model", "train")
 
@@ -67,6 +70,9 @@ def _fold(step: Step, profile, fold: int, part: pd.DataFrame, device, progress):
     every = step.settings_of(profile, fold=fold, subjects=ids)
     settings = {k: every[k] for k in DEPENDS_ON + ("fold", "subjects")}
     settings["model_truth"] = every["attribution"]["model_truth"]
+    # every gradient map is projected, run or not (a diagnosis; SmoothGrad's settings matter)
+    maps = map_settings(profile, profile.preprocess.spacing_mm)
+    settings["smoothgrad"] = [maps.smoothgrad_samples, maps.smoothgrad_sd]
     sources = [layout.model(fold), cohort.schedule] + [cohort.truth(s) for s in ids]
     target = layout.model_truth_part(fold)
     if record.fresh(settings, VERSION, sources, [target]) is not None:
@@ -92,10 +98,16 @@ def _fold(step: Step, profile, fold: int, part: pd.DataFrame, device, progress):
     model = perturb.prepare_model(s03_train.load_model(profile, fold), device)
     scaler = AgeScaler(*profile.age_range_months)
     ages = part.set_index("subject_id")["age_months"]
+    computes = {
+        m: functools.partial(METHODS[m].compute, model, settings=maps)
+        for m in model_truth.PROJECTED
+    }
     rows = []
     for done in mapped.results:
         sid = done["subject_id"]
-        for row in model_truth.sensitivities(model, done["found"], scaler):
+        torch.manual_seed(profile.seed + fold)  # SmoothGrad's noise
+        found = model_truth.sensitivities(model, done["found"], scaler, gradient_maps=computes)
+        for row in found:
             rows.append({"subject_id": sid, "fold": fold, "age_months": ages[sid], **row})
     out = pd.DataFrame(rows, columns=COLUMNS)
     write_table(target, out)

@@ -34,6 +34,7 @@ from ctbrainage.synth.scoring import (
 LOBE_NAMES = list(LOBES.values())
 MATURATION = "maturation"
 NON_LOBAR = "non_lobar"  # the model truth's cue: s_all − Σ s_k
+PROJECTION = "projection:"  # the model truth's kinds of the gradient maps' projections
 
 
 def lobe_sensitivity(model_truth: pd.DataFrame, kind: str = MATURATION) -> pd.DataFrame:
@@ -89,6 +90,28 @@ def model_vs_ideal_scores(table: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def projection_rows(model_truth: pd.DataFrame) -> pd.DataFrame:
+    """Each gradient map's signed projection on the lobes' signal maps (``projection:<method>``
+    rows, its estimate of s_k) as the rows of a lobe method ``<method> (projection)`` in step
+    07's long form: importance |ŝ_k|."""
+    rows = model_truth[model_truth["kind"].str.startswith(PROJECTION)]
+    rows = rows[rows["cue"].isin(LOBE_NAMES)]
+    method = rows["kind"].str.removeprefix(PROJECTION) + " (projection)"
+    magnitude = rows["value"].abs()
+    return pd.DataFrame(
+        {
+            "method": method,
+            "subject_id": rows["subject_id"],
+            "fold": rows["fold"],
+            "age_months": rows["age_months"],
+            "lobe": rows["cue"],
+            "importance": magnitude,
+            "reference": magnitude,
+            "tested": magnitude,
+        }  # fmt: skip
+    ).reset_index(drop=True)
+
+
 def faithfulness_scores(
     table: pd.DataFrame,
     model_truth: pd.DataFrame,
@@ -106,7 +129,9 @@ def faithfulness_scores(
     |attribution|, lobe methods' share of |importance|; chance: the lobe's share of the brain's
     voxels, or 1/4), each with a bootstrap CI over subjects; and the group-level
     :func:`~ctbrainage.synth.scoring.lobe_scores` against the groups' mean |s_k| (chance: ρ 0,
-    top lobe in a quarter of the groups)."""
+    top lobe in a quarter of the groups). The gradient maps' signed projections
+    (:func:`projection_rows`) are scored with them, as lobe methods."""
+    table = pd.concat([table, projection_rows(model_truth)], ignore_index=True)
     truth = lobe_sensitivity(model_truth).set_index("subject_id")
     magnitude = truth[LOBE_NAMES].abs()
     groups = age_group(truth["age_months"], edges).astype(str)

@@ -72,12 +72,14 @@ def faithfulness_table(scores: pd.DataFrame | None) -> pd.DataFrame:
     return table.drop(columns="_rank").set_index("method")
 
 
-def sanity_cells(verdict: pd.DataFrame) -> pd.Series:
+def sanity_cells(verdict: pd.DataFrame, not_converged=()) -> pd.Series:
     """Per method (index) the sanity verdict with its similarities (``sanity_verdict``): "fails
-    (0.91 / 0.88)" = ρ after full randomisation / with random labels."""
+    (0.91 / 0.88)" = ρ after full randomisation / with random labels; a trained method in
+    ``not_converged`` gets no verdict, "not converged (…)"."""
     cell = lambda v: "–" if pd.isna(v) else f"{v:.2f}"  # noqa: E731
+    word = lambda r: "not converged" if r.method in not_converged else r.sanity  # noqa: E731
     return pd.Series(
-        [f"{r.sanity} ({cell(r.rho_randomised)} / {cell(r.rho_random_labels)})"
+        [f"{word(r)} ({cell(r.rho_randomised)} / {cell(r.rho_random_labels)})"
          for r in verdict.itertuples()],
         index=verdict["method"].to_numpy(), dtype=object,
     )  # fmt: skip
@@ -173,3 +175,41 @@ def two_truths_text(scores: pd.DataFrame, model_vs_ideal: dict, noise_fill: str)
             f"{get(noise_fill, 'spearman_rho'):.2f}."
         )
     return "\n\n".join(lines)
+
+
+def not_converged(training: pd.DataFrame | None) -> list[str]:
+    """The trained methods (U-Noise) of which some training ran out of epochs before its
+    validation loss plateaued (``unoise_training.csv``; None: not trained)."""
+    return [] if training is None or training["plateaued"].all() else ["unoise"]
+
+
+def unoise_summary(training: pd.DataFrame) -> pd.DataFrame:
+    """One row per U-Noise training of ``unoise_training.csv`` (the candidates on fold 0, then
+    each fold): its noise settings, epochs run, best epoch, whether the validation loss
+    plateaued, the validation MAE without and with the noise, the mean noise SD in the brain (σ),
+    and the mask's mean, SD and share at the floor (m < 0.05) at the best epoch."""
+    rows = []
+    keys = ["role", "fold", "r", "v_min", "v_max"]
+    for key, part in training.groupby(keys, sort=False):
+        role, fold, r, v_min, v_max = key
+        noise = part[part["phase"] == "noise"]
+        best = noise[noise["best"].astype(bool)].iloc[0]
+        rows.append(
+            {
+                "training": f"candidate (fold {fold})" if role == "candidate" else f"fold {fold}",
+                "r": r,
+                "v_min": v_min,
+                "v_max": v_max,
+                "epochs": int(noise["epoch"].max()),
+                "best epoch": int(best["epoch"]),
+                "plateaued": "yes" if bool(best["plateaued"]) else "no (max_epochs)",
+                "MAE clean": best["clean_mae_months"],
+                "MAE noisy": best["val_mae_months"],
+                "noise SD (σ)": v_min + (v_max - v_min) * best["mask_mean"],
+                "mask mean": best["mask_mean"],
+                "mask SD": best["mask_sd"],
+                "at floor": best["floor_share"],
+                "chosen": "✓" if bool(best["chosen"]) and role == "candidate" else "",
+            }  # fmt: skip
+        )
+    return pd.DataFrame(rows)

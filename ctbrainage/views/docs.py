@@ -189,8 +189,10 @@ def _attribution(layout: RunLayout) -> str:
     scores = _scores(layout)
     verdict = pd.Series(dtype=str)
     if layout.attribution_sanity.exists():
+        training = _read(layout.unoise_training) if layout.unoise_training.exists() else None
         verdict = attribution_tables.sanity_cells(
-            sanity_verdict(pd.read_csv(layout.attribution_sanity))
+            sanity_verdict(pd.read_csv(layout.attribution_sanity)),
+            attribution_tables.not_converged(training),
         )
     methods = list(dict.fromkeys(scores["method"]))
     return _frame(attribution_tables.summary_table(methods, scores, verdict))
@@ -233,6 +235,16 @@ def _chain_rule(layout: RunLayout) -> str:
     ]  # fmt: skip
     header = ["interventional", "chain rule", "Pearson r", "Spearman ρ", "slope", "pairs"]
     return _table(header, rows)
+
+
+def _unoise(layout: RunLayout) -> str:
+    """Step 07: U-Noise's trainings (the candidates on fold 0, each fold), as notebook 07."""
+    summary = attribution_tables.unoise_summary(_read(layout.unoise_training))
+    digits = {"MAE clean": 2, "MAE noisy": 2, "noise SD (σ)": 2, "mask mean": 2, "mask SD": 2,
+              "at floor": 3}  # fmt: skip
+    for column, n in digits.items():
+        summary[column] = [_number(float(v), n) for v in summary[column]]
+    return _frame(summary.set_index("training"))
 
 
 def _stacked(layout: RunLayout) -> str:
@@ -300,6 +312,7 @@ BLOCKS: dict[str, tuple[int, Callable[[RunLayout], Path], Callable[[RunLayout], 
     "faithfulness": (7, lambda run: run.model_truth, _faithfulness),
     "model-vs-ideal": (7, lambda run: run.model_truth, _model_vs_ideal),
     "chain-rule": (7, lambda run: run.model_truth, _chain_rule),
+    "unoise": (7, lambda run: run.unoise_training, _unoise),
     "stacked": (8, lambda run: run.stacking_table, _stacked),
     "f-tests": (8, lambda run: run.stacking_anova, _f_tests),
     "new-scans": (9, lambda run: RunLayout(run.new_scans_dir).predictions, _new_scans),

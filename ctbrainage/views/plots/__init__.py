@@ -5,6 +5,7 @@ from ctbrainage.views.plots.attribution import (
     group_maps_figure,
     lobe_importance_figure,
     sanity_figure,
+    unoise_curves_figure,
 )
 from ctbrainage.views.plots.common import LOBE_COLOURS, canonical_slices, group_palette, save
 from ctbrainage.views.plots.evaluation import (
@@ -41,6 +42,7 @@ __all__ = [
     "group_maps_figure",
     "lobe_importance_figure",
     "sanity_figure",
+    "unoise_curves_figure",
     "LOBE_COLOURS",
     "bland_altman",
     "brain_age_gap_figure",

@@ -124,3 +124,32 @@ def sanity_figure(sanity: pd.DataFrame, out=None):
         ax.set_title(f"{title}: randomised up to …", fontsize=10)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     return save(fig, out)
+
+
+def unoise_curves_figure(training: pd.DataFrame, out=None):
+    """U-Noise's validation loss per epoch of the noise phase: the candidates on fold 0 (the
+    chosen one bold) and every fold's training (train dashed, validation solid, best epoch
+    marked)."""
+    noise = training[training["phase"] == "noise"]
+    candidates = noise[noise["role"] == "candidate"]
+    panels = [("candidates (fold 0)", candidates)] if not candidates.empty else []
+    panels.append(("each fold's training", noise[noise["role"] == "fold"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), squeeze=False,
+                             constrained_layout=True)  # fmt: skip
+    for ax, (title, part) in zip(axes[0], panels, strict=True):
+        by = ["r", "v_min", "v_max"] if part is candidates else ["fold"]
+        for key, curve in part.groupby(by, sort=False):
+            label = (f"r {key[0]:g}, v {key[1]:g}–{key[2]:g}" if part is candidates
+                     else f"fold {key[0]}")  # fmt: skip
+            bold = part is candidates and bool(curve["chosen"].iloc[0])
+            line = ax.plot(curve["epoch"], curve["val_loss"], lw=2.5 if bold else 1.2,
+                           label=label + (" (chosen)" if bold else ""))[0]  # fmt: skip
+            if part is not candidates:
+                ax.plot(curve["epoch"], curve["train_loss"], ls="--", lw=1, color=line.get_color())
+            best = curve[curve["best"].astype(bool)]
+            ax.scatter(best["epoch"], best["val_loss"], color=line.get_color(), zorder=3)
+        ax.set_xlabel("epoch (noise phase)")
+        ax.set_ylabel("loss (age error in years² − r · mean log m)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    return save(fig, out)
