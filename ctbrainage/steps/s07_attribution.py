@@ -3,8 +3,9 @@
 For the subjects of ``predictions.csv`` (every one, or ``attribution.subjects_per_group`` per
 fold and age group, age-stratified), each method of ``attribution.methods`` runs with the
 subject's out-of-fold model (the registry :mod:`ctbrainage.interpret.methods`; U-Noise: one
-noise model per fold, trained on that fold's training subjects). Step 05's fills join as
-methods ``fill_<fill>`` (importance: ΔAE). The checks are those of
+noise model per fold, trained on that fold's training subjects by
+:mod:`ctbrainage.steps.s07_unoise`). Step 05's fills join as methods ``fill_<fill>``
+(importance: ΔAE). The checks are those of
 :mod:`ctbrainage.interpret.sanity`, the scores those of :mod:`ctbrainage.synth.scoring`, the
 summary that of :mod:`ctbrainage.views.attribution_tables`. Writes
 
@@ -18,7 +19,8 @@ summary that of :mod:`ctbrainage.views.attribution_tables`. Writes
   (Adebayo et al. 2018) on ``attribution.sanity_subjects`` of fold 0;
 - synthetic runs: ``attribution_scores.csv`` (``method, level, metric, value, ci_low,
   ci_high``): lobe level against the planted importance, voxel level against
-  ``truth/<id>_signal.nii.gz``, and the cost of each method.
+  ``truth/<id>_signal.nii.gz``, and the cost of each method;
+- runs with U-Noise: ``unoise_training.csv``, its loss curves (:mod:`~.s07_unoise`).
 
 Folds are resumable units (each has its record); a fold whose subjects fail is excluded from
 nothing: a subject that cannot be read is listed in ``exclusions.csv`` and the others go on.
