@@ -463,6 +463,8 @@ def test_the_unoise_block_shows_each_training_and_an_unconverged_one_has_no_verd
     assert lines[2].startswith("| `fold 1` | 0.3 | 1.0 | 5.0 | 3 | 3 | no (max_epochs) |")
     assert not_converged(training) == ["unoise"]
     assert not_converged(training.assign(plateaued=True)) == [] == not_converged(None)
+    candidate_only = training.assign(plateaued=training["role"] == "fold")  # unused: no maps
+    assert not_converged(candidate_only) == []
     verdict = pd.DataFrame(
         {"method": ["unoise", "saliency"], "sanity": ["fails", "passes"],
          "rho_randomised": [0.8, 0.1], "rho_random_labels": [0.7, 0.2]}

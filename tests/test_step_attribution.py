@@ -226,7 +226,7 @@ def test_unoise_is_trained_to_its_validation_loss_with_the_chosen_noise(attribut
     mine = folds[folds["fold"] == 0].drop(columns=["role", "chosen"])
     assert same.reset_index(drop=True).equals(mine.reset_index(drop=True))
     summary = s07_attribution.summary_table(result, cost=False)
-    plateaued = training["plateaued"].all()
+    plateaued = folds["plateaued"].all()
     cell = summary.loc["unoise", "sanity (ρ random / labels)"]
     assert cell.startswith("not converged") != plateaued
     # the inner split: disjoint, a fifth of the fold's training subjects, spread over age

@@ -146,7 +146,7 @@ def _evaluate(age_model, noise_model, data: Volumes, span_months, noise, setting
     same noise draws every epoch."""
     generator = torch.Generator().manual_seed(seed)
     device = next(noise_model.parameters()).device
-    loss = errors = inside = 0.0
+    loss = errors = 0.0
     masks, n = [], len(data.x)
     with torch.no_grad():
         for x, brain, ages in data.batches(settings.batch_size):
@@ -157,7 +157,6 @@ def _evaluate(age_model, noise_model, data: Volumes, span_months, noise, setting
             loss += float(total) * len(x)
             errors += float(abs_error.sum())
             masks.append(mask[batch[1] > 0].cpu())
-            inside += float(batch[1].sum())
     values = torch.cat(masks)
     return {
         "val_loss": loss / n,

@@ -178,9 +178,12 @@ def two_truths_text(scores: pd.DataFrame, model_vs_ideal: dict, noise_fill: str)
 
 
 def not_converged(training: pd.DataFrame | None) -> list[str]:
-    """The trained methods (U-Noise) of which some training ran out of epochs before its
-    validation loss plateaued (``unoise_training.csv``; None: not trained)."""
-    return [] if training is None or training["plateaued"].all() else ["unoise"]
+    """The trained methods (U-Noise) of which some fold's training ran out of epochs before its
+    validation loss plateaued (``unoise_training.csv``; None: not trained). Candidates that were
+    not used make no map and do not count."""
+    if training is None:
+        return []
+    return [] if training.loc[training["role"] == "fold", "plateaued"].all() else ["unoise"]
 
 
 def unoise_summary(training: pd.DataFrame) -> pd.DataFrame:
