@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from ctbrainage.core.labels import LOBES
 from ctbrainage.imaging import ctio
 from ctbrainage.imaging.preprocess import map_to_grid, preprocess_scan
-from ctbrainage.lobes.segment import atlas_lobes, build_atlas, segment_lobes
+from ctbrainage.lobes.segment import atlas_lobes, build_atlas, segment_lobes, to_atlas
 from ctbrainage.lobes.totalseg import TotalSegmentatorUnavailable
 from ctbrainage.synth.scoring import dice
 
@@ -54,14 +54,37 @@ def test_atlas_lobes_are_deterministic(subjects):
 def test_method_choice_and_fallback(subjects, tmp_path):
     _, result, _, atlas = subjects[0]
     args = (result.image, result.brain, result.affine)
-    labels, method = segment_lobes(
+    labels, method, warp = segment_lobes(
         *args, "auto", native_path=tmp_path / "none.nii.gz", work_dir=tmp_path
     )
     assert method.startswith("atlas (TotalSegmentator unavailable:")
     assert np.array_equal(labels, atlas)
+    assert warp.GetNumberOfComponentsPerPixel() == 3
     with pytest.raises(TotalSegmentatorUnavailable):
         segment_lobes(
             *args, "totalsegmentator", native_path=tmp_path / "none.nii.gz", work_dir=tmp_path
         )
     with pytest.raises(ValueError, match="unknown lobe method"):
         segment_lobes(*args, "freesurfer")
+
+
+def test_registered_inputs_align_with_the_atlas(subjects):
+    """Step 02's warp (the inverse of the map that carried the labels) brings each subject's
+    brain onto the atlas brain: Dice >= 0.9 (the identity, i.e. no registration, is lower)."""
+    for sid, result, _, _ in subjects:
+        _, warp = segment_lobes(result.image, result.brain, result.affine, "atlas")[1:]
+        _, atlas_brain, atlas_labels = build_atlas(3.0, 64)
+        warped = to_atlas(result.brain.astype(np.float32), warp) >= 0.5
+        registered = dice(warped, atlas_brain > 0)
+        assert registered >= 0.9, (sid, registered)
+        assert registered > dice(result.brain > 0, atlas_brain > 0), sid
+
+def test_the_warp_inverts_the_labels_map(subjects):
+    """The subject's atlas lobes carried back with the warp land on the atlas's own lobes."""
+    _, atlas_brain, atlas_labels = build_atlas(3.0, 64)
+    for sid, result, _, labels in subjects:
+        warp = segment_lobes(result.image, result.brain, result.affine, "atlas")[2]
+        back = to_atlas(labels, warp, labels=True)
+        assert set(np.unique(back)) <= {0, 1, 2, 3, 4}
+        for idx, name in LOBES.items():
+            assert dice(back == idx, atlas_labels == idx) >= 0.8, (sid, name)

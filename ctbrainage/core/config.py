@@ -135,7 +135,9 @@ class TrainConfig:
     optimizer: Literal["adamw", "adam"] = "adamw"
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate over the steps
     loss: Literal["mse", "mae"] = "mse"
-    augment: bool = False  # TorchIO augmentation (the paper reports none)
+    # TorchIO per batch: a flip, an affine or an elastic warp (the multi-seed paper's; Sawa et
+    # al. report none)
+    augment: bool = False
     val_fraction: float = bounded(0.0, minimum=0, below=1)  # inner validation split of each fold
 
 
@@ -287,6 +289,28 @@ class StackingConfig:
 
 
 @dataclass(frozen=True)
+class RobustnessConfig:
+    """Step 10 (the multi-seed paper): the model of step 03 retrained per condition (augmentation
+    off/on × registration off/on) and seed on fixed test folds; its maps' agreement across seeds
+    against their faithfulness and correctness (docs/robustness.md)."""
+
+    seeds: int = bounded(3, minimum=2)  # per condition; seed i trains with seed + 1000 i
+    augment: tuple[bool, ...] = (False, True)  # TorchIO per batch (learn.datasets)
+    register: tuple[bool, ...] = (False, True)  # inputs warped onto step 02's atlas
+    folds: tuple[int, ...] = (0,)  # step 03's test folds, each trained per condition and seed
+    epochs: int = bounded(30, minimum=1)  # at most: early stopping on the inner validation
+    patience: int = bounded(5, minimum=1)
+    val_fraction: float = bounded(0.1, above=0, below=0.5)  # the inner validation split
+    # the "phases": validation-MAE thresholds as fractions of the chance MAE (the validation
+    # children's mean distance from the training children's mean age), fixed before training
+    phases: tuple[float, ...] = bounded((0.8, 0.6, 0.45), above=0, below=1)
+    methods: tuple[AttributionMethod, ...] = ("guided_backprop",)
+    agree_top: float = bounded(0.05, above=0, below=1)  # a seed's top share of brain voxels
+    rank_top: float = bounded(0.01, above=0, below=1)  # the top share ranked by lobe
+    bootstrap: int = bounded(1000, minimum=1)  # resamples (seeds or subjects) for the CIs
+
+
+@dataclass(frozen=True)
 class Profile:
     """All settings of one run."""
 
@@ -306,6 +330,7 @@ class Profile:
     stats: StatsConfig = field(default_factory=StatsConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     stacking: StackingConfig = field(default_factory=StackingConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
 
     def __post_init__(self) -> None:
         for problem in _inconsistencies(self):
@@ -349,6 +374,11 @@ def _inconsistencies(p: Profile) -> list[str]:
         problems.append(
             f"train.folds: {p.train.folds} folds need at least as many children; the synthetic "
             f"cohort has synth.n = {p.synth.n}"
+        )
+    outside = [k for k in p.robustness.folds if not 0 <= k < p.train.folds]
+    if outside or not p.robustness.folds:
+        problems.append(
+            f"robustness.folds: {list(p.robustness.folds)} must be folds of 0-{p.train.folds - 1}"
         )
     if pre.size % p.model.grid_multiple:
         problems.append(

@@ -185,6 +185,10 @@ class RunLayout:
         """Lobe labels (1-4) in the model's grid."""
         return self.lobes_dir / f"{subject_id}{NIFTI}"
 
+    def atlas_warp(self, subject_id: str) -> Path:
+        """The atlas → subject displacement field (mm): resamples the subject into the atlas."""
+        return self.lobes_dir / f"{subject_id}_to_atlas{NIFTI}"
+
     @property
     def totalseg_dir(self) -> Path:
         """TotalSegmentator's working files."""
@@ -379,6 +383,27 @@ class RunLayout:
         return self.stacking_dir / f"{name}{suffix}"
 
     # ---- step 09: new scans ------------------------------------------------------------------
+    # ---- step 10: explanations across seeds, augmentation and registration ------------------
+    @property
+    def robustness_dir(self) -> Path:
+        return self.root / "robustness"
+
+    def robustness_unit(self, unit: str, part: str) -> Path:
+        """One training's file (``maps``: .npz; the others: .csv)."""
+        suffix = ".npz" if part == "maps" else ".csv"
+        return self.robustness_dir / "units" / f"{unit}_{part}{suffix}"
+
+    def robustness_log_name(self, unit: str) -> str:
+        return str(Path(self.robustness_dir.name) / unit)
+
+    @property
+    def robustness_table(self) -> Path:
+        """The condition table."""
+        return self.root / "robustness.csv"
+
+    def robustness_result(self, name: str) -> Path:
+        return self.robustness_dir / f"{name}.csv"
+
     @property
     def bundle_dir(self) -> Path:
         """The run exported as a bundle (:mod:`ctbrainage.apps.bundle`)."""

@@ -30,27 +30,51 @@ def load_volumes(paths) -> np.ndarray:
 
 
 class VolumeDataset(Dataset):
-    """(volume, normalised age) pairs from in-memory arrays; optional TorchIO augmentation."""
+    """(volume, normalised age) pairs from in-memory arrays."""
 
-    def __init__(self, volumes: np.ndarray, ages_unit: np.ndarray, augment=None):
+    def __init__(self, volumes: np.ndarray, ages_unit: np.ndarray):
         self.volumes = torch.from_numpy(np.ascontiguousarray(volumes))
         self.ages = torch.from_numpy(np.asarray(ages_unit, np.float32)[:, None])
-        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.volumes)
 
     def __getitem__(self, index: int):
-        volume = self.volumes[index]
-        if self.augment is not None:
-            volume = self.augment(volume)
-        return volume, self.ages[index]
+        return self.volumes[index], self.ages[index]
 
 
-def augmentation():
-    """Mild TorchIO augmentation (off in the paper profile, which reports none)."""
-    import torchio as tio
+class BatchAugmentation:
+    """The multi-seed paper's augmentation (TorchIO): per mini-batch one transform drawn among a
+    left-right flip, a random affine (rotations up to ``degrees``) and a random elastic
+    deformation (``control_points`` per axis, at most ``max_displacement_mm`` along each axis at
+    each control point, in mm: the volumes carry the grid's spacing); every volume of the batch
+    gets its own random parameters. Seeded by torch's global generator."""
 
-    return tio.Compose(
-        [tio.RandomAffine(scales=0.05, degrees=5, translation=3), tio.RandomGamma(log_gamma=0.1)]
-    )
+    def __init__(
+        self,
+        spacing_mm: float,
+        degrees: float = 10.0,
+        control_points: int = 7,
+        max_displacement_mm: float = 7.5,
+    ):
+        import torchio as tio
+
+        self.affine = np.diag([float(spacing_mm)] * 3 + [1.0])
+        self.transforms = (
+            tio.RandomFlip(axes=(0,), flip_probability=1.0),  # array axis 0: left-right
+            tio.RandomAffine(scales=0, degrees=degrees, translation=0, default_pad_value=0),
+            tio.RandomElasticDeformation(
+                num_control_points=control_points, max_displacement=max_displacement_mm
+            ),
+        )
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Augmented copies of ``batch`` [n, 1, X, Y, Z] (on the batch's device)."""
+        import torchio as tio
+
+        transform = self.transforms[int(torch.randint(len(self.transforms), ()))]
+        volumes = [
+            transform(tio.ScalarImage(tensor=v.detach().float().cpu(), affine=self.affine)).data
+            for v in batch
+        ]
+        return torch.stack(volumes).to(batch.device, batch.dtype)

@@ -20,7 +20,7 @@ from ctbrainage.core.atomic import atomic_path
 from ctbrainage.core.cohort import stratified_folds
 from ctbrainage.core.config import Profile
 from ctbrainage.core.workers import progress_shown
-from ctbrainage.learn.datasets import AgeScaler, VolumeDataset, augmentation
+from ctbrainage.learn.datasets import AgeScaler, BatchAugmentation, VolumeDataset
 from ctbrainage.learn.networks import build_model
 
 # Lightning's advertisement for its cloud logger is noise in every executed notebook
@@ -65,7 +65,9 @@ def lightning_messages_to(path: Path):
 class AgeRegressor(pl.LightningModule):
     """The network and the loss on normalised age (``train.loss``: MSE, the paper, or MAE),
     AdamW (the paper) or Adam at a constant learning rate or annealed to zero over the steps
-    with a cosine (``train.schedule``)."""
+    with a cosine (``train.schedule``); with ``train.augment``, each training batch goes
+    through :class:`~ctbrainage.learn.datasets.BatchAugmentation`. Logs the validation MAE
+    (normalised age) beside the loss."""
 
     def __init__(self, profile: Profile):
         super().__init__()
@@ -74,19 +76,25 @@ class AgeRegressor(pl.LightningModule):
         self.schedule = profile.train.schedule
         self.optimiser_class = OPTIMIZERS[profile.train.optimizer]
         self.loss = LOSSES[profile.train.loss]()
+        augment = profile.train.augment
+        self.augment = BatchAugmentation(profile.preprocess.spacing_mm) if augment else None
 
     def forward(self, x):
         return self.model(x)
 
     def training_step(self, batch, _):
         x, y = batch
+        if self.augment is not None:
+            x = self.augment(x)
         loss = self.loss(self(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch, _):
         x, y = batch
-        self.log("val_loss", self.loss(self(x), y), batch_size=len(x))
+        predicted = self(x)
+        self.log("val_loss", self.loss(predicted, y), batch_size=len(x))
+        self.log("val_mae", torch.nn.functional.l1_loss(predicted, y), batch_size=len(x))
 
     def configure_optimizers(self):
         optimiser = self.optimiser_class(self.parameters(), lr=self.lr)
@@ -152,6 +160,7 @@ def fit_fold(
     gpu: int | None = None,
     progress: bool = True,
     patience: int = 0,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> FoldFit:
     """Train on every fold of ``folds`` (subject_id, age_months, fold) but ``fold``, then predict
     ``fold``. ``load(ids)`` returns the subjects' model inputs [n, 1, x, y, z]; the loss curves
@@ -160,8 +169,8 @@ def fit_fold(
     With ``train.val_fraction`` > 0, an age-stratified part of the training subjects is held out
     for the validation loss and predicted too (used for bias correction). With ``patience`` > 0
     (which needs that split), training stops when the validation loss has not improved for
-    ``patience`` epochs and the best epoch's weights are kept. Deterministic on CPU for the
-    profile's seed.
+    ``patience`` epochs and the best epoch's weights are kept. ``callbacks``: more Lightning
+    callbacks (e.g. :class:`Checkpoints`). Deterministic on CPU for the profile's seed.
     """
     if not 0 <= fold < profile.train.folds:
         raise ValueError(f"fold must be in 0..{profile.train.folds - 1}, got {fold}")
@@ -173,11 +182,7 @@ def fit_fold(
     val, train = train[held_out], train[~held_out]
     if patience > 0 and not len(val):
         raise ValueError("early stopping (patience > 0) needs an inner validation split")
-    train_set = VolumeDataset(
-        load(train["subject_id"]),
-        scaler.to_unit(train["age_months"]),
-        augmentation() if profile.train.augment else None,
-    )
+    train_set = VolumeDataset(load(train["subject_id"]), scaler.to_unit(train["age_months"]))
     batch = profile.train.batch_size
     loader = DataLoader(
         train_set,
@@ -194,6 +199,7 @@ def fit_fold(
     module = AgeRegressor(profile)
     best = _BestWeights() if patience > 0 else None
     stopping = [pl.callbacks.EarlyStopping("val_loss", patience=patience), best] if best else []
+    stopping += list(callbacks)
     with _restored_determinism_flags(), lightning_messages_to(Path(log_dir, log_name, MESSAGES)):
         trainer = pl.Trainer(
             max_epochs=profile.train.epochs,
@@ -238,3 +244,29 @@ class _BestWeights(pl.Callback):
         if loss < self.loss:
             self.loss, self.epoch = loss, trainer.current_epoch
             self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class Checkpoints(pl.Callback):
+    """Per epoch, the validation MAE in months (``curve``); in memory, the weights of the first
+    epoch whose validation MAE reaches each of ``thresholds`` (months; the multi-seed paper's
+    "phases") and of the last epoch."""
+
+    def __init__(self, thresholds: Sequence[float], months_per_unit: float):
+        self.thresholds = list(thresholds)
+        self.scale = months_per_unit
+        self.curve: list[dict] = []
+        self.reached: dict[int, tuple[int, float, dict]] = {}  # phase → (epoch, MAE, weights)
+        self.last: dict | None = None
+
+    def on_validation_end(self, trainer, module):
+        mae = float(trainer.callback_metrics["val_mae"]) * self.scale
+        epoch = trainer.current_epoch
+        self.curve.append({"epoch": epoch, "val_mae_months": mae})
+        state = None
+        for phase, threshold in enumerate(self.thresholds):
+            if phase not in self.reached and mae <= threshold:
+                state = state or {k: v.detach().clone() for k, v in module.state_dict().items()}
+                self.reached[phase] = (epoch, mae, state)
+
+    def on_train_end(self, trainer, module):
+        self.last = {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["METHODS", "atlas_lobes", "build_atlas", "segment_lobes"]
+__all__ = ["METHODS", "atlas_lobes", "build_atlas", "register_atlas", "segment_lobes", "to_atlas"]
 
 
 # ---- atlas method: register a labelled atlas to each preprocessed subject ---------------------
@@ -48,18 +48,32 @@ def atlas_lobes(image: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> np.
     """Lobe labels for one preprocessed subject (arrays [i, j, k] on the grid of ``affine``):
     the atlas registered affinely, then deformably (symmetric demons), to the subject; labels
     warped with nearest neighbour and restricted to the subject's brain mask."""
+    return register_atlas(image, brain, affine)[0]
+
+
+def _grid_image(array: np.ndarray, spacing: float):
+    """A SimpleITK image of a grid array ([i, j, k]) at the origin, axis-aligned: the frame in
+    which the subject and the atlas are registered (their grids coincide in it)."""
+    import SimpleITK as sitk
+
+    out = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0), np.float32))
+    out.SetSpacing([spacing] * 3)
+    return out
+
+
+def register_atlas(image: np.ndarray, brain: np.ndarray, affine: np.ndarray):
+    """:func:`atlas_lobes`'s registration: (labels, the warp from the atlas onto the subject).
+
+    The warp is a displacement field on the shared grid frame (:func:`_grid_image`, float32
+    vectors in mm): for each atlas point, where it lies in the subject; the inverse of the
+    subject → atlas map that carried the labels (affine, then demons), so that a subject's
+    image can be resampled into the atlas (:func:`to_atlas`) without a second registration."""
     import SimpleITK as sitk
 
     spacing = float(np.linalg.norm(affine[:3, 0]))
     atlas_image, atlas_brain, atlas_labels = build_atlas(spacing, image.shape[0])
-
-    def img(array):
-        out = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0), np.float32))
-        out.SetSpacing([spacing] * 3)
-        return out
-
-    fixed = img(image + 0.5 * brain)  # intensity plus outline: robust to age-dependent contrast
-    moving = img(atlas_image + 0.5 * atlas_brain)
+    fixed = _grid_image(image + 0.5 * brain, spacing)  # intensity plus outline: robust to
+    moving = _grid_image(atlas_image + 0.5 * atlas_brain, spacing)  # age-dependent contrast
     affine_tx = _register_affine(fixed, moving)
     moving_affine = sitk.Resample(moving, fixed, affine_tx, sitk.sitkLinear, 0.0)
     demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
@@ -67,9 +81,33 @@ def atlas_lobes(image: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> np.
     demons.SetStandardDeviations(1.5)
     field = demons.Execute(fixed, sitk.HistogramMatching(moving_affine, fixed))
     warp = sitk.CompositeTransform([affine_tx, sitk.DisplacementFieldTransform(field)])
-    labels = sitk.Resample(img(atlas_labels), fixed, warp, sitk.sitkNearestNeighbor, 0.0)
+    labels = sitk.Resample(
+        _grid_image(atlas_labels, spacing), fixed, warp, sitk.sitkNearestNeighbor, 0.0
+    )
     labels = sitk.GetArrayFromImage(labels).transpose(2, 1, 0).astype(np.uint8)
-    return np.where(brain > 0, labels, 0).astype(np.uint8)
+    forward = sitk.TransformToDisplacementField(
+        warp, sitk.sitkVectorFloat64, fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(),
+        fixed.GetDirection(),
+    )  # fmt: skip
+    inverse = sitk.InvertDisplacementField(
+        forward, maximumNumberOfIterations=50, meanErrorToleranceThreshold=1e-3,
+        maxErrorToleranceThreshold=0.1, enforceBoundaryCondition=True,
+    )  # fmt: skip
+    to_atlas_field = sitk.Cast(inverse, sitk.sitkVectorFloat32)
+    return np.where(brain > 0, labels, 0).astype(np.uint8), to_atlas_field
+
+
+def to_atlas(array: np.ndarray, field, labels: bool = False) -> np.ndarray:
+    """A subject's grid array resampled into the atlas with the warp of
+    :func:`register_atlas` (linear; nearest neighbour for ``labels``); 0 outside."""
+    import SimpleITK as sitk
+
+    spacing = float(field.GetSpacing()[0])
+    moving = _grid_image(array, spacing)
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    method = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    out = sitk.Resample(moving, field, transform, method, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
 
 
 def _register_affine(fixed, moving):
@@ -96,8 +134,9 @@ METHODS = ("atlas", "totalsegmentator", "auto")
 
 def segment_lobes(
     image, brain, affine, method: str, native_path=None, licence_number: str = "", work_dir=None
-) -> tuple[np.ndarray, str]:
-    """Lobe labels on a preprocessed grid, and the method that made them.
+) -> tuple[np.ndarray, str, object]:
+    """Lobe labels on a preprocessed grid, the method that made them, and the atlas warp of
+    :func:`register_atlas` (None where TotalSegmentator made the labels).
 
     ``atlas``: :func:`atlas_lobes`. ``totalsegmentator``: its ``brain_structures`` task on the
     native CT (``native_path``), labels moved into the grid; raises
@@ -107,16 +146,18 @@ def segment_lobes(
     if method not in METHODS:
         raise ValueError(f"unknown lobe method {method!r}; choose from {', '.join(METHODS)}")
     if method == "atlas":
-        return atlas_lobes(image, brain, affine), "atlas"
+        labels, warp = register_atlas(image, brain, affine)
+        return labels, "atlas", warp
     from ctbrainage.imaging.ctio import ras_to_sitk
     from ctbrainage.lobes.totalseg import TotalSegmentatorUnavailable, totalseg_lobes_in_grid
 
     try:
         reference = ras_to_sitk(image, affine)
         labels = totalseg_lobes_in_grid(native_path, reference, licence_number, work_dir)
-        return np.where(brain > 0, labels, 0).astype(np.uint8), "totalsegmentator"
+        return np.where(brain > 0, labels, 0).astype(np.uint8), "totalsegmentator", None
     except TotalSegmentatorUnavailable as err:
         if method == "totalsegmentator":
             raise
         reason = str(err).splitlines()[0]
-        return atlas_lobes(image, brain, affine), f"atlas (TotalSegmentator unavailable: {reason})"
+        labels, warp = register_atlas(image, brain, affine)
+        return labels, f"atlas (TotalSegmentator unavailable: {reason})", warp

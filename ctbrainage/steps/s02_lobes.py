@@ -1,7 +1,9 @@
 """Step 02: lobe labels in the model's grid.
 
 For every subject kept by step 01: ``lobes/<id>`` (1 frontal, 2 parietal, 3 temporal,
-4 occipital; 0 elsewhere) by atlas registration or TotalSegmentator (``lobes.method``), and the
+4 occipital; 0 elsewhere) by atlas registration or TotalSegmentator (``lobes.method``); with the
+atlas, also the warp that resamples the subject into the atlas (``lobes/<id>_to_atlas``, the
+inverse of the registration that carried the labels; step 10's registered inputs); and the
 table ``lobes.csv`` (the method that made each map, lobe volumes in ml, seconds). A subject that
 fails is excluded with its reason; the others go on.
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctbrainage.core.atomic import atomic_path
 from ctbrainage.core.config import Profile
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
@@ -30,12 +33,13 @@ from ctbrainage.steps.contract import (
 from ctbrainage.synth.head import GENERATOR_VERSION
 
 LOBES_VERSION = 2  # bump when a change alters the lobe labels
+WARP_VERSION = 1  # bump when a change alters the atlas warp
 # the atlas is a generated head: a new generator makes new atlas labels
 STEP = Step(
     "02_lobes",
     settings=("lobes.method",),
     runtime=("lobes.totalseg_license", "synth.workers"),
-    version=f"1/lobes{LOBES_VERSION}/atlas{GENERATOR_VERSION}",
+    version=f"1/lobes{LOBES_VERSION}/atlas{GENERATOR_VERSION}/warp{WARP_VERSION}",
 )
 
 
@@ -120,13 +124,14 @@ def _lobes_subject(item: dict) -> dict:
     if item["method"] != "atlas":
         sources.append(Path(item["image_path"]))  # TotalSegmentator reads the native scan
     record = STEP.subject_record(layout, sid)
-    done = record.fresh(settings, STEP.version, sources, [layout.lobes(sid)])
+    made = [layout.lobes(sid)] + ([layout.atlas_warp(sid)] if item["method"] == "atlas" else [])
+    done = record.fresh(settings, STEP.version, sources, made)
     if done is not None:
         return done
     prints = record.fingerprints(sources)
     start = time.perf_counter()
     image = nib.load(layout.preprocessed(sid))
-    labels, method = segment_lobes(
+    labels, method, warp = segment_lobes(
         np.asarray(image.dataobj),
         np.asarray(nib.load(layout.brain(sid)).dataobj),
         image.affine,
@@ -136,6 +141,11 @@ def _lobes_subject(item: dict) -> dict:
         work_dir=layout.totalseg_dir,
     )
     ctio.write_nifti(layout.lobes(sid), labels, image.affine)
+    if warp is not None:  # the atlas → subject warp: step 10's registered inputs
+        import SimpleITK as sitk
+
+        with atomic_path(layout.atlas_warp(sid)) as tmp:
+            sitk.WriteImage(warp, str(tmp), useCompression=True)
     voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
     summary = {
         "subject_id": sid,

@@ -25,7 +25,9 @@ from ctbrainage.steps.contract import Settings, Step, kept_subjects, write_table
 # so the later steps' notebooks start quickly)
 STEP = Step(
     "03_train",
-    settings=("seed", "age_range_months", "preprocess.size", "model", "train"),
+    settings=(
+        "seed", "age_range_months", "preprocess.size", "preprocess.spacing_mm", "model", "train"
+    ),
     version="1/2",
     parts=lambda cfg: range(cfg.train.folds),
     part_label="fold",

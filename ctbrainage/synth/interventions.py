@@ -66,6 +66,59 @@ def _native(array: np.ndarray, affine: np.ndarray, cval: float) -> sitk.Image:
     return ctio.ras_to_sitk(np.asarray(array, np.float32), affine)
 
 
+@dataclass(frozen=True)
+class Signal:
+    """One child's model input, brain mask and each lobe's planted signal on its grid:
+    d(model input) / d(lobe k's maturation) ([lobe, i, j, k], per month), the lobe's response
+    map times its d HU / d age at the child's biological age."""
+
+    image: np.ndarray
+    brain: np.ndarray
+    maps: np.ndarray
+
+
+def _model_input(hu, affine, preprocess) -> Preprocessed:
+    spacing, size, ptile = preprocess
+    return preprocess_scan(_native(hu, affine, -1024.0), spacing, size, ptile)
+
+
+def _responses(head, base: Preprocessed) -> np.ndarray:
+    grid = ctio.ras_to_sitk(base.image, base.affine)
+    return np.stack(
+        [
+            input_derivative(_native(head.responses[..., i], head.affine, 0.0), grid,
+                             base.brain, base.ptile_hu)
+            for i in range(len(LOBES))
+        ]
+    )  # fmt: skip
+
+
+def _hu_per_month(head, schedule: MaturationSchedule, cues: str) -> dict[str, float]:
+    bio_age = head.truth["biological_age_months"]
+    span = schedule.mature_hu - schedule.unmyelinated_hu
+    aging = cues != "none"  # with no cue, the lobar white matter does not change with age
+    return {
+        name: float(span * schedule.lobes[name].slope(bio_age)) if aging else 0.0
+        for name in LOBES.values()
+    }
+
+
+def signal(
+    spec: SubjectSpec,
+    schedule: MaturationSchedule,
+    mode: str,
+    cues: str,
+    preprocess: tuple[float, int, tuple[float, float]],
+) -> Signal:
+    """The child's model input and its lobes' signal maps (no intervened variants): what the
+    chain-rule s_k of any model needs, Σ_v ∂f/∂x_v · maps[k, v]."""
+    head = simulate_head(spec, schedule, mode, cues=cues, responses=True)
+    base = _model_input(head.hu, head.affine, preprocess)
+    slopes = np.array(list(_hu_per_month(head, schedule, cues).values()), np.float32)
+    maps = _responses(head, base).astype(np.float32) * slopes[:, None, None, None]
+    return Signal(base.image, base.brain, maps)
+
+
 def intervene(
     spec: SubjectSpec,
     schedule: MaturationSchedule,
@@ -77,40 +130,24 @@ def intervene(
 ) -> Interventions:
     """Every variant of one child (see the module docstring); ``preprocess``: step 01's
     (spacing_mm, size, (P-tile low, high))."""
-    spacing, size, ptile = preprocess
-
-    def model_input(hu: np.ndarray, affine) -> Preprocessed:
-        return preprocess_scan(_native(hu, affine, -1024.0), spacing, size, ptile)
 
     def regenerated(child: SubjectSpec, plan: MaturationSchedule) -> np.ndarray:
         head = simulate_head(child, plan, mode, cues=cues)
-        return model_input(head.hu, head.affine).image
+        return _model_input(head.hu, head.affine, preprocess).image
 
     head = simulate_head(spec, schedule, mode, cues=cues, responses=True)
-    base = model_input(head.hu, head.affine)
-    grid = ctio.ras_to_sitk(base.image, base.affine)
-    responses = np.stack(
-        [
-            input_derivative(_native(head.responses[..., i], head.affine, 0.0), grid,
-                             base.brain, base.ptile_hu)
-            for i in range(len(LOBES))
-        ]
-    )  # fmt: skip
+    base = _model_input(head.hu, head.affine, preprocess)
+    responses = _responses(head, base)
     variants = []
     for i, lobe in enumerate(LOBES.values()):
         for step in (delta_months, -delta_months):
             image = regenerated(spec, schedule.shift_lobe(lobe, step))
             variants.append(Variant(lobe, MATURATION, step, image))
         hu = head.hu.astype(np.float32) + np.float32(content_hu) * head.responses[..., i]
-        variants.append(Variant(lobe, CONTENT, content_hu, model_input(hu, head.affine).image))
+        hu_image = _model_input(hu, head.affine, preprocess).image
+        variants.append(Variant(lobe, CONTENT, content_hu, hu_image))
     for step in (delta_months, -min(delta_months, spec.age_months)):
         child = replace(spec, age_months=spec.age_months + step)
         variants.append(Variant(ALL_CUES, MATURATION, step, regenerated(child, schedule)))
-    bio_age = head.truth["biological_age_months"]
-    span = schedule.mature_hu - schedule.unmyelinated_hu
-    aging = cues != "none"  # with no cue, the lobar white matter does not change with age
-    hu_per_month = {
-        name: float(span * schedule.lobes[name].slope(bio_age)) if aging else 0.0
-        for name in LOBES.values()
-    }
+    hu_per_month = _hu_per_month(head, schedule, cues)
     return Interventions(base.image, base.brain, responses, hu_per_month, variants)

@@ -34,9 +34,19 @@ from ctbrainage.views.plots.inputs import (
     synthetic_cohort_figure,
 )
 from ctbrainage.views.plots.new_scans import new_cohort_figure, new_scan_figure
+from ctbrainage.views.plots.robustness import (
+    robustness_agreement_figure,
+    robustness_curves_figure,
+    robustness_table1_figure,
+    robustness_truth_figure,
+)
 from ctbrainage.views.plots.stacking import stacking_figure, stacking_maps_figure
 
 __all__ = [
+    "robustness_agreement_figure",
+    "robustness_curves_figure",
+    "robustness_table1_figure",
+    "robustness_truth_figure",
     "stacking_figure",
     "stacking_maps_figure",
     "group_maps_figure",
