@@ -79,6 +79,7 @@ def test_registered_inputs_align_with_the_atlas(subjects):
         assert registered >= 0.9, (sid, registered)
         assert registered > dice(result.brain > 0, atlas_brain > 0), sid
 
+
 def test_the_warp_inverts_the_labels_map(subjects):
     """The subject's atlas lobes carried back with the warp land on the atlas's own lobes."""
     _, atlas_brain, atlas_labels = build_atlas(3.0, 64)

@@ -1,7 +1,7 @@
 """Every step of a run by number: its module (imported on first use) and whether it is fresh.
 
-Steps 01-08 and 10 live in :mod:`ctbrainage.steps`; step 09 applies the new-scans app to the run, so it
-lives with the apps (:mod:`ctbrainage.apps.new_scans`), which stand above the steps.
+Steps 01-08 and 10 live in :mod:`ctbrainage.steps`; step 09 applies the new-scans app to the
+run, so it lives with the apps (:mod:`ctbrainage.apps.new_scans`), which stand above the steps.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def kendall_w(ranks: np.ndarray) -> tuple[float, float]:
         return np.nan, np.nan
     totals = ranks.sum(0)
     spread = ((totals - totals.mean()) ** 2).sum()
-    ties = sum(((c**3 - c).sum() for c in (np.unique(r, return_counts=True)[1] for r in ranks)))
+    ties = sum((c**3 - c).sum() for c in (np.unique(r, return_counts=True)[1] for r in ranks))
     denominator = m**2 * (n**3 - n) - m * ties
     if denominator <= 0:
         return np.nan, np.nan
@@ -81,9 +81,20 @@ def mean_ci(values, n_resamples: int, seed: int) -> tuple[float, float, float]:
 
 
 TEST_COLUMNS = [
-    "metric", "factor", "within", "n_off", "n_on", "mean_off", "mean_on",
-    "t", "dof", "p", "cohen_d", "ci_low", "ci_high",
-]  # fmt: skip
+    "metric",
+    "factor",
+    "within",
+    "n_off",
+    "n_on",
+    "mean_off",
+    "mean_on",
+    "t",
+    "dof",
+    "p",
+    "cohen_d",
+    "ci_low",
+    "ci_high",
+]
 
 
 def condition_test(off, on) -> dict:
@@ -105,10 +116,13 @@ def condition_test(off, on) -> dict:
     low, high = result["CI95"]
     sign = np.sign(on.mean() - off.mean())  # pingouin's d is unsigned
     return out | {
-        "t": float(result["T"]), "dof": float(result["dof"]), "p": float(result["p_val"]),
-        "cohen_d": float(sign * abs(result["cohen_d"])), "ci_low": float(low),
+        "t": float(result["T"]),
+        "dof": float(result["dof"]),
+        "p": float(result["p_val"]),
+        "cohen_d": float(sign * abs(result["cohen_d"])),
+        "ci_low": float(low),
         "ci_high": float(high),
-    }  # fmt: skip
+    }
 
 
 def factor_tests(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -123,6 +137,12 @@ def factor_tests(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
                 on = part.loc[part[factor].astype(bool), metric]
                 if len(off) and len(on):
                     within = f"{other} {'on' if level else 'off'}"
-                    rows.append({"metric": metric, "factor": factor, "within": within,
-                                 **condition_test(off, on)})  # fmt: skip
+                    rows.append(
+                        {
+                            "metric": metric,
+                            "factor": factor,
+                            "within": within,
+                            **condition_test(off, on),
+                        }
+                    )
     return pd.DataFrame(rows, columns=TEST_COLUMNS)

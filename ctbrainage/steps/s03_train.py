@@ -26,7 +26,12 @@ from ctbrainage.steps.contract import Settings, Step, kept_subjects, write_table
 STEP = Step(
     "03_train",
     settings=(
-        "seed", "age_range_months", "preprocess.size", "preprocess.spacing_mm", "model", "train"
+        "seed",
+        "age_range_months",
+        "preprocess.size",
+        "preprocess.spacing_mm",
+        "model",
+        "train",
     ),
     version="1/2",
     parts=lambda cfg: range(cfg.train.folds),

@@ -31,7 +31,6 @@ import pandas as pd
 from ctbrainage.core.config import Profile
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.interpret.attribution import VOXEL_MAPS
-from ctbrainage.stats import robustness as rb
 from ctbrainage.steps import s03_train
 from ctbrainage.steps.contract import Settings, Step, kept_subjects, up_to_date, write_table
 from ctbrainage.steps.s10_seed import BEST, LAST, Arrays, Unit, phase_name, run_unit
@@ -39,20 +38,43 @@ from ctbrainage.steps.s10_seed import BEST, LAST, Arrays, Unit, phase_name, run_
 STEP = Step(
     "10_robustness",
     settings=(
-        "seed", "data", "age_range_months", "age_group_edges", "preprocess", "lobes.method",
-        "model", "train", "perturb", "stats", "attribution", "robustness",
+        "seed",
+        "data",
+        "age_range_months",
+        "age_group_edges",
+        "preprocess",
+        "lobes.method",
+        "model",
+        "train",
+        "perturb",
+        "stats",
+        "attribution",
+        "robustness",
     ),
     runtime=("synth.workers",),
     version="1",
-)  # fmt: skip
+)
 UNIT_PARTS = ("checkpoints", "curve", "subjects", "perturbation", "sensitivity", "maps")
 # the settings a unit's training and measurements depend on (the others only the tables)
 UNIT_SETTINGS = ("seed", "data", "age_range_months", "preprocess", "model", "train", "perturb")
 UNIT_ROBUSTNESS = ("epochs", "patience", "val_fraction", "phases", "methods", "rank_top")
-UNIT_ATTRIBUTION = ("ig_steps", "smoothgrad_samples", "smoothgrad_sd", "batch_size",
-                    "gradcam_layer")  # fmt: skip
-RESULTS = ("runs", "agreement", "lobe_ranks", "table1_cells", "table1_share", "tests",
-           "agreement_tests", "curves")  # fmt: skip
+UNIT_ATTRIBUTION = (
+    "ig_steps",
+    "smoothgrad_samples",
+    "smoothgrad_sd",
+    "batch_size",
+    "gradcam_layer",
+)
+RESULTS = (
+    "runs",
+    "agreement",
+    "lobe_ranks",
+    "table1_cells",
+    "table1_share",
+    "tests",
+    "agreement_tests",
+    "curves",
+)
 REFERENCE = (False, False, 0)  # Table 1's reference training: augment, register, seed
 
 
@@ -190,9 +212,12 @@ def run(profile: Profile, gpu: int | None = None, progress: bool = True) -> Resu
 def _read(profile, unit: Unit, part: str) -> pd.DataFrame:
     path = RunLayout(profile.run_path).robustness_unit(unit.name, part)
     return pd.read_csv(path, dtype={"subject_id": str}).assign(
-        condition=unit.condition, augment=unit.augment, register=unit.register, seed=unit.seed,
+        condition=unit.condition,
+        augment=unit.augment,
+        register=unit.register,
+        seed=unit.seed,
         fold=unit.fold,
-    )  # fmt: skip
+    )
 
 
 def _finalise(profile) -> None:
@@ -200,8 +225,11 @@ def _finalise(profile) -> None:
 
     layout = RunLayout(profile.run_path)
     every = units(profile)
-    read = {part: pd.concat([_read(profile, u, part) for u in every], ignore_index=True)
-            for part in UNIT_PARTS if part != "maps"}  # fmt: skip
+    read = {
+        part: pd.concat([_read(profile, u, part) for u in every], ignore_index=True)
+        for part in UNIT_PARTS
+        if part != "maps"
+    }
     maps = {u.name: np.load(layout.robustness_unit(u.name, "maps")) for u in every}
     try:
         made = tables(profile, every, read, maps)
@@ -223,8 +251,7 @@ def load(profile: Profile | Settings) -> Result:
             f"step 10 has not run for {layout.root.name}: {missing[0].name} is missing "
             "(python run_all.py --from 10 --to 10)"
         )
-    read = {n: pd.read_csv(layout.robustness_result(n), dtype={"subject_id": str})
-            for n in RESULTS}  # fmt: skip
+    read = {n: pd.read_csv(layout.robustness_result(n), dtype={"subject_id": str}) for n in RESULTS}
     return Result(pd.read_csv(layout.robustness_table), **read)
 
 

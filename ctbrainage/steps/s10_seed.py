@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -69,10 +70,14 @@ def seed_profile(profile: Profile, unit: Unit) -> Profile:
         profile.train, epochs=config.epochs, augment=unit.augment, val_fraction=config.val_fraction
     )
     return Profile(
-        name=profile.name, run_dir=profile.run_dir, seed=profile.seed + SEED_STRIDE * unit.seed,
-        age_range_months=profile.age_range_months, preprocess=profile.preprocess,
-        model=profile.model, train=training,
-    )  # fmt: skip
+        name=profile.name,
+        run_dir=profile.run_dir,
+        seed=profile.seed + SEED_STRIDE * unit.seed,
+        age_range_months=profile.age_range_months,
+        preprocess=profile.preprocess,
+        model=profile.model,
+        train=training,
+    )
 
 
 class Arrays:
@@ -107,10 +112,15 @@ class Arrays:
         warps = {s: sitk.ReadImage(str(layout.atlas_warp(s))) for s in self.ids}
         pre = profile.preprocess
         _, _, atlas_lobes = build_atlas(pre.spacing_mm, pre.size)
-        brain = np.stack([to_atlas(b.astype(np.float32), warps[s]) >= 0.5
-                          for s, b in zip(self.ids, self.native["brain"], strict=True)])  # fmt: skip
-        x = np.stack([to_atlas(v[0], warps[s]) for s, v in zip(self.ids, self.native["x"],
-                                                                strict=True)])  # fmt: skip
+        brain = np.stack(
+            [
+                to_atlas(b.astype(np.float32), warps[s]) >= 0.5
+                for s, b in zip(self.ids, self.native["brain"], strict=True)
+            ]
+        )
+        x = np.stack(
+            [to_atlas(v[0], warps[s]) for s, v in zip(self.ids, self.native["x"], strict=True)]
+        )
         out = {
             "x": (x * brain)[:, None].astype(np.float32),
             "brain": brain,
@@ -139,11 +149,14 @@ def _signals(profile: Profile, ids: list[str], progress: bool) -> dict[str, np.n
     schedule = MaturationSchedule.from_dict(json.loads(cohort.schedule.read_text()))
     pre = profile.preprocess
     items = [
-        {"subject_id": s, "planted": json.loads(cohort.truth(s).read_text()),
-         "schedule": schedule, "preprocess": (pre.spacing_mm, pre.size,
-                                              (pre.ptile_low, pre.ptile_high))}
+        {
+            "subject_id": s,
+            "planted": json.loads(cohort.truth(s).read_text()),
+            "schedule": schedule,
+            "preprocess": (pre.spacing_mm, pre.size, (pre.ptile_low, pre.ptile_high)),
+        }
         for s in ids
-    ]  # fmt: skip
+    ]
     mapped = map_subjects(
         _signal, items, profile.synth.workers, desc="planted signal", progress=progress
     )
@@ -182,12 +195,19 @@ def run_unit(profile: Profile, unit: Unit, folds: pd.DataFrame, arrays: Arrays, 
     scaler = AgeScaler(*profile.age_range_months)
     checkpoints = train.Checkpoints(thresholds, scaler.hi - scaler.lo)
     fitted = train.fit_fold(
-        trained, folds, unit.fold, lambda ids: data["x"][arrays.rows(ids)],
-        log_dir=layout.logs_dir, log_name=layout.robustness_log_name(unit.name), gpu=gpu,
-        progress=False, patience=config.patience, callbacks=[checkpoints],
-    )  # fmt: skip
+        trained,
+        folds,
+        unit.fold,
+        lambda ids: data["x"][arrays.rows(ids)],
+        log_dir=layout.logs_dir,
+        log_name=layout.robustness_log_name(unit.name),
+        gpu=gpu,
+        progress=False,
+        patience=config.patience,
+        callbacks=[checkpoints],
+    )
     model = fitted.trainer.lightning_module.model.eval()
-    best = fitted.trainer.lightning_module.state_dict()
+    best = {k: v.clone() for k, v in fitted.trainer.lightning_module.state_dict().items()}
     states = {phase_name(p): r[2] for p, r in sorted(checkpoints.reached.items())}
     states |= {BEST: best, LAST: checkpoints.last}
     device = "cpu" if gpu is None else f"cuda:{gpu}"
@@ -204,15 +224,24 @@ def run_unit(profile: Profile, unit: Unit, folds: pd.DataFrame, arrays: Arrays, 
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
         model.eval().to(device)
         predicted = scaler.to_months(_predict(model, x, device))
-        summary.append({"checkpoint": name, "epoch": epochs[name],
-                        "val_mae_months": checkpoints.curve[epochs[name]]["val_mae_months"],
-                        "test_mae_months": float(np.abs(predicted - test["age_months"]).mean())})  # fmt: skip
+        summary.append(
+            {
+                "checkpoint": name,
+                "epoch": epochs[name],
+                "val_mae_months": checkpoints.curve[epochs[name]]["val_mae_months"],
+                "test_mae_months": float(np.abs(predicted - test["age_months"]).mean()),
+            }
+        )
         for method in config.methods:
             torch.manual_seed(trained.seed + unit.fold)  # SmoothGrad's noise, if chosen
-            signed = torch.cat([
-                attribution.voxel_map(model, part.to(device), method, settings).cpu()
-                for part in x.split(settings.batch_size)
-            ]).double()  # fmt: skip
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+                signed = torch.cat(
+                    [
+                        attribution.voxel_map(model, part.to(device), method, settings).cpu()
+                        for part in x.split(settings.batch_size)
+                    ]
+                ).double()
             z = _zscored(signed, brain)
             maps[f"{name}/{method}"] = z.mean(0).float().numpy()
             shares = attribution.lobe_shares(z, lobes, brain, list(LOBES))
@@ -221,26 +250,38 @@ def run_unit(profile: Profile, unit: Unit, folds: pd.DataFrame, arrays: Arrays, 
             sizes = attribution.lobe_shares(brain.double(), lobes, brain, list(LOBES))
             for i, subject in test.iterrows():
                 for j, lobe in enumerate(LOBE_NAMES):
-                    subjects.append({
-                        "checkpoint": name, "method": method, "subject_id": subject.subject_id,
-                        "age_months": subject.age_months, "predicted_months": predicted[i],
-                        "lobe": lobe, "importance": shares[i, j], "top_share": top_shares[i, j],
-                        "reference": sizes[i, j],
-                    })  # fmt: skip
+                    subjects.append(
+                        {
+                            "checkpoint": name,
+                            "method": method,
+                            "subject_id": subject.subject_id,
+                            "age_months": subject.age_months,
+                            "predicted_months": predicted[i],
+                            "lobe": lobe,
+                            "importance": shares[i, j],
+                            "top_share": top_shares[i, j],
+                            "reference": sizes[i, j],
+                        }
+                    )
     model.load_state_dict({k.removeprefix("model."): v for k, v in best.items()})
     model.eval().to(device)
     perturbation = _perturbation(profile, model, test, x, lobes, scaler, device)
     sensitivity = _chain_rule(model, test, x, data.get("signal"), scaler, device)
     unit_files = layout.robustness_unit
-    write_table(unit_files(unit.name, "checkpoints"), pd.DataFrame(summary).assign(
-        threshold_months=lambda t: [thresholds[int(c[5:]) - 1] if c.startswith("phase")
-                                    else np.nan for c in t["checkpoint"]]))  # fmt: skip
+    write_table(
+        unit_files(unit.name, "checkpoints"),
+        pd.DataFrame(summary).assign(
+            threshold_months=lambda t: [
+                thresholds[int(c[5:]) - 1] if c.startswith("phase") else np.nan
+                for c in t["checkpoint"]
+            ]
+        ),
+    )
     write_table(unit_files(unit.name, "curve"), pd.DataFrame(checkpoints.curve))
     write_table(unit_files(unit.name, "subjects"), pd.DataFrame(subjects))
     write_table(unit_files(unit.name, "perturbation"), perturbation)
     write_table(unit_files(unit.name, "sensitivity"), sensitivity)
-    atomic_write_npz(unit_files(unit.name, "maps"), mean_brain=data["brain"][rows].mean(0),
-                     **maps)  # fmt: skip
+    atomic_write_npz(unit_files(unit.name, "maps"), mean_brain=data["brain"][rows].mean(0), **maps)
 
 
 def _predict(model, x: torch.Tensor, device) -> np.ndarray:
@@ -266,9 +307,15 @@ def _perturbation(profile, model, test, x, lobes, scaler, device) -> pd.DataFram
     parts = []
     for i, subject in test.iterrows():
         found = perturb.perturb_subject(
-            model, x[i], lobes[i], subject_id=subject.subject_id, seed=profile.seed,
-            repeats=profile.perturb.repeats, fill=fill, device=device,
-        )  # fmt: skip
+            model,
+            x[i],
+            lobes[i],
+            subject_id=subject.subject_id,
+            seed=profile.seed,
+            repeats=profile.perturb.repeats,
+            fill=fill,
+            device=device,
+        )
         parts.append(perturb.subject_rows(found, subject, fill, scaler))
     return pd.concat(parts, ignore_index=True)
 
@@ -285,6 +332,12 @@ def _chain_rule(model, test, x, signal, scaler, device) -> pd.DataFrame:
         gradient = input_gradient(model, x[i, 0].numpy(), scaler)
         for j, lobe in enumerate(LOBE_NAMES):
             value = float(np.sum(gradient * signal[subject.subject_id][j]))
-            rows.append({"subject_id": subject.subject_id, "age_months": subject.age_months,
-                         "lobe": lobe, "s_chain": value})  # fmt: skip
+            rows.append(
+                {
+                    "subject_id": subject.subject_id,
+                    "age_months": subject.age_months,
+                    "lobe": lobe,
+                    "s_chain": value,
+                }
+            )
     return pd.DataFrame(rows)

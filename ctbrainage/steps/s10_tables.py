@@ -51,9 +51,12 @@ def _runs(checkpoints: pd.DataFrame, phases) -> pd.DataFrame:
     for key, part in checkpoints.groupby(KEYS, sort=False):
         at = part.set_index("checkpoint")
         row = dict(zip(KEYS, key, strict=True))
-        row |= {"best_epoch": at.loc[BEST, "epoch"], "last_epoch": at.loc[LAST, "epoch"],
-                "mae_best": at.loc[BEST, "test_mae_months"],
-                "mae_last": at.loc[LAST, "test_mae_months"]}  # fmt: skip
+        row |= {
+            "best_epoch": at.loc[BEST, "epoch"],
+            "last_epoch": at.loc[LAST, "epoch"],
+            "mae_best": at.loc[BEST, "test_mae_months"],
+            "mae_last": at.loc[LAST, "test_mae_months"],
+        }
         for i in range(len(phases)):
             name = f"phase{i + 1}"
             row[f"epoch_{name}"] = at.loc[name, "epoch"] if name in at.index else np.nan
@@ -76,14 +79,25 @@ def _agreement(profile, units, subjects, checkpoints, maps):
         for name, method in ((n, m) for n in names for m in config.methods):
             key = f"{name}/{method}"
             have = [u for u in members if key in maps[u.name].files]
-            row = {"condition": condition, "augment": augment, "register": register,
-                   "fold": fold, "checkpoint": name, "method": method,
-                   "seeds": len(members), "seeds_reaching": len(have)}  # fmt: skip
-            reached = checkpoints[(checkpoints["condition"] == condition)
-                                  & (checkpoints["fold"] == fold)
-                                  & (checkpoints["checkpoint"] == name)]  # fmt: skip
-            row |= {"mean_epoch": reached["epoch"].mean(),
-                    "mean_val_mae": reached["val_mae_months"].mean()}  # fmt: skip
+            row = {
+                "condition": condition,
+                "augment": augment,
+                "register": register,
+                "fold": fold,
+                "checkpoint": name,
+                "method": method,
+                "seeds": len(members),
+                "seeds_reaching": len(have),
+            }
+            reached = checkpoints[
+                (checkpoints["condition"] == condition)
+                & (checkpoints["fold"] == fold)
+                & (checkpoints["checkpoint"] == name)
+            ]
+            row |= {
+                "mean_epoch": reached["epoch"].mean(),
+                "mean_val_mae": reached["val_mae_months"].mean(),
+            }
             loo = np.full(len(have), np.nan)
             if have:
                 stack = np.stack([maps[u.name][key] for u in have])
@@ -93,30 +107,57 @@ def _agreement(profile, units, subjects, checkpoints, maps):
                 agreeing = rb.agreeing_voxels(tops)
                 loo = rb.leave_one_out_agreement(tops)
                 mean, low, high = rb.mean_ci(loo, config.bootstrap, profile.seed)
-                row |= {"agreeing_voxels": int(agreeing.sum()),
-                        "agreeing_share": agreeing.sum() / max(tops[0].sum(), 1),
-                        "seed_agreement": mean, "seed_agreement_low": low,
-                        "seed_agreement_high": high}  # fmt: skip
+                row |= {
+                    "agreeing_voxels": int(agreeing.sum()),
+                    "agreeing_share": agreeing.sum() / max(tops[0].sum(), 1),
+                    "seed_agreement": mean,
+                    "seed_agreement_low": low,
+                    "seed_agreement_high": high,
+                }
             seed_shares = []
             for unit in have:
-                mine = subjects[(subjects["seed"] == unit.seed) & (subjects["fold"] == fold)
-                                & (subjects["condition"] == condition)
-                                & (subjects["checkpoint"] == name)
-                                & (subjects["method"] == method)]  # fmt: skip
+                mine = subjects[
+                    (subjects["seed"] == unit.seed)
+                    & (subjects["fold"] == fold)
+                    & (subjects["condition"] == condition)
+                    & (subjects["checkpoint"] == name)
+                    & (subjects["method"] == method)
+                ]
                 shares = mine.groupby("lobe")["top_share"].mean().reindex(LOBE_NAMES)
                 ranked = rb.descending_ranks(shares.to_numpy())[0]
                 seed_shares.append(ranked)
-                rank_rows += [{"condition": condition, "fold": fold, "checkpoint": name,
-                               "method": method, "seed": unit.seed, "lobe": lobe,
-                               "top_share": shares[lobe], "rank": rank}
-                              for lobe, rank in zip(LOBE_NAMES, ranked, strict=True)]  # fmt: skip
+                rank_rows += [
+                    {
+                        "condition": condition,
+                        "fold": fold,
+                        "checkpoint": name,
+                        "method": method,
+                        "seed": unit.seed,
+                        "lobe": lobe,
+                        "top_share": shares[lobe],
+                        "rank": rank,
+                    }
+                    for lobe, rank in zip(LOBE_NAMES, ranked, strict=True)
+                ]
             w, p = rb.kendall_w(np.array(seed_shares)) if len(seed_shares) > 1 else (np.nan,) * 2
             rows.append(row | {"kendall_w": w, "kendall_p": p})
             if name == BEST and method == config.methods[0]:
-                per_seed += [{"condition": condition, "augment": augment, "register": register,
-                              "seed": u.seed, "fold": fold, "agreement": a}
-                             for u, a in zip(have, loo, strict=True)]  # fmt: skip
-    return pd.DataFrame(rows), pd.DataFrame(rank_rows), pd.DataFrame(per_seed, columns=KEYS + ["agreement"])
+                per_seed += [
+                    {
+                        "condition": condition,
+                        "augment": augment,
+                        "register": register,
+                        "seed": u.seed,
+                        "fold": fold,
+                        "agreement": a,
+                    }
+                    for u, a in zip(have, loo, strict=True)
+                ]
+    return (
+        pd.DataFrame(rows),
+        pd.DataFrame(rank_rows),
+        pd.DataFrame(per_seed, columns=KEYS + ["agreement"]),
+    )
 
 
 def _checkpoint_order(name: str) -> tuple[int, str]:
@@ -136,22 +177,30 @@ def _scores(profile, subjects: pd.DataFrame, sensitivity: pd.DataFrame) -> pd.Da
     fisher = expected[expected["definition"] == IMPORTANCE_DEFINITIONS[0]]
     method = config.methods[0]
     rows = []
-    for key, part in subjects[(subjects["checkpoint"] == BEST)
-                              & (subjects["method"] == method)].groupby(KEYS, sort=False):  # fmt: skip
+    for key, part in subjects[
+        (subjects["checkpoint"] == BEST) & (subjects["method"] == method)
+    ].groupby(KEYS, sort=False):
         mine = sensitivity.set_index(KEYS).loc[key].reset_index()
         truth = mine.assign(cue=mine["lobe"], kind=MATURATION, value=mine["s_chain"])
         faithful = faithfulness.faithfulness_scores(
-            part, truth, edges=profile.age_group_edges, n_resamples=config.bootstrap,
-            seed=profile.seed, per_voxel=(),
-        )  # fmt: skip
+            part,
+            truth,
+            edges=profile.age_group_edges,
+            n_resamples=config.bootstrap,
+            seed=profile.seed,
+            per_voxel=(),
+        )
         correct = scoring.lobe_scores(
             part, fisher, profile.age_group_edges, config.bootstrap, profile.seed
         )
-        rows.append(dict(zip(KEYS, key, strict=True)) | {
-            "faithfulness": _metric(faithful, "spearman_rho"),
-            "faithfulness_subject": _metric(faithful, "subject_rho"),
-            "correctness": _metric(pd.DataFrame(correct), "spearman_rho"),
-        })  # fmt: skip
+        rows.append(
+            dict(zip(KEYS, key, strict=True))
+            | {
+                "faithfulness": _metric(faithful, "spearman_rho"),
+                "faithfulness_subject": _metric(faithful, "subject_rho"),
+                "correctness": _metric(pd.DataFrame(correct), "spearman_rho"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -168,19 +217,27 @@ def _table1(profile, units: list[Unit], perturbation: pd.DataFrame):
         ["condition", "augment", "register", "seed"], sort=False
     ):
         table = table1_tests(profile, part)
-        cells.append(table.assign(condition=condition, augment=augment, register=register,
-                                  seed=seed))  # fmt: skip
+        cells.append(
+            table.assign(condition=condition, augment=augment, register=register, seed=seed)
+        )
     cells = pd.concat(cells, ignore_index=True)
     reference = cells[~cells["augment"] & ~cells["register"] & (cells["seed"] == 0)]
     sign = reference.set_index(["group", "lobe"])["mean_delta_ae"].apply(np.sign)
-    cells["reference_sign"] = [sign.get((g, lobe), np.nan)
-                               for g, lobe in zip(cells["group"], cells["lobe"], strict=True)]  # fmt: skip
+    cells["reference_sign"] = [
+        sign.get((g, lobe), np.nan) for g, lobe in zip(cells["group"], cells["lobe"], strict=True)
+    ]
     cells["sign_kept"] = np.sign(cells["mean_delta_ae"]) == cells["reference_sign"]
-    share = cells.groupby(["condition", "group", "lobe"], sort=False).agg(
-        seeds=("seed", "size"), significant_share=("significant", "mean"),
-        sign_kept_share=("sign_kept", "mean"), mean_delta_ae=("mean_delta_ae", "mean"),
-        reference_sign=("reference_sign", "first"),
-    ).reset_index()  # fmt: skip
+    share = (
+        cells.groupby(["condition", "group", "lobe"], sort=False)
+        .agg(
+            seeds=("seed", "size"),
+            significant_share=("significant", "mean"),
+            sign_kept_share=("sign_kept", "mean"),
+            mean_delta_ae=("mean_delta_ae", "mean"),
+            reference_sign=("reference_sign", "first"),
+        )
+        .reset_index()
+    )
     return cells, share
 
 
@@ -196,10 +253,15 @@ def _summary(runs: pd.DataFrame, agreement: pd.DataFrame, config) -> pd.DataFram
         for column in [c for c in part if c.startswith("epoch_phase")]:
             row[column] = part[column].mean()
             row[column.replace("epoch_", "reached_")] = int(part[column].notna().sum())
-        best = agreement[(agreement["condition"] == key[0]) & (agreement["checkpoint"] == BEST)
-                         & (agreement["method"] == config.methods[0])]  # fmt: skip
-        row |= {"agreeing_voxels": best["agreeing_voxels"].mean(),
-                "kendall_w": best["kendall_w"].mean()}  # fmt: skip
+        best = agreement[
+            (agreement["condition"] == key[0])
+            & (agreement["checkpoint"] == BEST)
+            & (agreement["method"] == config.methods[0])
+        ]
+        row |= {
+            "agreeing_voxels": best["agreeing_voxels"].mean(),
+            "kendall_w": best["kendall_w"].mean(),
+        }
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -212,7 +274,8 @@ def _agreement_tests(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for target in ("faithfulness", "correctness"):
         both = runs[["agreement", target]].dropna()
-        rho, p = (stats.spearmanr(both["agreement"], both[target]) if len(both) > 2
-                  else (np.nan, np.nan))  # fmt: skip
+        rho, p = (
+            stats.spearmanr(both["agreement"], both[target]) if len(both) > 2 else (np.nan, np.nan)
+        )
         rows.append({"target": target, "n": len(both), "rho": float(rho), "p": float(p)})
     return pd.DataFrame(rows)

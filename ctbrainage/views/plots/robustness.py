@@ -32,10 +32,15 @@ def robustness_curves_figure(curves: pd.DataFrame, checkpoints: pd.DataFrame, ou
     """Validation MAE per epoch of every seed (one line each), per condition, with the phase
     thresholds (dotted)."""
     conditions = _present(curves)
-    fig, axes = plt.subplots(1, len(conditions), figsize=(3.2 * len(conditions), 3.0),
-                             sharey=True, squeeze=False, constrained_layout=True)  # fmt: skip
-    thresholds = checkpoints["threshold_months"].dropna().groupby(
-        checkpoints["checkpoint"]).mean()  # fmt: skip
+    fig, axes = plt.subplots(
+        1,
+        len(conditions),
+        figsize=(3.2 * len(conditions), 3.0),
+        sharey=True,
+        squeeze=False,
+        constrained_layout=True,
+    )
+    thresholds = checkpoints["threshold_months"].dropna().groupby(checkpoints["checkpoint"]).mean()
     for ax, condition in zip(axes[0], conditions, strict=True):
         colour, line = STYLE[condition]
         for _, run in curves[curves["condition"] == condition].groupby(["seed", "fold"]):
@@ -60,11 +65,13 @@ def robustness_agreement_figure(agreement: pd.DataFrame, method: str, out=None):
         part = part.reindex(order)
         colour, line = STYLE[condition]
         x = np.arange(len(order))
-        left.plot(x, part["agreeing_voxels"], color=colour, ls=line, marker="o",
-                  label=LABELS[condition])  # fmt: skip
+        left.plot(
+            x, part["agreeing_voxels"], color=colour, ls=line, marker="o", label=LABELS[condition]
+        )
         right.plot(x, part["seed_agreement"], color=colour, ls=line, marker="o")
-        right.fill_between(x, part["seed_agreement_low"], part["seed_agreement_high"],
-                           color=colour, alpha=0.12)  # fmt: skip
+        right.fill_between(
+            x, part["seed_agreement_low"], part["seed_agreement_high"], color=colour, alpha=0.12
+        )
     for ax, label in ((left, "agreeing voxels"), (right, "a seed's top set held by the others")):
         ax.set_xticks(range(len(order)), order)
         ax.set(xlabel="checkpoint", ylabel=label)
@@ -82,12 +89,20 @@ def robustness_truth_figure(runs: pd.DataFrame, tests: pd.DataFrame, out=None):
         for condition in _present(runs):
             part = runs[runs["condition"] == condition]
             colour, line = STYLE[condition]
-            ax.scatter(part["agreement"], part[target], color=colour, s=28,
-                       marker="o" if line == "-" else "^", label=LABELS[condition])  # fmt: skip
+            ax.scatter(
+                part["agreement"],
+                part[target],
+                color=colour,
+                s=28,
+                marker="o" if line == "-" else "^",
+                label=LABELS[condition],
+            )
         rho, p = result.loc[target, "rho"], result.loc[target, "p"]
-        ax.set(xlabel="agreement with the other seeds (best checkpoint)",
-               ylabel=f"{target} (Spearman ρ of lobe importance)",
-               title=f"{target}: ρ = {rho:.2f}, p = {p:.3f}, n = {result.loc[target, 'n']}")  # fmt: skip
+        ax.set(
+            xlabel="agreement with the other seeds (best checkpoint)",
+            ylabel=f"{target} (Spearman ρ of lobe importance)",
+            title=f"{target}: ρ = {rho:.2f}, p = {p:.3f}, n = {result.loc[target, 'n']}",
+        )
         ax.axhline(0, color="grey", lw=0.6)
     axes[0].legend(fontsize=7)
     fig.suptitle("Does agreement between seeds mean faithfulness or correctness?")
@@ -98,8 +113,13 @@ def robustness_table1_figure(share: pd.DataFrame, out=None):
     """Per condition, Table 1's cells (age group × lobe): the share of seeds in which the cell
     is significant (colour) and in which it keeps the reference's sign (number)."""
     conditions = _present(share)
-    fig, axes = plt.subplots(1, len(conditions), figsize=(3.0 * len(conditions), 2.9),
-                             squeeze=False, constrained_layout=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        1,
+        len(conditions),
+        figsize=(3.0 * len(conditions), 2.9),
+        squeeze=False,
+        constrained_layout=True,
+    )
     for ax, condition in zip(axes[0], conditions, strict=True):
         part = share[share["condition"] == condition]
         sig = part.pivot(index="group", columns="lobe", values="significant_share")
