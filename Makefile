@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo stacking new-scans docs test test-fast lab test-browser lint bench clean-demo check-notebooks update-notebooks
+.PHONY: demo stacking robustness new-scans docs test test-fast lab test-browser lint bench clean-demo check-notebooks update-notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP)
 # After `make demo`: step 08, two encoders and linear stacking (about 10 minutes on 2 cores)
 stacking: $(STAMP)
 	$(PY) run_all.py --profile demo --from 8 --to 8 --figures figures
+
+# Step 10 on the benchmark cohort (steps 01-03 first, then 2 x 2 conditions x 3 seeds on fold 0)
+robustness: $(STAMP)
+	$(PY) run_all.py --profile benchmark --to 3
+	$(PY) run_all.py --profile benchmark --from 10 --to 10 --figures figures
 
 # After `make demo`: step 09, the demo run's bundle on a new synthetic cohort of 40 children
 new-scans: $(STAMP)

@@ -67,6 +67,7 @@ UNIT_ATTRIBUTION = (
 )
 RESULTS = (
     "runs",
+    "checkpoints",
     "agreement",
     "lobe_ranks",
     "table1_cells",
@@ -75,7 +76,6 @@ RESULTS = (
     "agreement_tests",
     "curves",
 )
-REFERENCE = (False, False, 0)  # Table 1's reference training: augment, register, seed
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class Result:
 
     table: pd.DataFrame  # robustness.csv: one row per condition
     runs: pd.DataFrame  # one row per unit: errors, epochs, agreement, faithfulness, correctness
+    checkpoints: pd.DataFrame  # every unit's checkpoints: epoch, threshold, validation, test MAE
     agreement: pd.DataFrame  # per condition, fold, checkpoint and method
     lobe_ranks: pd.DataFrame  # per seed: each lobe's share of the top set and its rank
     table1_cells: pd.DataFrame  # Table 1 per condition and seed

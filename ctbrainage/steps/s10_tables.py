@@ -19,6 +19,7 @@ from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
 KEYS = ["condition", "augment", "register", "seed", "fold"]
 CONDITION_KEYS = ["condition", "augment", "register"]
 # the per-seed metrics that the condition table summarises and the tests compare
+REFERENCE = (False, False, 0)  # Table 1's reference training: augment, register, seed
 METRICS = ["mae_best", "mae_last", "best_epoch", "agreement", "faithfulness", "correctness"]
 
 
@@ -35,6 +36,7 @@ def tables(profile, units: list[Unit], read: dict, maps: dict) -> dict[str, pd.D
     return {
         "table": summary,
         "runs": runs,
+        "checkpoints": checkpoints,
         "agreement": agreement,
         "lobe_ranks": ranks,
         "table1_cells": cells,
@@ -221,7 +223,10 @@ def _table1(profile, units: list[Unit], perturbation: pd.DataFrame):
             table.assign(condition=condition, augment=augment, register=register, seed=seed)
         )
     cells = pd.concat(cells, ignore_index=True)
-    reference = cells[~cells["augment"] & ~cells["register"] & (cells["seed"] == 0)]
+    augment, register, seed = REFERENCE
+    reference = cells[
+        (cells["augment"] == augment) & (cells["register"] == register) & (cells["seed"] == seed)
+    ]
     sign = reference.set_index(["group", "lobe"])["mean_delta_ae"].apply(np.sign)
     cells["reference_sign"] = [
         sign.get((g, lobe), np.nan) for g, lobe in zip(cells["group"], cells["lobe"], strict=True)
