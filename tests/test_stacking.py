@@ -169,10 +169,12 @@ def test_the_encoder_grid_averages_blocks_and_overlapping_windows():
 # ---- the step on the tiny run --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stacked_run(tiny_run, tmp_path_factory):
-    """Step 08 on a copy of the tiny run, with the training calls of the U-Net recorded."""
+    """Step 08 on a copy of the tiny run with two seeds of T and A, with the training calls of
+    the U-Net recorded."""
     root = tmp_path_factory.mktemp("stacking") / "run"
     shutil.copytree(tiny_run.run_path, root)
-    profile = dataclasses.replace(tiny_run, run_dir=str(root))
+    two = dataclasses.replace(tiny_run.stacking, seeds=2)
+    profile = dataclasses.replace(tiny_run, run_dir=str(root), stacking=two)
     seen = []
     original = maturity_net.train_unet
     with pytest.MonkeyPatch.context() as patch:
@@ -230,6 +232,25 @@ def test_the_step_writes_every_table_and_stacks_its_own_out_of_fold_predictions(
     assert overall[shares].sum() <= 1 + 1e-9
     assert {"synthesised/0-11", "gradcam_A/36-47"} <= set(result.maps)
     assert all(layout.synthesised(s).exists() for s in result.predictions["subject_id"])
+
+
+def test_the_gain_is_measured_once_per_seed_of_t_and_a(stacked_run):
+    profile, result, _ = stacked_run
+    assert list(result.seeds["seed"]) == [0, 1] and list(result.seeds["other_T"]) == ["T@1", "T"]
+    table = result.table.set_index("model")["mae"]
+    first = result.seeds.iloc[0]  # seed 0 is the step's own T and A
+    assert first["gain_TA"] == pytest.approx(table["T"] - table["TA"])
+    design = stacking.stacking_design(result.predictions)
+    second = design.assign(T=design["T@1"], A=design["A@1"], T2=design["T"])
+    again = stacking.stack_out_of_fold(second, {"T": ("T",), "TA": ("T", "A")})
+    mae = lambda c: (again[c] - design["age_months"]).abs().mean()  # noqa: E731
+    assert result.seeds.iloc[1]["gain_TA"] == pytest.approx(mae("T") - mae("TA"))
+    summary = result.gain_summary().set_index("gain")
+    values = result.seeds["gain_TA"]
+    assert summary.loc["TA", "mean_months"] == pytest.approx(values.mean())
+    half = 12.706 * values.std(ddof=1) / np.sqrt(2)  # t(0.975, 1 df)
+    assert summary.loc["TA", "ci_high"] == pytest.approx(values.mean() + half, rel=1e-3)
+    assert not (result.predictions["T@1"] == result.predictions["T"]).all()  # another seed
 
 
 def test_the_planted_maturity_grows_with_age_inside_the_brain(stacked_run):

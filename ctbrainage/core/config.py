@@ -283,6 +283,9 @@ class StackingConfig:
     loss: Literal["mae", "mse"] = "mae"
     val_fraction: float = bounded(0.1, above=0, below=1)  # inner validation part of each fold
     control_seed_offset: int = 1000  # the second T encoder's seed: seed + this (the control)
+    # seeds of T and A: seed i > 0 adds encoders T@i and A@i (seed + 10000 i) and the stacking
+    # gain is measured once per seed (stacking/seeds.csv), with its CI over seeds
+    seeds: int = bounded(1, minimum=1)
     # share of brain voxels in each encoder's Grad-CAM top set
     gradcam_top: float = bounded(0.2, above=0, maximum=1)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)

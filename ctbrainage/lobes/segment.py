@@ -90,7 +90,7 @@ def register_atlas(image: np.ndarray, brain: np.ndarray, affine: np.ndarray):
         fixed.GetDirection(),
     )  # fmt: skip
     inverse = sitk.InvertDisplacementField(
-        forward, maximumNumberOfIterations=50, meanErrorToleranceThreshold=1e-3,
+        forward, maximumNumberOfIterations=10, meanErrorToleranceThreshold=1e-3,
         maxErrorToleranceThreshold=0.1, enforceBoundaryCondition=True,
     )  # fmt: skip
     to_atlas_field = sitk.Cast(inverse, sitk.sitkVectorFloat32)

@@ -142,3 +142,45 @@ def mae_by(stacked: pd.DataFrame, groups: pd.Series, columns) -> pd.DataFrame:
     table = error.groupby(groups.to_numpy(), observed=False).mean()
     table.insert(0, "n", groups.value_counts().reindex(table.index).fillna(0).astype(int))
     return table
+
+
+def _seed_name(encoder: str, seed: int) -> str:
+    return encoder if seed == 0 else f"{encoder}@{seed}"
+
+
+def seed_gains(design: pd.DataFrame, seeds: int) -> pd.DataFrame:
+    """The stacking gain once per seed of the encoders (``design``: T, A, T2 and T@i, A@i):
+    per seed s the cross-fitted MAE of T_s alone, of A_s, of T_s + A_s and of T_s with another
+    seed of T (the next seed; T2 when there is one seed), and the gains T − TA and T − TT."""
+    rows = []
+    age = design["age_months"]
+    for s in range(seeds):
+        other = _seed_name("T", (s + 1) % seeds) if seeds > 1 else "T2"
+        mine = design.assign(
+            T=design[_seed_name("T", s)], A=design[_seed_name("A", s)], T2=design[other]
+        )
+        models = {k: STACKED_MODELS[k] for k in ("T", "A", "TA", "TT2")}
+        stacked = stack_out_of_fold(mine, models)
+        mae = {k: float((stacked[k] - age).abs().mean()) for k in models}
+        rows.append(
+            {"seed": s, "other_T": other, "mae_T": mae["T"], "mae_A": mae["A"],
+             "mae_TA": mae["TA"], "mae_TT": mae["TT2"], "gain_TA": mae["T"] - mae["TA"],
+             "gain_TT": mae["T"] - mae["TT2"]}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def gain_summary(seeds: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Mean of each gain over seeds with its t interval (NaN with one seed)."""
+    from scipy import stats
+
+    rows = []
+    for column in ("gain_TA", "gain_TT"):
+        values = seeds[column].to_numpy(float)
+        n, mean = len(values), float(values.mean())
+        half = np.nan
+        if n > 1:
+            half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * values.std(ddof=1) / np.sqrt(n))
+        rows.append({"gain": column.removeprefix("gain_"), "seeds": n, "mean_months": mean,
+                     "ci_low": mean - half, "ci_high": mean + half})  # fmt: skip
+    return pd.DataFrame(rows)

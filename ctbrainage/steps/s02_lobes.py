@@ -33,7 +33,7 @@ from ctbrainage.steps.contract import (
 from ctbrainage.synth.head import GENERATOR_VERSION
 
 LOBES_VERSION = 2  # bump when a change alters the lobe labels
-WARP_VERSION = 1  # bump when a change alters the atlas warp
+WARP_VERSION = 2  # bump when a change alters the atlas warp
 # the atlas is a generated head: a new generator makes new atlas labels
 STEP = Step(
     "02_lobes",

@@ -54,11 +54,12 @@ STEP = Step(
         "train.folds",
         "stacking",
     ),
-    version="2",  # 2: group maps keyed attribution.group_map_key(layer, group)
+    version="3",  # 3: stacking.seeds, the gain per seed (stacking/seeds.csv)
 )
 ENCODER_INPUTS = {"T": "ct", "A": "synthesised", "T2": "ct"}
-NETWORKS = ("unet", *ENCODER_INPUTS)  # fitted per fold
+SEED_STRIDE = 10_000  # encoder T@i / A@i trains with the profile's seed + SEED_STRIDE × i
 RESULTS = (
+    "seeds",
     "predictions",
     "coefficients",
     "by_age_group",
@@ -87,6 +88,11 @@ class Result:
     gradcam: pd.DataFrame
     encoders: pd.DataFrame
     maps: dict[str, np.ndarray]
+    seeds: pd.DataFrame  # the stacking gain per seed of T and A (stacking.seeds)
+
+    def gain_summary(self) -> pd.DataFrame:
+        """Each gain (T − TA, T − TT) as a mean over seeds with its 95 % t interval."""
+        return stacking.gain_summary(self.seeds)
 
     def sex_coefficient(self) -> pd.Series:
         """The TAS model's sex term (coef, se, t, p, CI; months for a boy)."""
@@ -103,6 +109,22 @@ def _check(profile: Profile) -> None:
     problem = stacking_size_problem(profile)
     if problem:
         raise ValueError(problem)
+
+
+def encoders(profile: Profile | Settings) -> dict[str, tuple[str, int]]:
+    """Every encoder of a fold: name → (its input, its seed offset): T, A, T2 (the control),
+    then T@i and A@i for each further seed i of ``stacking.seeds``."""
+    cfg = STEP.view(profile).stacking
+    found = {n: (source, cfg.control_seed_offset if n == "T2" else 0)
+             for n, source in ENCODER_INPUTS.items()}  # fmt: skip
+    for i in range(1, cfg.seeds):
+        found |= {f"{n}@{i}": (ENCODER_INPUTS[n], SEED_STRIDE * i) for n in ("T", "A")}
+    return found
+
+
+def networks(profile: Profile | Settings) -> list[str]:
+    """The networks fitted per fold: the U-Net, then the encoders."""
+    return ["unet", *encoders(profile)]
 
 
 def folds(profile: Profile) -> pd.DataFrame:
@@ -126,7 +148,7 @@ def fold_outputs(profile: Profile, fold: int) -> list[Path]:
     layout = RunLayout(profile.run_path)
     table = folds(profile)
     tested = table.loc[table["fold"] == fold, "subject_id"]
-    models = [layout.stacking_model(name, fold) for name in NETWORKS]
+    models = [layout.stacking_model(name, fold) for name in networks(profile)]
     parts = [layout.stacking_fold(fold, part) for part in ("subjects", "encoders", "maps")]
     return models + parts + [layout.synthesised(sid) for sid in tested]
 
@@ -245,7 +267,10 @@ def run(profile: Profile, gpu: int | None = None, progress: bool = True) -> Resu
             todo.append((k, record, settings))
     # one bar over the networks to fit (U-Net, T, A, T2 per fold); Lightning's own are off
     with progress_bar(
-        total=len(NETWORKS) * len(todo), desc="step 08", progress=progress, unit="network"
+        total=len(networks(profile)) * len(todo),
+        desc="step 08",
+        progress=progress,
+        unit="network",
     ) as bar:
         for k, record, settings in todo:
             prints = record.fingerprints(files)
@@ -294,9 +319,8 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
         maps[test_rows], data.target[test_rows], data.brain[test_rows]
     )
     subjects = subjects.assign(synthesis_mae=quality["mae"], synthesis_ssim=quality["ssim"])
-    networks, encoders = {}, []
-    for name, source in ENCODER_INPUTS.items():
-        offset = cfg.control_seed_offset if name == "T2" else 0
+    fitted_models, trained = {}, []
+    for name, (source, offset) in encoders(profile).items():
         volumes = sources[source]
         fitted = train.fit_fold(
             encoder_profile(profile, offset),
@@ -312,8 +336,8 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
         bar.update()
         fitted.save_model(layout.stacking_model(name, fold))
         subjects[name] = fitted.predictions["predicted_months"].to_numpy()
-        networks[name] = fitted.trainer.lightning_module.model.cpu().eval()
-        encoders.append(
+        fitted_models[name] = fitted.trainer.lightning_module.model.cpu().eval()
+        trained.append(
             {
                 "encoder": name,
                 "fold": fold,
@@ -324,7 +348,7 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
 
     cams = {  # in batches of 8 volumes: a whole test fold at 128³ would not fit in memory
         name: torch.cat([
-            attribution.voxel_map(networks[name], batch, "gradcam")
+            attribution.voxel_map(fitted_models[name], batch, "gradcam")
             for batch in torch.from_numpy(sources[ENCODER_INPUTS[name]][test_rows]).split(8)
         ])
         for name in ("T", "A")
@@ -340,7 +364,7 @@ def _run_fold(profile, fold, table, data: _Data, gpu, bar) -> None:
         for column, lobe in enumerate(LOBES.values()):
             subjects[f"gradcam_{name}_{lobe}"] = shares[:, column]
     write_table(layout.stacking_fold(fold, "subjects"), subjects)
-    write_table(layout.stacking_fold(fold, "encoders"), pd.DataFrame(encoders))
+    write_table(layout.stacking_fold(fold, "encoders"), pd.DataFrame(trained))
     groups = age_group(subjects["age_months"], profile.age_group_edges).astype(str).to_numpy()
     layers = {
         "ct": data.ct[test_rows, 0],
@@ -393,9 +417,12 @@ def _finalise(profile: Profile) -> None:
     )
     write_table(layout.stacking_result("synthesis"), synthesis.reset_index())
     write_table(layout.stacking_result("gradcam"), _gradcam_summary(profile, subjects, groups))
-    encoders = pd.concat([pd.read_csv(layout.stacking_fold(f, "encoders")) for f in k])
-    write_table(layout.stacking_result("encoders"), encoders)
+    trainings = pd.concat([pd.read_csv(layout.stacking_fold(f, "encoders")) for f in k])
+    write_table(layout.stacking_result("encoders"), trainings)
     _write_maps(layout, profile)
+    write_table(
+        layout.stacking_result("seeds"), stacking.seed_gains(design, profile.stacking.seeds)
+    )
 
 
 def _gradcam_summary(profile: Profile, subjects: pd.DataFrame, groups) -> pd.DataFrame:
@@ -461,4 +488,5 @@ def load(profile: Profile | Settings) -> Result:
         read(r("gradcam")),
         read(r("encoders")),
         arrays,
+        read(r("seeds")),
     )

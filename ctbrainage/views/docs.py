@@ -32,7 +32,7 @@ from ctbrainage.stats.evaluate import PAPER_METRICS
 from ctbrainage.synth import faithfulness
 from ctbrainage.synth.invariance import cue_correlations, input_age_cues
 from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
-from ctbrainage.views import attribution_tables
+from ctbrainage.views import attribution_tables, robustness_tables
 
 _NAME = r"[\w.@-]+"
 BLOCK = re.compile(  # both markers at the start of a line
@@ -283,6 +283,47 @@ def _new_scans(layout: RunLayout) -> str:
     return _table(["", "value"], rows)
 
 
+def _robustness(layout: RunLayout) -> str:
+    """Step 10: the condition table (means with 95 % CIs over seeds)."""
+    return _frame(robustness_tables.condition_table(pd.read_csv(layout.robustness_table)))
+
+
+def _robustness_phases(layout: RunLayout) -> str:
+    """Step 10: agreement per condition and checkpoint (the multi-seed paper's Table 2)."""
+    agreement = pd.read_csv(layout.robustness_result("agreement"))
+    table = robustness_tables.phase_table(agreement, agreement["method"].iloc[0])
+    rows = [[f"`{c}`", f"`{k}`", *r] for (c, k), r in zip(table.index, table.to_numpy(),
+                                                         strict=True)]  # fmt: skip
+    return _table(["condition", "checkpoint", *table.columns], rows)
+
+
+def _robustness_table1(layout: RunLayout) -> str:
+    """Step 10: Table 1 across seeds (share significant / share keeping the sign)."""
+    table = robustness_tables.table1_share_table(_read(layout.robustness_result("table1_share")))
+    rows = [[g, lobe, *r] for (g, lobe), r in zip(table.index, table.to_numpy(), strict=True)]
+    return _table(["group", "lobe", *table.columns], rows)
+
+
+def _robustness_truth(layout: RunLayout) -> str:
+    """Step 10: Spearman's ρ of a seed's agreement with its faithfulness and correctness."""
+    tests = _read(layout.robustness_result("agreement_tests"))
+    rows = [[r.target, int(r.n), _number(r.rho), _number(r.p, 3)] for r in tests.itertuples()]
+    return _table(["agreement against", "seeds", "Spearman ρ", "p"], rows)
+
+
+def _robustness_tests(layout: RunLayout) -> str:
+    """Step 10: Welch's tests between conditions across seeds."""
+    table = robustness_tables.tests_table(_read(layout.robustness_result("tests")))
+    rows = [
+        [metric, factor, within, f"{r['n_off']:.0f} / {r['n_on']:.0f}",
+         _number(r["difference"]), f"[{_number(r['ci_low'])}, {_number(r['ci_high'])}]",
+         _number(r["p"], 3), _number(r["cohen_d"])]
+        for (metric, factor, within), r in table.iterrows()
+    ]  # fmt: skip
+    header = ["metric", "on vs off", "within", "seeds", "on − off", "95 % CI", "p", "d"]
+    return _table(header, rows)
+
+
 FINISHED = ("done", "skipped")  # skipped: up to date, with the seconds of the run that made it
 
 
@@ -315,6 +356,19 @@ BLOCKS: dict[str, tuple[int, Callable[[RunLayout], Path], Callable[[RunLayout], 
     "unoise": (7, lambda run: run.unoise_training, _unoise),
     "stacked": (8, lambda run: run.stacking_table, _stacked),
     "f-tests": (8, lambda run: run.stacking_anova, _f_tests),
+    "robustness": (10, lambda run: run.robustness_table, _robustness),
+    "robustness-phases": (10, lambda run: run.robustness_result("agreement"), _robustness_phases),
+    "robustness-table1": (
+        10,
+        lambda run: run.robustness_result("table1_share"),
+        _robustness_table1,
+    ),
+    "robustness-truth": (
+        10,
+        lambda run: run.robustness_result("agreement_tests"),
+        _robustness_truth,
+    ),
+    "robustness-tests": (10, lambda run: run.robustness_result("tests"), _robustness_tests),
     "new-scans": (9, lambda run: RunLayout(run.new_scans_dir).predictions, _new_scans),
     "wall-time": (1, lambda run: run.manifest, _wall_time),
 }
