@@ -32,6 +32,8 @@ GENERIC = {"fold", "version_0", "records", "totalsegmentator", "table1"}
 ALLOWED = {
     ("ctbrainage/synth/schedule.py", "lobes"),  # a key of the schedule's JSON format
     ("ctbrainage/steps/s08_stacking.py", "stacking"),  # the profile section step 08 reads
+    ("ctbrainage/steps/s10_robustness.py", "robustness"),  # the profile section step 10 reads
+    ("ctbrainage/views/docs.py", "robustness"),  # a results block's name
 }
 
 

@@ -391,7 +391,7 @@ class RunLayout:
     def robustness_unit(self, unit: str, part: str) -> Path:
         """One training's file (``maps``: .npz; the others: .csv)."""
         suffix = ".npz" if part == "maps" else ".csv"
-        return self.robustness_dir / "units" / f"{unit}_{part}{suffix}"
+        return self.robustness_dir / "trainings" / f"{unit}_{part}{suffix}"
 
     def robustness_log_name(self, unit: str) -> str:
         return str(Path(self.robustness_dir.name) / unit)

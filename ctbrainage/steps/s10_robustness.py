@@ -7,7 +7,7 @@ model trained with early stopping on an inner validation split that the seed dra
 checkpoints at the phases; per checkpoint its test MAE and ``robustness.methods``' maps
 (z-scored per child, averaged over the test children); at the best checkpoint Table 1's lobe
 ΔAE and the model's own chain-rule s_k. Every unit's raw numbers stay in
-``robustness/units/``.
+``robustness/trainings/``.
 
 Then across seeds (``robustness/``): the voxels that agree (top ``agree_top`` of the map in more
 than half of the seeds) per condition and phase, each seed's agreement with the others, the lobe
@@ -33,7 +33,7 @@ from ctbrainage.core.layout import RunLayout
 from ctbrainage.interpret.attribution import VOXEL_MAPS
 from ctbrainage.steps import s03_train
 from ctbrainage.steps.contract import Settings, Step, kept_subjects, up_to_date, write_table
-from ctbrainage.steps.s10_seed import BEST, LAST, Arrays, Unit, phase_name, run_unit
+from ctbrainage.steps.s10_seed import Arrays, Unit, run_unit
 
 STEP = Step(
     "10_robustness",
@@ -256,4 +256,3 @@ def load(profile: Profile | Settings) -> Result:
     return Result(pd.read_csv(layout.robustness_table), **read)
 
 
-__all__ = ["BEST", "LAST", "STEP", "Result", "is_fresh", "load", "phase_name", "run", "units"]

@@ -91,7 +91,7 @@ class Arrays:
         self.native = {
             "x": load_volumes([layout.preprocessed(s) for s in self.ids]),
             "brain": load_volumes([layout.brain(s) for s in self.ids])[:, 0] >= 0.5,
-            "lobes": load_volumes([layout.lobes(s) for s in self.ids])[:, 0].astype(np.uint8),
+            "labels": load_volumes([layout.lobes(s) for s in self.ids])[:, 0].astype(np.uint8),
         }
         self.signal = _signals(profile, tested, progress) if not profile.data else None
         self.registered = None
@@ -124,7 +124,7 @@ class Arrays:
         out = {
             "x": (x * brain)[:, None].astype(np.float32),
             "brain": brain,
-            "lobes": np.where(brain, atlas_lobes[None], 0).astype(np.uint8),
+            "labels": np.where(brain, atlas_lobes[None], 0).astype(np.uint8),
         }
         if self.signal is not None:
             out["signal"] = {
@@ -215,7 +215,7 @@ def run_unit(profile: Profile, unit: Unit, folds: pd.DataFrame, arrays: Arrays, 
     rows = arrays.rows(test["subject_id"])
     x = torch.from_numpy(data["x"][rows])
     brain = torch.from_numpy(data["brain"][rows])
-    lobes = torch.from_numpy(data["lobes"][rows].astype(np.int64))
+    lobes = torch.from_numpy(data["labels"][rows].astype(np.int64))
     settings = map_settings(profile, profile.preprocess.spacing_mm)
     summary, subjects, maps = [], [], {}
     epochs = {phase_name(p): r[0] for p, r in checkpoints.reached.items()}

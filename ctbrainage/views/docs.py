@@ -267,6 +267,24 @@ def _f_tests(layout: RunLayout) -> str:
     return _table(["nested F test", "F", "p"], rows)
 
 
+def _stacking_seeds(layout: RunLayout) -> str:
+    """Step 08: the stacking gain per seed of T and A and its mean with a 95 % t interval."""
+    from ctbrainage.stats.stacking import gain_summary
+
+    seeds = _read(layout.stacking_result("seeds"))
+    rows = [
+        [f"seed {r.seed}", _number(r.mae_T), _number(r.mae_TA), _number(r.gain_TA),
+         f"{_number(r.mae_TT)} (with {r.other_T})", _number(r.gain_TT)]
+        for r in seeds.itertuples()
+    ]  # fmt: skip
+    gains = gain_summary(seeds).set_index("gain")
+    ci = lambda g: (f"{_number(gains.at[g, 'mean_months'])} [{_number(gains.at[g, 'ci_low'])}, "  # noqa: E731
+                    f"{_number(gains.at[g, 'ci_high'])}]")  # fmt: skip
+    rows.append([f"mean of {len(seeds)} seeds [95 % CI]", "", "", ci("TA"), "", ci("TT")])
+    header = ["", "MAE T", "MAE TA", "gain T − TA", "MAE TT", "gain T − TT"]
+    return _table(header, rows)
+
+
 def _new_scans(layout: RunLayout) -> str:
     """Step 09: the run's bundle on new scans: accuracy and the prediction interval."""
     table = _read(RunLayout(layout.new_scans_dir).predictions)
@@ -356,6 +374,7 @@ BLOCKS: dict[str, tuple[int, Callable[[RunLayout], Path], Callable[[RunLayout], 
     "unoise": (7, lambda run: run.unoise_training, _unoise),
     "stacked": (8, lambda run: run.stacking_table, _stacked),
     "f-tests": (8, lambda run: run.stacking_anova, _f_tests),
+    "stacking-seeds": (8, lambda run: run.stacking_result("seeds"), _stacking_seeds),
     "robustness": (10, lambda run: run.robustness_table, _robustness),
     "robustness-phases": (10, lambda run: run.robustness_result("agreement"), _robustness_phases),
     "robustness-table1": (
