@@ -115,8 +115,8 @@ def test_help_lists_every_profile_and_every_step(capsys):
     from ctbrainage.run.plan import NOTEBOOKS
 
     text = " ".join(_parser().format_help().split())  # argparse wraps lines
-    assert available_profiles() == ["benchmark", "demo", "paper", "tiny"]
-    assert "benchmark | demo | paper | tiny, or a profile YAML" in text
+    assert available_profiles() == ["benchmark", "demo", "multiseed", "paper", "tiny"]
+    assert "benchmark | demo | multiseed | paper | tiny, or a profile YAML" in text
     for name in NOTEBOOKS.values():
         assert name in text, name
     assert "on request (--from NN --to NN): 08_stacking, 09_new_scans" in text

@@ -8,7 +8,7 @@ from ctbrainage.steps import s01_preprocess
 
 
 def test_shipped_profiles_load_with_their_settings():
-    assert available_profiles() == ["benchmark", "demo", "paper", "tiny"]
+    assert available_profiles() == ["benchmark", "demo", "multiseed", "paper", "tiny"]
     benchmark = load_profile("benchmark")
     assert (benchmark.synth.schedule, benchmark.synth.cues) == ("staggered", "lobar")
     # the demo's model and tests on a 64^3 grid (the demo's is 48^3, for its time budget)

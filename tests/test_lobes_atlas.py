@@ -8,7 +8,13 @@ import SimpleITK as sitk
 from ctbrainage.core.labels import LOBES
 from ctbrainage.imaging import ctio
 from ctbrainage.imaging.preprocess import map_to_grid, preprocess_scan
-from ctbrainage.lobes.segment import atlas_lobes, build_atlas, segment_lobes, to_atlas
+from ctbrainage.lobes.segment import (
+    atlas_lobes,
+    build_atlas,
+    register_atlas,
+    segment_lobes,
+    to_atlas,
+)
 from ctbrainage.lobes.totalseg import TotalSegmentatorUnavailable
 from ctbrainage.synth.scoring import dice
 
@@ -16,7 +22,7 @@ from ctbrainage.synth.scoring import dice
 @pytest.fixture(scope="module")
 def subjects(cohort_dir):
     """The youngest, a middle and the oldest subject, preprocessed to 64³ at 3 mm, with their
-    true lobes carried into that grid and their atlas lobes."""
+    true lobes carried into that grid, their atlas lobes and the warp into the atlas."""
     truth = pd.read_csv(cohort_dir / "truth.csv").sort_values("age_months")
     out = []
     for sid in truth["subject_id"].iloc[[0, len(truth) // 2, -1]]:
@@ -24,14 +30,14 @@ def subjects(cohort_dir):
         result = preprocess_scan(scan.image, 3.0, 64, (0.5, 99.5))
         reference = ctio.ras_to_sitk(result.image, result.affine)
         lobes = sitk.ReadImage(str(cohort_dir / "truth" / f"{sid}_lobes.nii.gz"))
-        labels = atlas_lobes(result.image, result.brain, result.affine)
-        out.append((sid, result, map_to_grid(lobes, reference), labels))
+        labels, warp = register_atlas(result.image, result.brain, result.affine)
+        out.append((sid, result, map_to_grid(lobes, reference), labels, warp))
     return out
 
 
 def test_atlas_lobes_match_the_true_lobes(subjects):
     scores = []
-    for sid, result, truth, labels in subjects:
+    for sid, result, truth, labels, _ in subjects:
         assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 3, 4}
         assert not labels[result.brain == 0].any()  # restricted to the brain
         for idx, name in LOBES.items():
@@ -47,12 +53,12 @@ def test_atlas_is_built_once_per_grid_despite_spacing_jitter(subjects):
 
 
 def test_atlas_lobes_are_deterministic(subjects):
-    _, result, _, first = subjects[1]
+    _, result, _, first, _ = subjects[1]
     assert np.array_equal(first, atlas_lobes(result.image, result.brain, result.affine))
 
 
 def test_method_choice_and_fallback(subjects, tmp_path):
-    _, result, _, atlas = subjects[0]
+    _, result, _, atlas, _ = subjects[0]
     args = (result.image, result.brain, result.affine)
     labels, method, warp = segment_lobes(
         *args, "auto", native_path=tmp_path / "none.nii.gz", work_dir=tmp_path
@@ -71,9 +77,8 @@ def test_method_choice_and_fallback(subjects, tmp_path):
 def test_registered_inputs_align_with_the_atlas(subjects):
     """Step 02's warp (the inverse of the map that carried the labels) brings each subject's
     brain onto the atlas brain: Dice >= 0.9 (the identity, i.e. no registration, is lower)."""
-    for sid, result, _, _ in subjects:
-        _, warp = segment_lobes(result.image, result.brain, result.affine, "atlas")[1:]
-        _, atlas_brain, atlas_labels = build_atlas(3.0, 64)
+    _, atlas_brain, _ = build_atlas(3.0, 64)
+    for sid, result, _, _, warp in subjects:
         warped = to_atlas(result.brain.astype(np.float32), warp) >= 0.5
         registered = dice(warped, atlas_brain > 0)
         assert registered >= 0.9, (sid, registered)
@@ -83,8 +88,7 @@ def test_registered_inputs_align_with_the_atlas(subjects):
 def test_the_warp_inverts_the_labels_map(subjects):
     """The subject's atlas lobes carried back with the warp land on the atlas's own lobes."""
     _, atlas_brain, atlas_labels = build_atlas(3.0, 64)
-    for sid, result, _, labels in subjects:
-        warp = segment_lobes(result.image, result.brain, result.affine, "atlas")[2]
+    for sid, _, _, labels, warp in subjects:
         back = to_atlas(labels, warp, labels=True)
         assert set(np.unique(back)) <= {0, 1, 2, 3, 4}
         for idx, name in LOBES.items():

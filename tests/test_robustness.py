@@ -38,8 +38,8 @@ def test_agreeing_voxels_are_those_in_more_than_half_of_the_top_sets():
     assert tops.sum(1).tolist() == [10, 10, 10]
     agreeing = rb.agreeing_voxels(tops)
     assert np.flatnonzero(agreeing).tolist() == list(range(10))
-    # each seed against the majority of the other two (both must hold a voxel)
-    assert rb.leave_one_out_agreement(tops).tolist() == [0.5, 0.5, 0.5]
+    # each seed's top set shared with each other seed's, averaged: (1 + 0.5) / 2, …, 0.5
+    assert rb.seed_agreement(tops).tolist() == [0.75, 0.75, 0.5]
 
 
 def test_agreement_with_two_seeds_needs_both_and_an_even_split_does_not_agree():
@@ -48,7 +48,7 @@ def test_agreement_with_two_seeds_needs_both_and_an_even_split_does_not_agree():
     tops[:3, 1] = True
     tops[:, 2] = True
     assert np.flatnonzero(rb.agreeing_voxels(tops)).tolist() == [1, 2]
-    assert np.isnan(rb.leave_one_out_agreement(tops[:1])).all()
+    assert np.isnan(rb.seed_agreement(tops[:1])).all()
 
 
 def test_kendall_w_is_one_for_identical_ranks_and_matches_friedman():
@@ -133,6 +133,29 @@ def test_one_transform_per_batch_and_the_flip_is_left_right():
 def test_robustness_folds_outside_the_folds_are_refused():
     with pytest.raises(ProfileError, match="robustness.folds"):
         load_profile("tiny", {"robustness.folds": [2]})
+
+
+# ---- phases ------------------------------------------------------------------------------------
+class _Trainer:
+    def __init__(self):
+        self.callback_metrics, self.current_epoch = {}, 0
+
+
+def test_a_phase_keeps_the_weights_of_the_first_epoch_that_reaches_it():
+    module = torch.nn.Linear(1, 1)
+    keep = train.Checkpoints([10.0, 6.0, 1.0], months_per_unit=48.0)
+    trainer = _Trainer()
+    for epoch, mae_unit in enumerate([0.30, 0.20, 0.12, 0.15, 0.11]):  # months: 14.4 … 5.28
+        trainer.current_epoch = epoch
+        trainer.callback_metrics["val_mae"] = torch.tensor(mae_unit)
+        with torch.no_grad():
+            module.weight.fill_(epoch)
+        keep.on_validation_end(trainer, module)
+    keep.on_train_end(trainer, module)
+    assert [round(r["val_mae_months"], 2) for r in keep.curve] == [14.4, 9.6, 5.76, 7.2, 5.28]
+    assert {p: r[0] for p, r in keep.reached.items()} == {0: 1, 1: 2}  # 1.0 never reached
+    assert keep.reached[0][2]["weight"].item() == 1.0  # a copy, not the live weights
+    assert keep.reached[1][2]["weight"].item() == 2.0 and keep.last["weight"].item() == 4.0
 
 
 # ---- seeds -------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@ between training conditions: arrays and tables in, numbers out (step 10 handles 
 
 - a voxel **agrees** when it is in the top ``share`` of the brain's voxels of more than half of
   the seeds' maps (:func:`agreeing_voxels`); each seed's own agreement is the share of its top
-  set inside the majority of the *other* seeds (:func:`leave_one_out_agreement`), a per-seed
-  number that can be averaged, given a CI and set against that seed's faithfulness;
+  set that another seed's also holds, averaged over the other seeds (:func:`seed_agreement`), a
+  per-seed number that can be averaged, given a CI and set against that seed's faithfulness;
 - **Kendall's W** of the lobe ranks across seeds (:func:`kendall_w`), with the Friedman test;
 - Welch's two-sample t test across seeds between two conditions, with Cohen's d
   (:func:`condition_test`, pingouin).
@@ -33,16 +33,16 @@ def agreeing_voxels(tops: np.ndarray) -> np.ndarray:
     return tops.sum(0) * 2 > len(tops)
 
 
-def leave_one_out_agreement(tops: np.ndarray) -> np.ndarray:
-    """Per seed: the share of its top set that the majority of the other seeds also holds."""
+def seed_agreement(tops: np.ndarray) -> np.ndarray:
+    """Per seed: the share of its top set that another seed's top set also holds, averaged over
+    the other seeds (chance: the top share itself)."""
     if len(tops) < 2:
         return np.full(len(tops), np.nan)
-    total = tops.sum(0)
-    out = []
-    for own in tops:
-        others = (total - own) * 2 > len(tops) - 1
-        out.append((own & others).sum() / max(own.sum(), 1))
-    return np.array(out, float)
+    flat = tops.reshape(len(tops), -1).astype(np.int64)
+    shared = flat @ flat.T  # |T_s ∩ T_t|
+    sizes = np.maximum(np.diag(shared), 1)
+    others = (shared.sum(1) - np.diag(shared)) / (len(tops) - 1)
+    return others / sizes
 
 
 def kendall_w(ranks: np.ndarray) -> tuple[float, float]:

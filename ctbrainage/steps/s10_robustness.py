@@ -254,5 +254,3 @@ def load(profile: Profile | Settings) -> Result:
         )
     read = {n: pd.read_csv(layout.robustness_result(n), dtype={"subject_id": str}) for n in RESULTS}
     return Result(pd.read_csv(layout.robustness_table), **read)
-
-

@@ -185,32 +185,49 @@ def chance_mae(profile: Profile, folds: pd.DataFrame, fold: int) -> float:
     return float(np.abs(ages[held] - ages[~held].mean()).mean())
 
 
-def run_unit(profile: Profile, unit: Unit, folds: pd.DataFrame, arrays: Arrays, gpu) -> None:
-    """Train one unit and write its files (``RunLayout.robustness_unit``)."""
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One checkpoint of a training: its weights, epoch, validation MAE and phase threshold."""
+
+    state: dict
+    epoch: int
+    val_mae_months: float
+    threshold_months: float = np.nan
+
+
+def train_unit(profile: Profile, unit: Unit, folds: pd.DataFrame, x: np.ndarray, rows, gpu):
+    """Fit one unit on the inputs ``x`` (rows of the subjects by id: ``rows(ids)``); returns
+    its checkpoints by name (the phases reached, best, last) and the validation curve."""
     layout, config = RunLayout(profile.run_path), profile.robustness
     trained = seed_profile(profile, unit)
-    data = arrays.of(unit.register)
     chance = chance_mae(trained, folds, unit.fold)
     thresholds = [share * chance for share in config.phases]
     scaler = AgeScaler(*profile.age_range_months)
-    checkpoints = train.Checkpoints(thresholds, scaler.hi - scaler.lo)
+    keep = train.Checkpoints(thresholds, scaler.hi - scaler.lo)
     fitted = train.fit_fold(
-        trained,
-        folds,
-        unit.fold,
-        lambda ids: data["x"][arrays.rows(ids)],
-        log_dir=layout.logs_dir,
-        log_name=layout.robustness_log_name(unit.name),
-        gpu=gpu,
-        progress=False,
-        patience=config.patience,
-        callbacks=[checkpoints],
-    )
-    model = fitted.trainer.lightning_module.model.eval()
+        trained, folds, unit.fold, lambda ids: x[rows(ids)], log_dir=layout.logs_dir,
+        log_name=layout.robustness_log_name(unit.name), gpu=gpu, progress=False,
+        patience=config.patience, callbacks=[keep],
+    )  # fmt: skip
+    curve = keep.curve
+    points = {
+        phase_name(p): Point(state, epoch, mae, thresholds[p])
+        for p, (epoch, mae, state) in sorted(keep.reached.items())
+    }
     best = {k: v.clone() for k, v in fitted.trainer.lightning_module.state_dict().items()}
-    states = {phase_name(p): r[2] for p, r in sorted(checkpoints.reached.items())}
-    states |= {BEST: best, LAST: checkpoints.last}
+    points[BEST] = Point(best, fitted.best_epoch, curve[fitted.best_epoch]["val_mae_months"])
+    points[LAST] = Point(keep.last, len(curve) - 1, curve[-1]["val_mae_months"])
+    return fitted.trainer.lightning_module.model, points, pd.DataFrame(curve)
+
+
+def run_unit(profile: Profile, unit: Unit, folds: pd.DataFrame, arrays: Arrays, gpu) -> None:
+    """Train one unit, measure every checkpoint and write its files
+    (``RunLayout.robustness_unit``)."""
+    layout, config = RunLayout(profile.run_path), profile.robustness
+    data = arrays.of(unit.register)
+    model, points, curve = train_unit(profile, unit, folds, data["x"], arrays.rows, gpu)
     device = "cpu" if gpu is None else f"cuda:{gpu}"
+    scaler = AgeScaler(*profile.age_range_months)
     test = folds[folds["fold"] == unit.fold].reset_index(drop=True)
     rows = arrays.rows(test["subject_id"])
     x = torch.from_numpy(data["x"][rows])
@@ -218,70 +235,58 @@ def run_unit(profile: Profile, unit: Unit, folds: pd.DataFrame, arrays: Arrays, 
     lobes = torch.from_numpy(data["labels"][rows].astype(np.int64))
     settings = map_settings(profile, profile.preprocess.spacing_mm)
     summary, subjects, maps = [], [], {}
-    epochs = {phase_name(p): r[0] for p, r in checkpoints.reached.items()}
-    epochs |= {BEST: fitted.best_epoch, LAST: len(checkpoints.curve) - 1}
-    for name, state in states.items():
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    for name, point in points.items():
+        model.load_state_dict({k.removeprefix("model."): v for k, v in point.state.items()})
         model.eval().to(device)
         predicted = scaler.to_months(_predict(model, x, device))
-        summary.append(
-            {
-                "checkpoint": name,
-                "epoch": epochs[name],
-                "val_mae_months": checkpoints.curve[epochs[name]]["val_mae_months"],
-                "test_mae_months": float(np.abs(predicted - test["age_months"]).mean()),
-            }
-        )
+        error = float(np.abs(predicted - test["age_months"]).mean())
+        summary.append({"checkpoint": name, "epoch": point.epoch, "val_mae_months":
+                        point.val_mae_months, "test_mae_months": error,
+                        "threshold_months": point.threshold_months})  # fmt: skip
         for method in config.methods:
-            torch.manual_seed(trained.seed + unit.fold)  # SmoothGrad's noise, if chosen
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-                signed = torch.cat(
-                    [
-                        attribution.voxel_map(model, part.to(device), method, settings).cpu()
-                        for part in x.split(settings.batch_size)
-                    ]
-                ).double()
-            z = _zscored(signed, brain)
+            torch.manual_seed(profile.seed + SEED_STRIDE * unit.seed + unit.fold)  # SmoothGrad
+            z = _zscored(_signed_maps(model, x, method, settings, device), brain)
             maps[f"{name}/{method}"] = z.mean(0).float().numpy()
-            shares = attribution.lobe_shares(z, lobes, brain, list(LOBES))
-            top = attribution.top_set(z, brain, config.rank_top)
-            top_shares = attribution.lobe_shares(top.double(), lobes, brain, list(LOBES))
-            sizes = attribution.lobe_shares(brain.double(), lobes, brain, list(LOBES))
+            tables = {
+                "importance": attribution.lobe_shares(z, lobes, brain, list(LOBES)),
+                "top_share": attribution.lobe_shares(
+                    attribution.top_set(z, brain, config.rank_top).double(), lobes, brain,
+                    list(LOBES),
+                ),
+                "reference": attribution.lobe_shares(brain.double(), lobes, brain, list(LOBES)),
+            }  # fmt: skip
             for i, subject in test.iterrows():
-                for j, lobe in enumerate(LOBE_NAMES):
-                    subjects.append(
-                        {
-                            "checkpoint": name,
-                            "method": method,
-                            "subject_id": subject.subject_id,
-                            "age_months": subject.age_months,
-                            "predicted_months": predicted[i],
-                            "lobe": lobe,
-                            "importance": shares[i, j],
-                            "top_share": top_shares[i, j],
-                            "reference": sizes[i, j],
-                        }
-                    )
+                subjects += [
+                    {"checkpoint": name, "method": method, "subject_id": subject.subject_id,
+                     "age_months": subject.age_months, "predicted_months": predicted[i],
+                     "lobe": lobe, **{k: v[i, j] for k, v in tables.items()}}
+                    for j, lobe in enumerate(LOBE_NAMES)
+                ]  # fmt: skip
+    best = points[BEST].state
     model.load_state_dict({k.removeprefix("model."): v for k, v in best.items()})
     model.eval().to(device)
-    perturbation = _perturbation(profile, model, test, x, lobes, scaler, device)
-    sensitivity = _chain_rule(model, test, x, data.get("signal"), scaler, device)
-    unit_files = layout.robustness_unit
-    write_table(
-        unit_files(unit.name, "checkpoints"),
-        pd.DataFrame(summary).assign(
-            threshold_months=lambda t: [
-                thresholds[int(c[5:]) - 1] if c.startswith("phase") else np.nan
-                for c in t["checkpoint"]
-            ]
-        ),
-    )
-    write_table(unit_files(unit.name, "curve"), pd.DataFrame(checkpoints.curve))
-    write_table(unit_files(unit.name, "subjects"), pd.DataFrame(subjects))
-    write_table(unit_files(unit.name, "perturbation"), perturbation)
-    write_table(unit_files(unit.name, "sensitivity"), sensitivity)
-    atomic_write_npz(unit_files(unit.name, "maps"), mean_brain=data["brain"][rows].mean(0), **maps)
+    files = {
+        "checkpoints": pd.DataFrame(summary),
+        "curve": curve,
+        "subjects": pd.DataFrame(subjects),
+        "perturbation": _perturbation(profile, model, test, x, lobes, scaler, device),
+        "sensitivity": _chain_rule(model, test, x, data.get("signal"), scaler, device),
+    }
+    for part, table in files.items():
+        write_table(layout.robustness_unit(unit.name, part), table)
+    mean_brain = data["brain"][rows].mean(0)
+    atomic_write_npz(layout.robustness_unit(unit.name, "maps"), mean_brain=mean_brain, **maps)
+
+
+def _signed_maps(model, x: torch.Tensor, method: str, settings, device) -> torch.Tensor:
+    """``method``'s signed maps of the volumes ``x`` [n, 1, X, Y, Z], in batches."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+        parts = [
+            attribution.voxel_map(model, part.to(device), method, settings).cpu()
+            for part in x.split(settings.batch_size)
+        ]
+    return torch.cat(parts).double()
 
 
 def _predict(model, x: torch.Tensor, device) -> np.ndarray:

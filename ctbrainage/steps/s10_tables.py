@@ -107,7 +107,7 @@ def _agreement(profile, units, subjects, checkpoints, maps):
                 brain = torch.from_numpy(np.broadcast_to(mask, stack.shape).copy())
                 tops = top_set(torch.from_numpy(stack), brain, config.agree_top).numpy()
                 agreeing = rb.agreeing_voxels(tops)
-                loo = rb.leave_one_out_agreement(tops)
+                loo = rb.seed_agreement(tops)
                 mean, low, high = rb.mean_ci(loo, config.bootstrap, profile.seed)
                 row |= {
                     "agreeing_voxels": int(agreeing.sum()),

@@ -72,7 +72,7 @@ def robustness_agreement_figure(agreement: pd.DataFrame, method: str, out=None):
         right.fill_between(
             x, part["seed_agreement_low"], part["seed_agreement_high"], color=colour, alpha=0.12
         )
-    for ax, label in ((left, "agreeing voxels"), (right, "a seed's top set held by the others")):
+    for ax, label in ((left, "agreeing voxels"), (right, "a seed's top 5 % shared with another's")):
         ax.set_xticks(range(len(order)), order)
         ax.set(xlabel="checkpoint", ylabel=label)
     left.legend(fontsize=7)
