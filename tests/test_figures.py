@@ -772,3 +772,37 @@ def test_top_set_keeps_exactly_the_top_share_of_the_brain_and_jaccard_counts_the
     assert isinstance(overlap, np.ndarray) and overlap.shape == (3,)
     assert overlap[0] == pytest.approx(2 / 7) and np.isnan(overlap[1]) and overlap[2] == 0
     assert jaccard(share, share).tolist() == [1.0, 1.0]
+
+
+# ---- step 10 ---------------------------------------------------------------------------------
+def test_robustness_figures_hold_the_seeds_and_cells_they_are_given():
+    runs = pd.DataFrame(
+        {"condition": ["noaug_noreg", "noaug_noreg", "aug_reg", "aug_reg"],
+         "agreement": [0.1, 0.2, 0.3, 0.4], "faithfulness": [0.5, 0.6, -0.1, 0.0],
+         "correctness": [0.2, 0.1, 0.0, 0.3]}
+    )  # fmt: skip
+    tests = pd.DataFrame({"target": ["faithfulness", "correctness"], "n": [4, 4],
+                          "rho": [-0.8, 0.4], "p": [0.2, 0.6]})  # fmt: skip
+    fig = plots.robustness_truth_figure(runs, tests)
+    left = fig.axes[0]
+    points = np.vstack([c.get_offsets() for c in left.collections])
+    assert sorted(map(tuple, points.round(2))) == [(0.1, 0.5), (0.2, 0.6), (0.3, -0.1), (0.4, 0.0)]
+    assert "ρ = -0.80" in left.get_title()
+    agreement = pd.DataFrame(
+        {"condition": "aug_reg", "method": "guided_backprop",
+         "checkpoint": ["phase1", "best", "last"], "seeds": 3, "seeds_reaching": [2, 3, 3],
+         "agreeing_voxels": [50.0, 80.0, 70.0], "seed_agreement": [0.2, 0.3, 0.25],
+         "seed_agreement_low": 0.1, "seed_agreement_high": 0.4}
+    )  # fmt: skip
+    fig = plots.robustness_agreement_figure(agreement, "guided_backprop")
+    counts = fig.axes[0].lines[0].get_ydata()
+    assert np.isnan(counts[0]) and list(counts[1:]) == [80.0, 70.0]  # phase1: not every seed
+    assert list(fig.axes[1].lines[0].get_ydata()) == [0.2, 0.3, 0.25]
+    share = pd.DataFrame(
+        {"condition": "noaug_noreg", "group": ["0-11"] * 2, "lobe": ["frontal", "occipital"],
+         "significant_share": [1.0, 1 / 3], "sign_kept_share": [1.0, 2 / 3]}
+    )  # fmt: skip
+    fig = plots.robustness_table1_figure(share)
+    image = fig.axes[0].images[0].get_array()
+    assert list(np.asarray(image)[0].round(3)) == [1.0, 0.333]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["100%", "67%"]

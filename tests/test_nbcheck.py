@@ -78,13 +78,23 @@ def test_the_committed_notebooks_are_executed_and_checkable():
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         node = nbformat.read(path, as_version=4)
         parameters = nbcheck.injected_parameters(node)
-        assert parameters.get("profile") == "demo", path.name
-        assert parameters.get("run_dir", "runs/demo") == "runs/demo", path.name  # relative
+        profile = nbcheck.OWN_PROFILE.get(path.stem, "demo")  # step 10: the benchmark's grid
+        assert parameters.get("profile") == profile, path.name
+        assert parameters.get("run_dir", f"runs/{profile}") == f"runs/{profile}", path.name
         assert not Path(parameters.get("figures_dir", "figures")).is_absolute(), path.name
         papermill = node.metadata.get("papermill", {})
         for key in ("input_path", "output_path"):
             assert not Path(papermill.get(key) or ".").is_absolute(), (path.name, key)
         assert any(c.get("outputs") for c in node.cells if c.cell_type == "code"), path.name
+
+
+def test_a_notebook_of_another_profile_is_left_out_of_the_check(tmp_path, capsys):
+    demo = _executed(tmp_path / "04_evaluate.ipynb", 'profile = "demo"\nrun_dir = "runs/demo"')
+    other = _executed(tmp_path / "10_robustness.ipynb",
+                      'profile = "benchmark"\nrun_dir = "runs/benchmark"')  # fmt: skip
+    kept = nbcheck.same_profile([demo, other])
+    assert kept == [demo]
+    assert "10_robustness.ipynb: executed on profile 'benchmark'" in capsys.readouterr().out
 
 
 def test_the_index_page_of_an_empty_run_is_still_a_page(tmp_path):

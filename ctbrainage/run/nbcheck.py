@@ -115,6 +115,22 @@ def nbval(notebooks: list[Path], sanitize: Path, pytest_args: list[str]) -> int:
     return subprocess.call(command, env={**os.environ, "TQDM_DISABLE": "1"})
 
 
+# on-request notebooks committed from another profile's run (their own grid of trainings)
+OWN_PROFILE = {"10_robustness": "benchmark"}
+
+
+def same_profile(notebooks: list[Path]) -> list[Path]:
+    """The notebooks executed on the first one's profile; each other is named and left out
+    (it needs its own run: e.g. 10_robustness, from the benchmark's)."""
+    profiles = {nb: injected_parameters(nbformat.read(nb, as_version=4)).get("profile")
+                for nb in notebooks}  # fmt: skip
+    first = profiles[notebooks[0]] if notebooks else None
+    for nb, profile in profiles.items():
+        if profile != first:
+            print(f"{nb.name}: executed on profile {profile!r}, not {first!r}: not checked here")
+    return [nb for nb in notebooks if profiles[nb] == first]
+
+
 def check(notebook_dir: str | Path, run_dir: str | Path, pytest_args: list[str] = ()) -> int:
     """Re-execute the executed notebooks of ``notebook_dir`` into ``run_dir`` and compare their
     outputs with nbval; returns 0 when every cell reproduced its stored output."""
@@ -124,7 +140,7 @@ def check(notebook_dir: str | Path, run_dir: str | Path, pytest_args: list[str] 
             f"{run_dir} is not empty: the check needs a fresh run directory (finished steps "
             "would be skipped, and their outputs would differ)"
         )
-    stored = sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
+    stored = same_profile(sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb")))
     if not stored:
         raise FileNotFoundError(f"no numbered notebooks in {notebook_dir}")
     work = RunLayout(run_dir).nbval_dir

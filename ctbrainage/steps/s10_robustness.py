@@ -163,6 +163,9 @@ def _final_check(profile):
     return STEP.record(RunLayout(profile.run_path), "_final"), STEP.settings_of(profile), parts
 
 
+TABLES_VERSION = f"{STEP.version}/tables2"  # bump when s10_tables changes a table
+
+
 def is_fresh(profile: Profile | Settings, fold: int | None = None) -> bool:
     """True when every unit and the tables across seeds are up to date."""
     profile = STEP.view(profile)
@@ -174,7 +177,7 @@ def is_fresh(profile: Profile | Settings, fold: int | None = None) -> bool:
         if not up_to_date(record, settings, STEP.version, unit_inputs(profile, unit, table), made):
             return False
     record, settings, parts = _final_check(profile)
-    return up_to_date(record, settings, STEP.version, parts, outputs(profile))
+    return up_to_date(record, settings, TABLES_VERSION, parts, outputs(profile))
 
 
 def run(profile: Profile, gpu: int | None = None, progress: bool = True) -> Result:
@@ -200,10 +203,10 @@ def run(profile: Profile, gpu: int | None = None, progress: bool = True) -> Resu
             record.write(settings, STEP.version, prints)
             bar.update()
     record, settings, parts = _final_check(profile)
-    if not up_to_date(record, settings, STEP.version, parts, outputs(profile)):
+    if not up_to_date(record, settings, TABLES_VERSION, parts, outputs(profile)):
         prints = record.fingerprints(parts)
         _finalise(profile)
-        record.write(settings, STEP.version, prints)
+        record.write(settings, TABLES_VERSION, prints)
     return load(profile)
 
 

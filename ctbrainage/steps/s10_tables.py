@@ -101,7 +101,7 @@ def _agreement(profile, units, subjects, checkpoints, maps):
                 "mean_val_mae": reached["val_mae_months"].mean(),
             }
             loo = np.full(len(have), np.nan)
-            if have:
+            if len(have) > 1:  # agreement needs two seeds at the checkpoint
                 stack = np.stack([maps[u.name][key] for u in have])
                 mask = maps[have[0].name]["mean_brain"] >= 0.5
                 brain = torch.from_numpy(np.broadcast_to(mask, stack.shape).copy())

@@ -22,6 +22,10 @@ METRIC_LABELS = {
 }
 
 
+def _plain(value, digits: int) -> str:
+    return "–" if pd.isna(value) else f"{value:.{digits}f}"
+
+
 def _with_ci(row: pd.Series, metric: str, digits: int = 2) -> str:
     value, low, high = row[metric], row[f"{metric}_low"], row[f"{metric}_high"]
     if pd.isna(value):
@@ -41,8 +45,8 @@ def condition_table(table: pd.DataFrame) -> pd.DataFrame:
             reached = int(row[column.replace("epoch_", "reached_")])
             mean = "–" if pd.isna(row[column]) else f"{row[column]:.1f}"
             out[column.replace("epoch_", "epoch to ")] = f"{mean} ({reached}/{row['seeds']})"
-        out["agreeing voxels"] = f"{row['agreeing_voxels']:.0f}"
-        out["Kendall's W"] = f"{row['kendall_w']:.2f}"
+        out["agreeing voxels"] = _plain(row["agreeing_voxels"], 0)
+        out["Kendall's W"] = _plain(row["kendall_w"], 2)
         rows.append(out)
     return pd.DataFrame(rows).set_index("condition")
 
@@ -59,13 +63,13 @@ def phase_table(agreement: pd.DataFrame, method: str) -> pd.DataFrame:
             + "/" + grouped["seeds"].round().astype(int).astype(str),
             "#E": grouped["mean_epoch"].round(1),
             "#L (months)": grouped["mean_val_mae"].round(2),
-            "agreeing voxels": grouped["agreeing_voxels"].round(0),
+            "agreeing voxels": [_plain(v, 0) for v in grouped["agreeing_voxels"]],
             "seed agreement": [
                 "–" if pd.isna(r["seed_agreement"]) else
                 f"{r['seed_agreement']:.2f} [{r['seed_agreement_low']:.2f}, "
                 f"{r['seed_agreement_high']:.2f}]" for _, r in grouped.iterrows()
             ],
-            "Kendall's W": grouped["kendall_w"].round(2),
+            "Kendall's W": [_plain(v, 2) for v in grouped["kendall_w"]],
         }
     )  # fmt: skip
     return out.rename(index=LABELS, level="condition")

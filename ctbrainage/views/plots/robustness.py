@@ -54,9 +54,9 @@ def robustness_curves_figure(curves: pd.DataFrame, checkpoints: pd.DataFrame, ou
 
 
 def robustness_agreement_figure(agreement: pd.DataFrame, method: str, out=None):
-    """Per condition along the checkpoints (phases, best, last): the agreeing voxels (left) and
-    each seed's agreement with the others, mean and 95 % CI over seeds (right) — the paper's
-    Fig. 2."""
+    """Per condition along the checkpoints (phases, best, last): the agreeing voxels where every
+    seed reached the checkpoint (the count depends on the number of seeds; left) and each seed's
+    agreement with the others, mean and 95 % CI over seeds (right) — the paper's Fig. 2."""
     rows = agreement[agreement["method"] == method]
     order = list(dict.fromkeys(rows["checkpoint"]))
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
@@ -65,14 +65,14 @@ def robustness_agreement_figure(agreement: pd.DataFrame, method: str, out=None):
         part = part.reindex(order)
         colour, line = STYLE[condition]
         x = np.arange(len(order))
-        left.plot(
-            x, part["agreeing_voxels"], color=colour, ls=line, marker="o", label=LABELS[condition]
-        )
+        every = part["agreeing_voxels"].where(part["seeds_reaching"] == part["seeds"])
+        left.plot(x, every, color=colour, ls=line, marker="o", label=LABELS[condition])
         right.plot(x, part["seed_agreement"], color=colour, ls=line, marker="o")
         right.fill_between(
             x, part["seed_agreement_low"], part["seed_agreement_high"], color=colour, alpha=0.12
         )
-    for ax, label in ((left, "agreeing voxels"), (right, "a seed's top 5 % shared with another's")):
+    labels = ("agreeing voxels (every seed there)", "a seed's top 5 % shared with another's")
+    for ax, label in zip((left, right), labels, strict=True):
         ax.set_xticks(range(len(order)), order)
         ax.set(xlabel="checkpoint", ylabel=label)
     left.legend(fontsize=7)
@@ -99,7 +99,7 @@ def robustness_truth_figure(runs: pd.DataFrame, tests: pd.DataFrame, out=None):
             )
         rho, p = result.loc[target, "rho"], result.loc[target, "p"]
         ax.set(
-            xlabel="agreement with the other seeds (best checkpoint)",
+            xlabel="a seed's top 5 % shared with another's (best checkpoint)",
             ylabel=f"{target} (Spearman ρ of lobe importance)",
             title=f"{target}: ρ = {rho:.2f}, p = {p:.3f}, n = {result.loc[target, 'n']}",
         )
