@@ -378,7 +378,7 @@ class RunLayout:
 
     def stacking_result(self, name: str) -> Path:
         """The step's other tables (``predictions``, ``coefficients``, ``by_age_group``,
-        ``by_site``, ``synthesis``, ``gradcam``, ``encoders``) and ``maps`` (.npz)."""
+        ``by_site``, ``synthesis``, ``gradcam``, ``encoders``, ``seeds``) and ``maps`` (.npz)."""
         suffix = ".npz" if name == "maps" else ".csv"
         return self.stacking_dir / f"{name}{suffix}"
 
