@@ -100,15 +100,15 @@ def _agreement(profile, units, subjects, checkpoints, maps):
                 "mean_epoch": reached["epoch"].mean(),
                 "mean_val_mae": reached["val_mae_months"].mean(),
             }
-            loo = np.full(len(have), np.nan)
+            shared = np.full(len(have), np.nan)
             if len(have) > 1:  # agreement needs two seeds at the checkpoint
                 stack = np.stack([maps[u.name][key] for u in have])
                 mask = maps[have[0].name]["mean_brain"] >= 0.5
                 brain = torch.from_numpy(np.broadcast_to(mask, stack.shape).copy())
                 tops = top_set(torch.from_numpy(stack), brain, config.agree_top).numpy()
                 agreeing = rb.agreeing_voxels(tops)
-                loo = rb.seed_agreement(tops)
-                mean, low, high = rb.mean_ci(loo, config.bootstrap, profile.seed)
+                shared = rb.seed_agreement(tops)
+                mean, low, high = rb.mean_ci(shared, config.bootstrap, profile.seed)
                 row |= {
                     "agreeing_voxels": int(agreeing.sum()),
                     "agreeing_share": agreeing.sum() / max(tops[0].sum(), 1),
@@ -116,7 +116,7 @@ def _agreement(profile, units, subjects, checkpoints, maps):
                     "seed_agreement_low": low,
                     "seed_agreement_high": high,
                 }
-            seed_shares = []
+            seed_ranks = []
             for unit in have:
                 mine = subjects[
                     (subjects["seed"] == unit.seed)
@@ -127,7 +127,7 @@ def _agreement(profile, units, subjects, checkpoints, maps):
                 ]
                 shares = mine.groupby("lobe")["top_share"].mean().reindex(LOBE_NAMES)
                 ranked = rb.descending_ranks(shares.to_numpy())[0]
-                seed_shares.append(ranked)
+                seed_ranks.append(ranked)
                 rank_rows += [
                     {
                         "condition": condition,
@@ -141,7 +141,7 @@ def _agreement(profile, units, subjects, checkpoints, maps):
                     }
                     for lobe, rank in zip(LOBE_NAMES, ranked, strict=True)
                 ]
-            w, p = rb.kendall_w(np.array(seed_shares)) if len(seed_shares) > 1 else (np.nan,) * 2
+            w, p = rb.kendall_w(np.array(seed_ranks)) if len(seed_ranks) > 1 else (np.nan,) * 2
             rows.append(row | {"kendall_w": w, "kendall_p": p})
             if name == BEST and method == config.methods[0]:
                 per_seed += [
@@ -153,7 +153,7 @@ def _agreement(profile, units, subjects, checkpoints, maps):
                         "fold": fold,
                         "agreement": a,
                     }
-                    for u, a in zip(have, loo, strict=True)
+                    for u, a in zip(have, shared, strict=True)
                 ]
     return (
         pd.DataFrame(rows),
