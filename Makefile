@@ -22,11 +22,12 @@ demo: $(STAMP)
 	$(PY) -m ctbrainage.synth --profile demo --figure figures/synthetic_cohort.png
 	$(PY) run_all.py --profile demo --figures figures
 
-# After `make demo`: step 08, two encoders and linear stacking (about 10 minutes on 2 cores)
+# After `make demo`: step 08, two encoders (3 seeds each) and linear stacking (about 20 minutes on 2 cores)
 stacking: $(STAMP)
 	$(PY) run_all.py --profile demo --from 8 --to 8 --figures figures
 
-# Step 10 on the benchmark cohort (steps 01-03 first, then 2 x 2 conditions x 3 seeds on fold 0)
+# Step 10 on the benchmark cohort: steps 01-03 first (about 25 min on 2 cores), then 2 x 2 conditions
+# x 3 seeds on fold 0 (about 18 min)
 robustness: $(STAMP)
 	$(PY) run_all.py --profile benchmark --to 3
 	$(PY) run_all.py --profile benchmark --from 10 --to 10 --figures figures
