@@ -123,6 +123,8 @@ LONGEST_FIRST = (
     "test_step_preprocess",
     "test_localization",
     "test_step_attribution",
+    "test_robustness",
+    "test_stacking",
     "test_lobes_atlas",
 )
 

@@ -130,6 +130,13 @@ def test_one_transform_per_batch_and_the_flip_is_left_right():
     assert kinds == {True, False}
 
 
+def test_registration_needs_the_warp_that_step_02_keeps():
+    with pytest.raises(ValueError, match="lobes.keep_warp: true"):
+        s10_robustness._check(load_profile("tiny", {"lobes.keep_warp": False}))
+    s10_robustness._check(load_profile("tiny", {"lobes.keep_warp": False,
+                                                "robustness.register": [False]}))  # fmt: skip
+
+
 def test_robustness_folds_outside_the_folds_are_refused():
     with pytest.raises(ProfileError, match="robustness.folds"):
         load_profile("tiny", {"robustness.folds": [2]})
@@ -242,12 +249,15 @@ def test_registered_units_see_the_atlas_grid(robustness_run):
 def test_a_second_run_computes_nothing_and_a_new_seed_trains_only_itself(robustness_run):
     profile, _ = robustness_run
     assert s10_robustness.is_fresh(profile)
-    more = load_profile("tiny", {"run_dir": profile.run_dir, "robustness.augment": [False],
-                                 "robustness.seeds": 3})  # fmt: skip
+    more = load_profile(
+        "tiny",
+        {"run_dir": profile.run_dir, "robustness.augment": [False],
+         "robustness.register": [False], "robustness.seeds": 3},
+    )  # fmt: skip
     assert not s10_robustness.is_fresh(more)
     layout = RunLayout(profile.run_path)
     first = s10_robustness.units(profile)[0]
     before = layout.robustness_unit(first.name, "maps").stat().st_mtime_ns
     s10_robustness.run(more, progress=False)
     assert layout.robustness_unit(first.name, "maps").stat().st_mtime_ns == before
-    assert len(s10_robustness.load(more).runs) == 6
+    assert len(s10_robustness.load(more).runs) == 3  # seed 2 trained, seeds 0 and 1 read

@@ -110,6 +110,9 @@ class PreprocessConfig:
 class LobesConfig:
     method: Literal["atlas", "totalsegmentator", "auto"] = "atlas"
     totalseg_license: str = ""  # or environment variable TOTALSEG_LICENSE
+    # the atlas method also keeps its warp of each subject into the atlas (lobes/<id>_to_atlas:
+    # step 10's registered inputs; about 1 s and 1-3 MB per subject)
+    keep_warp: bool = False
 
 
 @dataclass(frozen=True)

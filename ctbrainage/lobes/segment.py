@@ -48,7 +48,7 @@ def atlas_lobes(image: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> np.
     """Lobe labels for one preprocessed subject (arrays [i, j, k] on the grid of ``affine``):
     the atlas registered affinely, then deformably (symmetric demons), to the subject; labels
     warped with nearest neighbour and restricted to the subject's brain mask."""
-    return register_atlas(image, brain, affine)[0]
+    return register_atlas(image, brain, affine, warp=False)[0]
 
 
 def _grid_image(array: np.ndarray, spacing: float):
@@ -61,8 +61,9 @@ def _grid_image(array: np.ndarray, spacing: float):
     return out
 
 
-def register_atlas(image: np.ndarray, brain: np.ndarray, affine: np.ndarray):
-    """:func:`atlas_lobes`'s registration: (labels, the warp from the atlas onto the subject).
+def register_atlas(image: np.ndarray, brain: np.ndarray, affine: np.ndarray, warp: bool = True):
+    """:func:`atlas_lobes`'s registration: (labels, the warp from the atlas onto the subject, or
+    None when not asked for: its inversion and storage cost time).
 
     The warp is a displacement field on the shared grid frame (:func:`_grid_image`, float32
     vectors in mm): for each atlas point, where it lies in the subject; the inverse of the
@@ -84,7 +85,9 @@ def register_atlas(image: np.ndarray, brain: np.ndarray, affine: np.ndarray):
     labels = sitk.Resample(
         _grid_image(atlas_labels, spacing), fixed, warp, sitk.sitkNearestNeighbor, 0.0
     )
-    labels = sitk.GetArrayFromImage(labels).transpose(2, 1, 0).astype(np.uint8)
+    labels = np.where(brain > 0, sitk.GetArrayFromImage(labels).transpose(2, 1, 0), 0)
+    if not warp:
+        return labels.astype(np.uint8), None
     forward = sitk.TransformToDisplacementField(
         warp, sitk.sitkVectorFloat64, fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(),
         fixed.GetDirection(),
@@ -94,7 +97,7 @@ def register_atlas(image: np.ndarray, brain: np.ndarray, affine: np.ndarray):
         maxErrorToleranceThreshold=0.1, enforceBoundaryCondition=True,
     )  # fmt: skip
     to_atlas_field = sitk.Cast(inverse, sitk.sitkVectorFloat32)
-    return np.where(brain > 0, labels, 0).astype(np.uint8), to_atlas_field
+    return labels.astype(np.uint8), to_atlas_field
 
 
 def to_atlas(array: np.ndarray, field, labels: bool = False) -> np.ndarray:
@@ -133,7 +136,14 @@ METHODS = ("atlas", "totalsegmentator", "auto")
 
 
 def segment_lobes(
-    image, brain, affine, method: str, native_path=None, licence_number: str = "", work_dir=None
+    image,
+    brain,
+    affine,
+    method: str,
+    native_path=None,
+    licence_number: str = "",
+    work_dir=None,
+    warp: bool = True,
 ) -> tuple[np.ndarray, str, object]:
     """Lobe labels on a preprocessed grid, the method that made them, and the atlas warp of
     :func:`register_atlas` (None where TotalSegmentator made the labels).
@@ -146,8 +156,8 @@ def segment_lobes(
     if method not in METHODS:
         raise ValueError(f"unknown lobe method {method!r}; choose from {', '.join(METHODS)}")
     if method == "atlas":
-        labels, warp = register_atlas(image, brain, affine)
-        return labels, "atlas", warp
+        found, field = register_atlas(image, brain, affine, warp)
+        return found, "atlas", field
     from ctbrainage.imaging.ctio import ras_to_sitk
     from ctbrainage.lobes.totalseg import TotalSegmentatorUnavailable, totalseg_lobes_in_grid
 
@@ -159,5 +169,5 @@ def segment_lobes(
         if method == "totalsegmentator":
             raise
         reason = str(err).splitlines()[0]
-        labels, warp = register_atlas(image, brain, affine)
-        return labels, f"atlas (TotalSegmentator unavailable: {reason})", warp
+        found, field = register_atlas(image, brain, affine, warp)
+        return found, f"atlas (TotalSegmentator unavailable: {reason})", field

@@ -2,8 +2,9 @@
 
 For every subject kept by step 01: ``lobes/<id>`` (1 frontal, 2 parietal, 3 temporal,
 4 occipital; 0 elsewhere) by atlas registration or TotalSegmentator (``lobes.method``); with the
-atlas, also the warp that resamples the subject into the atlas (``lobes/<id>_to_atlas``, the
-inverse of the registration that carried the labels; step 10's registered inputs); and the
+atlas and ``lobes.keep_warp``, also the warp that resamples the subject into the atlas
+(``lobes/<id>_to_atlas``, the inverse of the registration that carried the labels; step 10's
+registered inputs); and the
 table ``lobes.csv`` (the method that made each map, lobe volumes in ml, seconds). A subject that
 fails is excluded with its reason; the others go on.
 """
@@ -37,7 +38,7 @@ WARP_VERSION = 2  # bump when a change alters the atlas warp
 # the atlas is a generated head: a new generator makes new atlas labels
 STEP = Step(
     "02_lobes",
-    settings=("lobes.method",),
+    settings=("lobes.method", "lobes.keep_warp"),
     runtime=("lobes.totalseg_license", "synth.workers"),
     version=f"1/lobes{LOBES_VERSION}/atlas{GENERATOR_VERSION}/warp{WARP_VERSION}",
 )
@@ -97,6 +98,7 @@ def _label(cfg: Settings, progress: bool) -> Outcome:
     common = {
         "root": str(layout.root),
         "method": cfg.lobes.method,
+        "keep_warp": cfg.lobes.keep_warp,
         "licence": licence(cfg.lobes.totalseg_license),
     }
     items = [
@@ -119,12 +121,13 @@ def _lobes_subject(item: dict) -> dict:
     from ctbrainage.lobes.segment import segment_lobes
 
     layout, sid = RunLayout(item["root"]), item["subject_id"]
-    settings = {"method": item["method"]}
+    settings = {"method": item["method"], "keep_warp": item["keep_warp"]}
     sources = [layout.preprocessed(sid), layout.brain(sid)]
     if item["method"] != "atlas":
         sources.append(Path(item["image_path"]))  # TotalSegmentator reads the native scan
     record = STEP.subject_record(layout, sid)
-    made = [layout.lobes(sid)] + ([layout.atlas_warp(sid)] if item["method"] == "atlas" else [])
+    keep = item["keep_warp"] and item["method"] == "atlas"
+    made = [layout.lobes(sid)] + ([layout.atlas_warp(sid)] if keep else [])
     done = record.fresh(settings, STEP.version, sources, made)
     if done is not None:
         return done
@@ -139,6 +142,7 @@ def _lobes_subject(item: dict) -> dict:
         native_path=item["image_path"],
         licence_number=item["licence"],
         work_dir=layout.totalseg_dir,
+        warp=item["keep_warp"],
     )
     ctio.write_nifti(layout.lobes(sid), labels, image.affine)
     if warp is not None:  # the atlas → subject warp: step 10's registered inputs

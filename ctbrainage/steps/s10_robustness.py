@@ -44,6 +44,7 @@ STEP = Step(
         "age_group_edges",
         "preprocess",
         "lobes.method",
+        "lobes.keep_warp",
         "model",
         "train",
         "perturb",
@@ -102,10 +103,12 @@ def _check(profile) -> None:
             f"robustness.methods: {wrong} are not voxel maps of a model; choose from "
             f"{', '.join(VOXEL_MAPS)}"
         )
-    if True in config.register and profile.lobes.method != "atlas":
+    lobes = profile.lobes
+    if True in config.register and (lobes.method != "atlas" or not lobes.keep_warp):
         raise ValueError(
             "registration on warps each subject onto step 02's atlas with the atlas method's "
-            f"own warp; lobes.method is {profile.lobes.method!r} (set lobes.method: atlas, or "
+            f"own warp; lobes.method is {lobes.method!r} and lobes.keep_warp {lobes.keep_warp} "
+            "(set lobes.method: atlas and lobes.keep_warp: true, then run step 02 again; or "
             "robustness.register: [false])"
         )
 
