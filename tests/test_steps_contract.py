@@ -250,3 +250,13 @@ def test_the_runner_does_not_take_a_bug_for_a_stale_step(layout, monkeypatch):
     )
     layout.cohort.unlink()
     assert steps.is_fresh(4, profile) is False  # an upstream file is missing: not fresh
+
+
+def test_an_on_request_step_read_before_it_ran_names_the_file_and_the_command(tmp_path):
+    from ctbrainage.core.config import load_profile
+    from ctbrainage.steps import s10_robustness
+
+    profile = load_profile("tiny", {"run_dir": str(tmp_path / "run")})
+    with pytest.raises(FileNotFoundError, match=r"step 10 has not run for run: robustness\.csv "
+                       r"is missing \(python run_all\.py --from 10 --to 10\)"):  # fmt: skip
+        s10_robustness.load(profile)

@@ -210,6 +210,16 @@ class Step:
                 f"--to {self.number - 1})"
             )
 
+    def check_outputs(self, layout: RunLayout, outputs: Iterable[Path]) -> None:
+        """Raise ``FileNotFoundError`` naming the first missing output and the command that makes
+        it (an on-request step's ``load`` before the step has run)."""
+        missing = [p for p in outputs if not p.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"step {self.number:02d} has not run for {layout.root.name}: {missing[0].name} is "
+                f"missing (python run_all.py --from {self.number} --to {self.number})"
+            )
+
     def run(
         self,
         profile: Profile | Settings,

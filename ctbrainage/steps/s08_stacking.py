@@ -464,12 +464,7 @@ def load(profile: Profile | Settings) -> Result:
     """The step's outputs (a clear error when the step has not run)."""
     profile = STEP.view(profile)
     layout = RunLayout(profile.run_path)
-    missing = [p for p in outputs(profile) if not p.exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"step 08 has not run for {layout.root.name}: {missing[0].name} is missing "
-            "(python run_all.py --from 8 --to 8)"
-        )
+    STEP.check_outputs(layout, outputs(profile))
 
     def read(path):
         return pd.read_csv(path, dtype={"subject_id": str, "site": str})

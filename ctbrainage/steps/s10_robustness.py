@@ -252,11 +252,6 @@ def load(profile: Profile | Settings) -> Result:
     """The step's tables (a clear error when the step has not run)."""
     profile = STEP.view(profile)
     layout = RunLayout(profile.run_path)
-    missing = [p for p in outputs(profile) if not p.exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"step 10 has not run for {layout.root.name}: {missing[0].name} is missing "
-            "(python run_all.py --from 10 --to 10)"
-        )
+    STEP.check_outputs(layout, outputs(profile))
     read = {n: pd.read_csv(layout.robustness_result(n), dtype={"subject_id": str}) for n in RESULTS}
     return Result(pd.read_csv(layout.robustness_table), **read)
