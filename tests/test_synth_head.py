@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from ctbrainage.synth.head import (
     ACQUISITIONS,
@@ -74,3 +75,33 @@ def test_quick_grid_is_coarse_and_holds_the_whole_brain():
     assert 1.425 <= spacing[0] == spacing[1] <= 2.025 and spacing[2] == 4.0
     brain_ml = head.brain.sum() * np.prod(spacing) / 1000
     assert brain_ml == pytest.approx(head.truth["brain_volume_planted_ml"], rel=0.05)
+
+
+def test_a_delayed_child_is_its_on_time_twin_at_the_earlier_age_where_the_delay_applies():
+    """With one age cue (``lobar``), a global delay of d months gives exactly the image of the
+    same child (same seed) at age − d; a frontal delay gives that image in the frontal white
+    matter and the on-time image away from it."""
+    schedule, age, delay = MaturationSchedule(), 30.0, 10.0
+
+    def head(months, **delayed):
+        spec = SubjectSpec("s", months, "F", "A", seed=3, **delayed)
+        return simulate_head(spec, schedule, mode="quick", cues="lobar")
+
+    on_time, earlier = head(age), head(age - delay)
+    global_delay = head(age, delay_months=delay)
+    np.testing.assert_array_equal(global_delay.hu, earlier.hu)
+    assert not np.array_equal(on_time.hu, earlier.hu)
+    assert global_delay.truth["biological_age_months"] == pytest.approx(
+        on_time.truth["biological_age_months"] - delay
+    )
+    frontal = head(age, delay_months=delay, delay_lobe="frontal")
+    other = (frontal.lobes > 1) | (frontal.wm_core > 1)  # LOBES: 1 = frontal
+    core = (frontal.wm_core == 1) & ~ndimage.binary_dilation(other, iterations=4)
+    np.testing.assert_array_equal(frontal.hu[core], earlier.hu[core])
+    far = ~ndimage.binary_dilation(frontal.lobes == 1, iterations=4)
+    np.testing.assert_array_equal(frontal.hu[far], on_time.hu[far])
+    assert frontal.truth["lobe_maturation_months"]["frontal"] == pytest.approx(
+        on_time.truth["lobe_maturation_months"]["frontal"] - delay
+    )
+    with pytest.raises(ValueError, match="s: unknown delay_lobe 'cortex'"):
+        head(age, delay_months=delay, delay_lobe="cortex")

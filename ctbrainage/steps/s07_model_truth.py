@@ -118,7 +118,7 @@ def _fold(step: Step, profile, fold: int, part: pd.DataFrame, device, progress):
 
 def _intervene(item: dict) -> dict:
     planted = item["planted"]
-    spec = SubjectSpec(**{k: planted[k] for k in SubjectSpec.__dataclass_fields__})
+    spec = SubjectSpec.from_truth(planted)
     found = intervene(
         spec, item["schedule"], planted["mode"], planted["cues"], item["preprocess"],
         item["delta"], item["content"],

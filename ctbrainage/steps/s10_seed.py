@@ -171,7 +171,7 @@ def _signal(item: dict) -> dict:
     from ctbrainage.synth.interventions import signal
 
     planted = item["planted"]
-    spec = SubjectSpec(**{k: planted[k] for k in SubjectSpec.__dataclass_fields__})
+    spec = SubjectSpec.from_truth(planted)
     found = signal(spec, item["schedule"], planted["mode"], planted["cues"], item["preprocess"])
     return {"subject_id": item["subject_id"], "maps": found.maps}
 

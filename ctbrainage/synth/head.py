@@ -90,6 +90,19 @@ class SubjectSpec:
     site: str  # a key of SITES
     seed: int
     gantry_tilt_deg: float = 0.0
+    # delayed maturation: the lobar white matter of ``delay_lobe`` (a lobe name; "" = every
+    # lobe) matures as if the child were ``delay_months`` younger; nothing else changes
+    delay_months: float = 0.0
+    delay_lobe: str = ""
+
+    @classmethod
+    def from_truth(cls, planted: dict) -> SubjectSpec:
+        """The spec of a subject from its truth JSON (older truths have no delay fields)."""
+        return cls(**{k: planted[k] for k in cls.__dataclass_fields__ if k in planted})
+
+    def lobe_delay(self, lobe: str) -> float:
+        """Months by which ``lobe``'s white matter runs late in this child."""
+        return self.delay_months if self.delay_lobe in ("", lobe) else 0.0
 
 
 @dataclass
@@ -137,7 +150,7 @@ def simulate_head(
     tissue = _sample_attenuation(spec, schedule, rng, cue_age, lobar_cue=cues != "none")
     hu_t = _compose_template_hu(tpl, body, tissue, cue_spec.age_months)
     wm_t = _lobar_white_matter(tpl, body)
-    signal_t = _lobar_signal(tpl, wm_t, schedule, tissue["biological_age_months"])
+    signal_t = _lobar_signal(tpl, wm_t, schedule, tissue["lobe_maturation_months"])
     if cues == "none":  # no tissue changes with age
         signal_t[:] = 0.0
     coords = _deformation(tpl, rng) if deform else None
@@ -182,6 +195,7 @@ def simulate_head(
         "wm_hu": tissue["wm_hu"],
         "maturity_offset_months": tissue["maturity_offset_months"],
         "biological_age_months": tissue["biological_age_months"],
+        "lobe_maturation_months": tissue["lobe_maturation_months"],
         "grey_matter_hu": tissue["grey"],
         "site_offset_hu": site.offset_hu,
         "rotation_deg": [float(v) for v in pose["angles"]],
@@ -245,20 +259,31 @@ def _sample_attenuation(
     draws are the same in every case."""
     # maturation runs a little early or late in each child, for all lobes together
     offset = MATURITY_SD_MONTHS * float(rng.standard_normal())
-    bio_age = max(0.0, spec.age_months + offset)
-    wm_age = bio_age if lobar_cue or cue_age is None else cue_age
+    on_time = max(0.0, spec.age_months + offset)
+    if spec.delay_lobe and spec.delay_lobe not in LOBES.values():
+        raise ValueError(f"{spec.subject_id}: unknown delay_lobe {spec.delay_lobe!r}")
+    if spec.delay_months < 0:
+        raise ValueError(f"{spec.subject_id}: delay_months must be >= 0")
+    lobe_age = {n: max(0.0, on_time - spec.lobe_delay(n)) for n in LOBES.values()}
+    # a delayed child's biological age: the mean of its lobes' maturation ages
+    bio_age = float(np.mean(list(lobe_age.values()))) if spec.delay_months else on_time
     wm = {
-        name: float(schedule.wm_hu(name, wm_age) + INDIVIDUAL_SD_HU * rng.standard_normal())
+        name: float(
+            schedule.wm_hu(name, lobe_age[name] if lobar_cue or cue_age is None else cue_age)
+            + INDIVIDUAL_SD_HU * rng.standard_normal()
+        )
         for name in LOBES.values()
     }
     age = spec.age_months if cue_age is None else cue_age
-    cue_bio_age = bio_age if cue_age is None else cue_age
+    central_age = max(0.0, on_time - spec.lobe_delay("central"))  # only a global delay
+    cue_bio_age = central_age if cue_age is None else cue_age
     central = schedule.central_wm_hu(cue_bio_age) + INDIVIDUAL_SD_HU * rng.standard_normal()
     growth = 1.0 - math.exp(-age / 14.0)
     return {
         "wm_hu": wm,
         "maturity_offset_months": offset,
         "biological_age_months": bio_age,
+        "lobe_maturation_months": lobe_age,
         "central_wm": float(central),
         "grey": 30.0 + 6.5 * growth + 0.8 * float(rng.standard_normal()),  # 28-32 → 35-38 HU
         "deep_grey": 32.0 + 6.0 * growth + 0.8 * float(rng.standard_normal()),
@@ -341,14 +366,14 @@ def _lobar_white_matter(tpl: Template, body: dict) -> np.ndarray:
 
 
 def _lobar_signal(
-    tpl: Template, wm: np.ndarray, schedule: MaturationSchedule, bio_age: float
+    tpl: Template, wm: np.ndarray, schedule: MaturationSchedule, lobe_age: dict[str, float]
 ) -> np.ndarray:
     """d HU / d age of the noise-free template image caused by the lobes' planted maturation:
-    white-matter occupancy ``wm`` × the lobe's HU slope."""
+    white-matter occupancy ``wm`` × the lobe's HU slope at the lobe's maturation age."""
     span = schedule.mature_hu - schedule.unmyelinated_hu
     slope_of_region = np.zeros(8, np.float32)
     for lobe_id, name in LOBES.items():
-        slope_of_region[lobe_id] = span * float(schedule.lobes[name].slope(bio_age))
+        slope_of_region[lobe_id] = span * float(schedule.lobes[name].slope(lobe_age[name]))
     return (wm * slope_of_region[tpl.region]).astype(np.float32)
 
 

@@ -94,11 +94,11 @@ def _responses(head, base: Preprocessed) -> np.ndarray:
 
 
 def _hu_per_month(head, schedule: MaturationSchedule, cues: str) -> dict[str, float]:
-    bio_age = head.truth["biological_age_months"]
+    ages = head.truth["lobe_maturation_months"]
     span = schedule.mature_hu - schedule.unmyelinated_hu
     aging = cues != "none"  # with no cue, the lobar white matter does not change with age
     return {
-        name: float(span * schedule.lobes[name].slope(bio_age)) if aging else 0.0
+        name: float(span * schedule.lobes[name].slope(ages[name])) if aging else 0.0
         for name in LOBES.values()
     }
 
