@@ -317,6 +317,34 @@ class RobustnessConfig:
 
 
 @dataclass(frozen=True)
+class MultitaskConfig:
+    """Step 11 (the infant T1w/T2w-ratio paper, in CT): input conditions from one scan, targets,
+    the multi-task ablation, delayed-maturation subjects (docs/multitask.md)."""
+
+    # channels ptile / brain / myelin / gmref (ctbrainage.imaging.channels), alone or "+"-joined
+    conditions: tuple[str, ...] = ("ptile", "brain", "myelin", "gmref", "brain+myelin+gmref")
+    targets: tuple[Literal["chronological", "biological"], ...] = ("chronological", "biological")
+    repeats: int = bounded(3, minimum=1)  # repeated CV: repeat r > 0 folds with seed + 100 r
+    size: int = bounded(0, minimum=0)  # edge of step 11's grid (averaged); 0 = preprocess.size
+    width: int = bounded(16, minimum=1)  # channels of the first encoder level
+    levels: int = bounded(4, minimum=2)  # encoder levels (each halves the grid)
+    multiscale: bool = True  # the age head pools every encoder level, not the deepest only
+    epochs: int = bounded(50, minimum=1)
+    batch_size: int = bounded(4, minimum=1)
+    lr: float = bounded(1e-3, above=0)  # AdamW, cosine annealing
+    # heads besides age, per variant of the ablation; "+"-joined of segment, reconstruct
+    ablation: tuple[str, ...] = ("age", "age+segment", "age+reconstruct", "age+segment+reconstruct")
+    ablation_condition: str = "myelin"
+    segment_weight: float = bounded(1.0, minimum=0)
+    reconstruct_weight: float = bounded(1.0, minimum=0)
+    myelin_window_hu: tuple[float, float] = (15.0, 32.0)  # unmyelinated → mature white matter
+    gm_scale_hu: float = bounded(10.0, above=0)  # HU per unit of the grey-matter-referenced input
+    out_of_site: bool = True  # per condition: trained on site A, tested on site B
+    delays_months: tuple[float, ...] = bounded((6.0, 12.0), above=0)  # planted delays ...
+    delay_lobes: tuple[str, ...] = ("all", "frontal", "occipital")  # ... × where ("all" lobes)
+
+
+@dataclass(frozen=True)
 class Profile:
     """All settings of one run."""
 
@@ -337,6 +365,7 @@ class Profile:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     stacking: StackingConfig = field(default_factory=StackingConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
 
     def __post_init__(self) -> None:
         for problem in _inconsistencies(self):

@@ -404,6 +404,24 @@ class RunLayout:
     def robustness_result(self, name: str) -> Path:
         return self.robustness_dir / f"{name}.csv"
 
+    # ---- step 11: input conditions and multi-task learning ------------------------------------
+    @property
+    def multitask_dir(self) -> Path:
+        return self.root / "multitask"
+
+    def multitask_unit(self, unit: str, part: str) -> Path:
+        """One training's table (``test``, ``delayed``, ``curve``, ``lobes``)."""
+        return self.multitask_dir / "trainings" / f"{unit}_{part}.csv"
+
+    def multitask_log_name(self, unit: str) -> str:
+        return str(Path(self.multitask_dir.name) / unit)
+
+    def multitask_result(self, name: str) -> Path:
+        """``multitask_conditions``, ``multitask_ablation`` and ``delayed`` at the run's top;
+        the other tables under ``multitask/``."""
+        top = name in ("multitask_conditions", "multitask_ablation", "delayed")
+        return (self.root if top else self.multitask_dir) / f"{name}.csv"
+
     @property
     def bundle_dir(self) -> Path:
         """The run exported as a bundle (:mod:`ctbrainage.apps.bundle`)."""

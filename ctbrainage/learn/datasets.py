@@ -30,17 +30,21 @@ def load_volumes(paths) -> np.ndarray:
 
 
 class VolumeDataset(Dataset):
-    """(volume, normalised age) pairs from in-memory arrays."""
+    """(volume, normalised age) pairs from in-memory arrays; with ``labels`` (e.g. a label
+    volume per subject) triples."""
 
-    def __init__(self, volumes: np.ndarray, ages_unit: np.ndarray):
+    def __init__(self, volumes: np.ndarray, ages_unit: np.ndarray, labels=None):
         self.volumes = torch.from_numpy(np.ascontiguousarray(volumes))
         self.ages = torch.from_numpy(np.asarray(ages_unit, np.float32)[:, None])
+        self.labels = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels))
 
     def __len__(self) -> int:
         return len(self.volumes)
 
     def __getitem__(self, index: int):
-        return self.volumes[index], self.ages[index]
+        if self.labels is None:
+            return self.volumes[index], self.ages[index]
+        return self.volumes[index], self.ages[index], self.labels[index]
 
 
 class BatchAugmentation:

@@ -69,9 +69,9 @@ class AgeRegressor(pl.LightningModule):
     through :class:`~ctbrainage.learn.datasets.BatchAugmentation`. Logs the validation MAE
     (normalised age) beside the loss."""
 
-    def __init__(self, profile: Profile):
+    def __init__(self, profile: Profile, model: torch.nn.Module | None = None):
         super().__init__()
-        self.model = build_model(profile.model, profile.preprocess.size)
+        self.model = model or build_model(profile.model, profile.preprocess.size)
         self.lr = profile.train.lr
         self.schedule = profile.train.schedule
         self.optimiser_class = OPTIMIZERS[profile.train.optimizer]
@@ -161,6 +161,8 @@ def fit_fold(
     progress: bool = True,
     patience: int = 0,
     callbacks: Sequence[pl.Callback] = (),
+    module: Callable[[], AgeRegressor] | None = None,
+    labels: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> FoldFit:
     """Train on every fold of ``folds`` (subject_id, age_months, fold) but ``fold``, then predict
     ``fold``. ``load(ids)`` returns the subjects' model inputs [n, 1, x, y, z]; the loss curves
@@ -170,7 +172,10 @@ def fit_fold(
     for the validation loss and predicted too (used for bias correction). With ``patience`` > 0
     (which needs that split), training stops when the validation loss has not improved for
     ``patience`` epochs and the best epoch's weights are kept. ``callbacks``: more Lightning
-    callbacks (e.g. :class:`Checkpoints`). Deterministic on CPU for the profile's seed.
+    callbacks (e.g. :class:`Checkpoints`). ``module``: builds the Lightning module to fit, after
+    seeding (default: :class:`AgeRegressor` of the profile's model), with
+    ``labels(ids)`` a third item of its batches (e.g. segmentation labels, step 11).
+    Deterministic on CPU for the profile's seed.
     """
     if not 0 <= fold < profile.train.folds:
         raise ValueError(f"fold must be in 0..{profile.train.folds - 1}, got {fold}")
@@ -182,7 +187,13 @@ def fit_fold(
     val, train = train[held_out], train[~held_out]
     if patience > 0 and not len(val):
         raise ValueError("early stopping (patience > 0) needs an inner validation split")
-    train_set = VolumeDataset(load(train["subject_id"]), scaler.to_unit(train["age_months"]))
+
+    def dataset(subjects: pd.DataFrame) -> VolumeDataset:
+        ids = subjects["subject_id"]
+        extra = labels(ids) if labels is not None else None
+        return VolumeDataset(load(ids), scaler.to_unit(subjects["age_months"]), extra)
+
+    train_set = dataset(train)
     batch = profile.train.batch_size
     loader = DataLoader(
         train_set,
@@ -194,9 +205,8 @@ def fit_fold(
     )
     val_loader = None
     if len(val):
-        val_set = VolumeDataset(load(val["subject_id"]), scaler.to_unit(val["age_months"]))
-        val_loader = DataLoader(val_set, batch_size=profile.train.batch_size)
-    module = AgeRegressor(profile)
+        val_loader = DataLoader(dataset(val), batch_size=profile.train.batch_size)
+    module = AgeRegressor(profile) if module is None else module()
     best = _BestWeights() if patience > 0 else None
     stopping = [pl.callbacks.EarlyStopping("val_loss", patience=patience), best] if best else []
     stopping += list(callbacks)

@@ -42,6 +42,7 @@ NOTEBOOKS = {  # the steps' names (ctbrainage.steps): notebook NN runs step NN
     8: "08_stacking",  # on request (--to 8): two encoders and linear stacking
     9: "09_new_scans",  # on request (--to 9): brain age of new scans with the run's bundle
     10: "10_robustness",  # on request (--from 10): explanations across seeds (multi-seed paper)
+    11: "11_multitask",  # on request (--from 11): input conditions, multi-task (infant MRI paper)
 }
 FOLD_STEP = 3
 # notebook parameters that are numbers, with the values they may take
@@ -361,9 +362,9 @@ def _step_parameters(
             for k in folds
         ]
     own: dict[str, Any] = {}
-    if n in (5, 7, 8, 9, 10):
+    if n in (5, 7, 8, 9, 10, 11):
         own["gpu"] = gpus[0] if gpus else -1
-    if n in (4, 6, 7, 8, 10):
+    if n in (4, 6, 7, 8, 10, 11):
         own["figures_dir"] = repo_relative(options.figures) if options.figures else ""
     return [(NOTEBOOKS[n], None, own)]
 

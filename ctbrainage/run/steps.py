@@ -1,6 +1,6 @@
 """Every step of a run by number: its module (imported on first use) and whether it is fresh.
 
-Steps 01-08 and 10 live in :mod:`ctbrainage.steps`; step 09 applies the new-scans app to the
+Steps 01-08, 10 and 11 live in :mod:`ctbrainage.steps`; step 09 applies the new-scans app to the
 run, so it lives with the apps (:mod:`ctbrainage.apps.new_scans`), which stand above the steps.
 """
 
@@ -22,6 +22,7 @@ MODULES = {
     8: "ctbrainage.steps.s08_stacking",
     9: "ctbrainage.apps.new_scans",
     10: "ctbrainage.steps.s10_robustness",
+    11: "ctbrainage.steps.s11_multitask",
 }
 
 
