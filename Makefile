@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo stacking robustness new-scans docs test test-fast lab test-browser lint bench clean-demo check-notebooks update-notebooks
+.PHONY: demo stacking robustness multitask new-scans docs test test-fast lab test-browser lint bench clean-demo check-notebooks update-notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ stacking: $(STAMP)
 robustness: $(STAMP)
 	$(PY) run_all.py --profile benchmark --to 3
 	$(PY) run_all.py --profile benchmark --from 10 --to 10 --figures figures
+
+# After `make demo`: step 11, input conditions x targets, the multi-task ablation and the delayed
+# children on a 24^3 grid (about 15 minutes on 2 cores)
+multitask: $(STAMP)
+	$(PY) run_all.py --profile demo --from 11 --to 11 --figures figures
 
 # After `make demo`: step 09, the demo run's bundle on a new synthetic cohort of 40 children
 new-scans: $(STAMP)

@@ -205,12 +205,18 @@ def outputs(profile) -> list[Path]:
     return [layout.multitask_result(n) for n in (*TABLES, *RESULTS)]
 
 
+# the settings a unit's training and files depend on (the others only the tables)
+UNIT_SETTINGS = ("seed", "data", "age_range_months", "synth.mode", "synth.cues", "preprocess",
+                 "train.folds", "attribution.gradcam_layer")  # fmt: skip
+UNIT_MULTITASK = ("size", "width", "levels", "multiscale", "epochs", "batch_size", "lr",
+                  "segment_weight", "reconstruct_weight", "myelin_window_hu", "gm_scale_hu",
+                  "delays_months", "delay_lobes")  # fmt: skip
+
+
 def _unit_check(profile, unit: Unit, table: pd.DataFrame):
-    settings = STEP.settings_of(profile, subjects=table["subject_id"].tolist())
-    settings.pop("age_group_edges")  # the tables' only
-    settings["multitask"] = {
-        k: v for k, v in settings["multitask"].items() if k not in ("conditions", "targets")
-    } | {"unit": unit.name}
+    every = STEP.settings_of(profile, subjects=table["subject_id"].tolist())
+    settings = {k: every[k] for k in (*UNIT_SETTINGS, "subjects")} | {"unit": unit.name}
+    settings["multitask"] = {k: every["multitask"][k] for k in UNIT_MULTITASK}
     return STEP.record(RunLayout(profile.run_path), f"_{unit.name}"), settings
 
 

@@ -32,7 +32,7 @@ from ctbrainage.stats.evaluate import PAPER_METRICS
 from ctbrainage.synth import faithfulness
 from ctbrainage.synth.invariance import cue_correlations, input_age_cues
 from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
-from ctbrainage.views import attribution_tables, robustness_tables
+from ctbrainage.views import attribution_tables, multitask_tables, robustness_tables
 
 _NAME = r"[\w.@-]+"
 BLOCK = re.compile(  # both markers at the start of a line
@@ -174,9 +174,11 @@ def _planted(layout: RunLayout) -> str:
 
 
 def _frame(table: pd.DataFrame) -> str:
-    """A table of the views (index first) as a pipe table."""
-    rows = [[f"`{index}`", *row] for index, row in zip(table.index, table.to_numpy(), strict=True)]
-    return _table([table.index.name or "", *table.columns], rows)
+    """A table of the views (index first; a multi-index's levels joined by " · ") as a pipe
+    table."""
+    label = lambda i: " · ".join(map(str, i)) if isinstance(i, tuple) else str(i)  # noqa: E731
+    rows = [[f"`{label(i)}`", *row] for i, row in zip(table.index, table.to_numpy(), strict=True)]
+    return _table([" · ".join(n or "" for n in table.index.names), *table.columns], rows)
 
 
 def _scores(layout: RunLayout) -> pd.DataFrame:
@@ -342,6 +344,22 @@ def _robustness_tests(layout: RunLayout) -> str:
     return _table(header, rows)
 
 
+def _multitask(name: str, view: Callable[[pd.DataFrame], pd.DataFrame]):
+    """Step 11: a table of ``multitask_tables`` from the result ``name``."""
+    return lambda layout: _frame(view(_read(layout.multitask_result(name))))
+
+
+def _multitask_tests(families: tuple[str, ...]):
+    def table(layout: RunLayout) -> str:
+        tests = _read(layout.multitask_result("tests"))
+        found = [f for f in dict.fromkeys(tests["family"]) if f.startswith(families)]
+        frames = [multitask_tables.tests_table(tests, f).assign(family=f) for f in found]
+        table = pd.concat(frames).set_index("family")
+        return _frame(table[table["metric"].str.startswith("MAE")])  # the rest: the notebook
+
+    return table
+
+
 FINISHED = ("done", "skipped")  # skipped: up to date, with the seconds of the run that made it
 
 
@@ -388,6 +406,36 @@ BLOCKS: dict[str, tuple[int, Callable[[RunLayout], Path], Callable[[RunLayout], 
         _robustness_truth,
     ),
     "robustness-tests": (10, lambda run: run.robustness_result("tests"), _robustness_tests),
+    "multitask": (
+        11,
+        lambda run: run.multitask_result("summary"),
+        _multitask("summary", multitask_tables.summary_table),
+    ),
+    "multitask-ablation": (
+        11,
+        lambda run: run.multitask_result("summary"),
+        _multitask("summary", lambda t: multitask_tables.summary_table(t, "ablation")),
+    ),
+    "multitask-tests": (
+        11,
+        lambda run: run.multitask_result("tests"),
+        _multitask_tests(("conditions", "targets", "ablation")),
+    ),
+    "multitask-site": (
+        11,
+        lambda run: run.multitask_result("site"),
+        _multitask("site", multitask_tables.site_table),
+    ),
+    "multitask-gradcam": (
+        11,
+        lambda run: run.multitask_result("gradcam"),
+        _multitask("gradcam", multitask_tables.gradcam_table),
+    ),
+    "multitask-delayed": (
+        11,
+        lambda run: run.multitask_result("delayed_summary"),
+        _multitask("delayed_summary", multitask_tables.delayed_table),
+    ),
     "new-scans": (9, lambda run: RunLayout(run.new_scans_dir).predictions, _new_scans),
     "wall-time": (1, lambda run: run.manifest, _wall_time),
 }

@@ -33,6 +33,11 @@ from ctbrainage.views.plots.inputs import (
     qc_montage,
     synthetic_cohort_figure,
 )
+from ctbrainage.views.plots.multitask import (
+    channels_figure,
+    delayed_figure,
+    multitask_conditions_figure,
+)
 from ctbrainage.views.plots.new_scans import new_cohort_figure, new_scan_figure
 from ctbrainage.views.plots.robustness import (
     robustness_agreement_figure,
@@ -43,6 +48,9 @@ from ctbrainage.views.plots.robustness import (
 from ctbrainage.views.plots.stacking import stacking_figure, stacking_maps_figure
 
 __all__ = [
+    "channels_figure",
+    "delayed_figure",
+    "multitask_conditions_figure",
     "robustness_agreement_figure",
     "robustness_curves_figure",
     "robustness_table1_figure",
