@@ -117,7 +117,8 @@ def test_without_labels_there_is_no_segmentation_head():
         "age",
         "reconstruct",
     }
-    real = load_profile("tiny", {"data": "cohort.csv"})
+    every = ["age", "age+segment", "age+reconstruct", "age+segment+reconstruct"]
+    real = load_profile("tiny", {"data": "cohort.csv", "multitask.ablation": every})
     units = s11_multitask.units(real)
     assert {u.target for u in units} == {"chronological"}  # no biological age without a truth
     assert not any("segment" in u.heads for u in units)  # no white-matter labels
@@ -143,16 +144,20 @@ def test_the_multi_task_loss_falls_on_a_tiny_cohort(tmp_path):
     rows = {sid: i for i, sid in enumerate(folds["subject_id"])}
     profile = load_profile("tiny", {"train.epochs": 8, "train.lr": 0.01,
                                     "preprocess.size": 16})  # fmt: skip
-    net = MultiTaskNet(1, width=4, levels=2, segment_classes=SEGMENT_CLASSES, reconstruct=True)
+
+    def module():  # built after fit_fold seeds: the same weights every time
+        net = MultiTaskNet(1, width=4, levels=2, segment_classes=SEGMENT_CLASSES, reconstruct=True)
+        return MultiTaskRegressor(profile, net, 1.0, 1.0)
+
     fitted = train.fit_fold(
         profile, folds, 0, lambda ids: x[[rows[s] for s in ids]], tmp_path, "toy", progress=False,
-        module=lambda: MultiTaskRegressor(profile, net, 1.0, 1.0),
+        module=module,
         labels=lambda ids: labels[[rows[s] for s in ids]],
     )  # fmt: skip
     log = pd.read_csv(tmp_path / "toy" / "version_0" / "metrics.csv")
     epochs = log.dropna(subset=["train_loss"])
     for name in ("train_loss", "train_segment_loss", "train_reconstruct_loss"):
-        assert epochs[name].iloc[-1] < 0.7 * epochs[name].iloc[0], name
+        assert epochs[name].iloc[-1] < 0.8 * epochs[name].iloc[0], name
     assert len(fitted.predictions) == 6
 
 
@@ -270,8 +275,16 @@ def test_grad_cam_is_scored_against_both_truths(multitask_run):
     scored = result.gradcam.set_index(["condition", "target"])
     assert len(scored) == len(profile.multitask.conditions) * 2
     assert scored["faithfulness"].notna().all() and scored["correctness"].notna().all()
-    shares = scored[[c for c in scored.columns if c.startswith("share_")]]
-    np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=0.2)  # lobes and the rest
+    layout = RunLayout(profile.run_path)
+    condition = profile.multitask.conditions[-1]  # two channels: Grad-CAM on a layer
+    units = [u for u in s11_multitask.units(profile) if u.fold >= 0 and u.heads == "age"
+             and (u.condition, u.target) == (condition, "biological")]  # fmt: skip
+    rows = pd.concat([pd.read_csv(layout.multitask_unit(u.name, "lobes")) for u in units])
+    expected = rows.groupby("lobe")["importance"].mean()
+    found = scored.loc[(condition, "biological")]
+    for lobe, share in expected.items():
+        assert found[f"share_{lobe}"] == pytest.approx(share)
+    assert 0 < expected.sum() < 1  # the rest of |map| lies outside the four lobes
 
 
 def test_adding_a_condition_trains_only_its_units(multitask_run):
@@ -300,3 +313,13 @@ def test_a_wrong_condition_or_head_is_refused_with_its_name():
         s11_multitask._check(load_profile("tiny", {"multitask.ablation": ["age+depth"]}))
     with pytest.raises(ValueError, match="multitask.delay_lobes"):
         s11_multitask._check(load_profile("tiny", {"multitask.delay_lobes": ["insula"]}))
+
+
+def test_grad_cam_takes_several_input_channels_and_the_gradients_refuse_them():
+    from ctbrainage.interpret import attribution
+
+    net = MultiTaskNet(3, width=4, levels=2).eval()
+    x = torch.rand(2, 3, 8, 8, 8)
+    assert attribution.voxel_map(net, x, "gradcam").shape == (2, 8, 8, 8)
+    with pytest.raises(ValueError, match=r"inputs must be \[batch, 1, X, Y, Z\]"):
+        attribution.voxel_map(net, x, "saliency")

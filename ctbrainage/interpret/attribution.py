@@ -109,6 +109,8 @@ def _output_cells(model, stages, shape) -> dict[torch.nn.Module, int]:
 
 VoxelMethod = Callable[..., torch.Tensor]
 VOXEL_MAPS: dict[str, VoxelMethod] = {}  # filled by @_voxel_method: name → function
+# the methods whose map lives on a layer, not on the input: any number of input channels (step 11)
+ANY_CHANNELS = ("gradcam",)
 
 
 def _voxel_method(attribute: Callable[..., torch.Tensor]) -> VoxelMethod:
@@ -127,7 +129,8 @@ def _voxel_method(attribute: Callable[..., torch.Tensor]) -> VoxelMethod:
     ) -> torch.Tensor:
         if getattr(model, "training", False):
             raise ValueError("the model is in training mode; call model.eval() first")
-        if x.ndim != 5 or x.shape[1] != 1:
+        channels_ok = x.ndim == 5 and (x.shape[1] == 1 or attribute.__name__ in ANY_CHANNELS)
+        if not channels_ok:
             raise ValueError(f"inputs must be [batch, 1, X, Y, Z], got {tuple(x.shape)}")
         baseline = torch.zeros_like(x) if baseline is None else baseline.expand_as(x)
         x = x.detach().clone().requires_grad_(True)
@@ -225,7 +228,8 @@ def voxel_map(
     brain: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The signed attribution map of the voxel method named ``method`` for inputs ``x`` [B, 1,
-    X, Y, Z] (an eval-mode ``model`` with one output), shape [B, X, Y, Z]. ``baseline`` (like
+    X, Y, Z] (an eval-mode ``model`` with one output; several input channels for the methods of
+    :data:`ANY_CHANNELS`), shape [B, X, Y, Z]. ``baseline`` (like
     ``x``; default zeros): integrated gradients' start and occlusion's fill; ``brain`` (like
     ``x``, 0/1): the cubes occlusion evaluates (default: all)."""
     if method not in VOXEL_MAPS:

@@ -62,10 +62,12 @@ class Inputs:
 
 
 def _on_grid(made: dict, size: int) -> dict:
-    """Every array of one subject averaged (images) or picked (labels) onto step 11's grid."""
+    """Every array of one subject averaged (images) or picked (labels) onto step 11's grid (in
+    the main process: torch's pooling in a worker forked from a process that has run torch's
+    threads can deadlock)."""
     edge = made["brain"].shape[0]
     pick = np.ix_(*[nearest_index(edge, size)] * 3)
-    out = {"subject_id": made["subject_id"], "grey_hu": made["grey_hu"]}
+    out = {k: made[k] for k in ("subject_id", "grey_hu", "biological_age_months") if k in made}
     out["channels"] = {c: to_grid(v[None, None], size)[0, 0] for c, v in made["channels"].items()}
     out["brain"] = to_grid(made["brain"][None, None].astype(np.float32), size)[0, 0] >= 0.5
     for name in ("lobes", "labels"):
@@ -95,7 +97,7 @@ def _subject(item: dict) -> dict:
         out["labels"] = map_to_grid(cores, grid, labels=True).astype(np.uint8)
     if item.get("signal") is not None:
         out["slopes"] = _channel_slopes(item, hu, brain)
-    return _on_grid(out, item["size"])
+    return out
 
 
 def _channel_slopes(item: dict, hu: np.ndarray, brain: np.ndarray) -> dict[str, np.ndarray]:
@@ -120,8 +122,8 @@ def _collect(mapped, what: str) -> list[dict]:
     return mapped.results
 
 
-def _stack(results: list[dict], ids: list[str]) -> Inputs:
-    by_id = {r["subject_id"]: r for r in results}
+def _stack(results: list[dict], ids: list[str], size: int) -> Inputs:
+    by_id = {r["subject_id"]: _on_grid(r, size) for r in results}
     ordered = [by_id[s] for s in ids]
 
     def stacked(name):
@@ -151,14 +153,13 @@ def cohort_inputs(profile: Profile, ids: list[str], scored: list[str], progress:
             "image_path": cohort.loc[sid, "image_path"],
             "series": cohort.loc[sid].get("series") if "series" in cohort else None,
             "contrast": contrast(profile),
-            "size": grid_size(profile),
             "synthetic": synthetic,
             "signal": planted.get(sid),
         }
         for sid in ids
     ]
     mapped = map_subjects(_subject, items, profile.synth.workers, "input channels", progress)
-    return _stack(_collect(mapped, "input channels"), ids)
+    return _stack(_collect(mapped, "input channels"), ids, grid_size(profile))
 
 
 def _planted(profile: Profile, ids: list[str]) -> dict[str, tuple]:
@@ -216,10 +217,9 @@ def _delayed(item: dict) -> dict:
     grid = ctio.ras_to_sitk(done.image, done.affine)
     hu, grey = channels.scan_on_grid(native, grid, done.work_mask)
     made = channels.hu_channels(hu, done.brain, grey, item["contrast"]) | {"ptile": done.image}
-    out = {"subject_id": row["subject_id"], "grey_hu": grey, "brain": done.brain > 0}
-    return _on_grid(out | {"channels": made}, item["size"]) | {
-        "biological_age_months": head.truth["biological_age_months"]
-    }
+    bio = head.truth["biological_age_months"]
+    return {"subject_id": row["subject_id"], "grey_hu": grey, "brain": done.brain > 0,
+            "channels": made, "biological_age_months": bio}  # fmt: skip
 
 
 def delayed_inputs(profile: Profile, progress: bool) -> tuple[pd.DataFrame, Inputs]:
@@ -238,7 +238,6 @@ def delayed_inputs(profile: Profile, progress: bool) -> tuple[pd.DataFrame, Inpu
             "synth": {"mode": profile.synth.mode, "cues": profile.synth.cues},
             "preprocess": dataclasses.asdict(profile.preprocess),
             "contrast": contrast(profile),
-            "size": grid_size(profile),
         }
         for row in table.to_dict("records")
     ]
@@ -246,4 +245,4 @@ def delayed_inputs(profile: Profile, progress: bool) -> tuple[pd.DataFrame, Inpu
     results = _collect(mapped, "delayed subjects")
     bio = {r["subject_id"]: r["biological_age_months"] for r in results}
     table["biological_age_months"] = table["subject_id"].map(bio)
-    return table, _stack(results, table["subject_id"].tolist())
+    return table, _stack(results, table["subject_id"].tolist(), grid_size(profile))
