@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctbrainage.core.config import ModelConfig, SynthesisConfig, load_profile
+from ctbrainage.core.config import ModelConfig, load_profile
+from ctbrainage.core.sections import SynthesisConfig
 from ctbrainage.learn import maturity_net, train
 from ctbrainage.learn.networks import build_model, count_parameters
 from ctbrainage.steps.s08_stacking import encoder_profile

@@ -228,7 +228,7 @@ def test_lobe_recovery_skips_constant_groups_and_ignores_nan_tops():
 def test_the_registry_holds_the_profiles_methods_in_their_order():
     import typing
 
-    from ctbrainage.core.config import AttributionMethod
+    from ctbrainage.core.sections import AttributionMethod
 
     assert tuple(methods.METHODS) == typing.get_args(AttributionMethod)
     assert methods.names() == typing.get_args(AttributionMethod)

@@ -156,7 +156,7 @@ def noise_tolerance():
     """U-Noise for a phantom model (posterior first): the noise model trained on the training
     phantoms, applied to held-out ones near each group's centre (where one lobe matures); and
     the model's own sensitivity to noise in each lobe of those phantoms."""
-    from ctbrainage.core.config import UNoiseConfig
+    from ctbrainage.core.sections import UNoiseConfig
     from ctbrainage.interpret.unoise import NoiseRange, Volumes, importance_map, train_noise_model
 
     order = ORDERS["posterior first"]

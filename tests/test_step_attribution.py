@@ -14,9 +14,9 @@ import torch
 from scipy import stats
 
 from ctbrainage.core.cohort import age_group
-from ctbrainage.core.config import AttributionConfig, ModelTruthConfig
 from ctbrainage.core.labels import LOBES
 from ctbrainage.core.layout import RunLayout
+from ctbrainage.core.sections import AttributionConfig, ModelTruthConfig
 from ctbrainage.interpret import attribution
 from ctbrainage.interpret.methods import METHODS as REGISTRY
 from ctbrainage.stats import lobe_tests

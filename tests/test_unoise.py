@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctbrainage.core.config import UNoiseConfig
+from ctbrainage.core.sections import UNoiseConfig
 from ctbrainage.interpret import unoise
 from ctbrainage.interpret.unoise import NoiseRange, Training, Volumes
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets import UNet
 
-from ctbrainage.core.config import UNoiseConfig
+from ctbrainage.core.sections import UNoiseConfig
 from ctbrainage.core.workers import progress_bar
 
 LEVELS = 5  # down and up blocks (paper)

@@ -10,7 +10,7 @@ import torch
 from monai.metrics import SSIMMetric
 from monai.networks.nets import UNet
 
-from ctbrainage.core.config import SynthesisConfig
+from ctbrainage.core.sections import SynthesisConfig
 
 
 def to_grid(volumes: np.ndarray, size: int) -> np.ndarray:

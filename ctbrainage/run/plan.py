@@ -20,7 +20,6 @@ import yaml
 
 from ctbrainage.core.config import (
     Profile,
-    Range,
     did_you_mean,
     load_profile,
     repo_relative,
@@ -28,6 +27,7 @@ from ctbrainage.core.config import (
 )
 from ctbrainage.core.config import profile_yaml as profile_yaml_text
 from ctbrainage.core.layout import NOTEBOOK_SOURCES, RunLayout
+from ctbrainage.core.sections import Range
 from ctbrainage.imaging.cohort_manifest import user_files_inside
 
 NOTEBOOK_DIR = NOTEBOOK_SOURCES

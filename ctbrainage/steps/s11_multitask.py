@@ -82,6 +82,10 @@ class Unit:
         return "_".join(parts).replace("+", "-")
 
     @property
+    def out_of_site(self) -> bool:
+        return self.fold == OUT_OF_SITE
+
+    @property
     def head_set(self) -> set[str]:
         return set(self.heads.split("+")) - {"age"}
 
@@ -269,7 +273,7 @@ def run(profile: Profile, gpu: int | None = None, progress: bool = True) -> Resu
         from ctbrainage.steps.s11_tables import write_tables
 
         prints = record.fingerprints(parts)
-        write_tables(profile, units(profile), table)
+        write_tables(profile, units(profile), ablation(profile))
         record.write(settings, TABLES_VERSION, prints)
     return load(profile)
 

@@ -1,5 +1,6 @@
 """Step 11's tables, from its units' files (:mod:`ctbrainage.steps.s11_multitask` writes the
-units and calls :func:`write_tables`)."""
+units and calls :func:`write_tables` with them: its ``Unit`` objects, each with ``condition``,
+``target``, ``heads``, ``repeat``, ``fold`` and ``out_of_site``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pandas as pd
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.stats import multitask as mt
 from ctbrainage.steps.contract import write_table
-from ctbrainage.steps.s11_multitask import OUT_OF_SITE, Unit, ablation, targets
 from ctbrainage.synth import faithfulness, scoring
 from ctbrainage.synth.interventions import MATURATION
 from ctbrainage.synth.schedule import IMPORTANCE_DEFINITIONS
@@ -18,7 +18,7 @@ KEYS = ["condition", "target", "heads", "repeat", "fold"]
 TARGET_COLUMN = {"chronological": "age_months", "biological": "biological_age_months"}
 
 
-def _read(profile, units: list[Unit], part: str) -> pd.DataFrame:
+def _read(profile, units: list, part: str) -> pd.DataFrame:
     layout = RunLayout(profile.run_path)
     frames = [
         pd.read_csv(layout.multitask_unit(u.name, part), dtype={"subject_id": str}).assign(
@@ -37,19 +37,20 @@ def _metrics(test: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def write_tables(profile, units: list[Unit], subjects: pd.DataFrame) -> None:
-    """Every table of step 11 (see :mod:`ctbrainage.steps.s11_multitask`)."""
+def write_tables(profile, units: list, ablation: list[str]) -> None:
+    """Every table of step 11 (see :mod:`ctbrainage.steps.s11_multitask`); ``ablation``: the
+    heads of the ablation's variants."""
     layout, config = RunLayout(profile.run_path), profile.multitask
-    in_cv = [u for u in units if u.fold != OUT_OF_SITE]
+    in_cv = [u for u in units if not u.out_of_site]
+    first = units[0].target  # the first target: the ablation's and the out-of-site one
     test = _read(profile, in_cv, "test")
     metrics = _metrics(test)
     is_age = metrics["heads"] == "age"
     conditions = metrics[is_age & metrics["condition"].isin(config.conditions)]
-    first = targets(profile)[0]
     abl = metrics[
         (metrics["condition"] == config.ablation_condition)
         & (metrics["target"] == first)
-        & metrics["heads"].isin(ablation(profile))
+        & metrics["heads"].isin(ablation)
     ]
     delayed = _delayed(profile, in_cv)
     tables = {
@@ -64,7 +65,7 @@ def write_tables(profile, units: list[Unit], subjects: pd.DataFrame) -> None:
             ignore_index=True,
         ),
         "tests": _tests(profile, conditions, abl),
-        "site": _site(profile, units, test),
+        "site": _site(profile, units, test, first),
         "gradcam": _gradcam(profile, [u for u in in_cv if u.heads == "age"]),
         "delayed_summary": _delayed_summary(delayed),
     }
@@ -95,13 +96,12 @@ def _tests(profile, conditions: pd.DataFrame, abl: pd.DataFrame) -> pd.DataFrame
     return pd.concat([*parts, pd.DataFrame(rows)], ignore_index=True)
 
 
-def _site(profile, units: list[Unit], test: pd.DataFrame) -> pd.DataFrame:
+def _site(profile, units: list, test: pd.DataFrame, first: str) -> pd.DataFrame:
     """Per condition: the MAE on site B of the model trained on site A alone, beside the
     cross-validation's MAE on each site (the first target, repeat 0)."""
-    out_of_site = [u for u in units if u.fold == OUT_OF_SITE]
+    out_of_site = [u for u in units if u.out_of_site]
     if not out_of_site:
         return pd.DataFrame(columns=["condition", "site", "training", "n", "mae"])
-    first = targets(profile)[0]
     rows = []
     column = TARGET_COLUMN[first]
     for frame, training in ((_read(profile, out_of_site, "test"), "site A only"),
@@ -116,7 +116,7 @@ def _site(profile, units: list[Unit], test: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _gradcam(profile, units: list[Unit]) -> pd.DataFrame:
+def _gradcam(profile, units: list) -> pd.DataFrame:
     """Per condition and target: Grad-CAM's lobe shares scored against the data's truth (the
     ideal observer's Fisher shares: correctness) and the model's own |s_k| (faithfulness,
     the children of the scored fold), step 07's scoring; NaN without a planted truth."""
@@ -154,7 +154,7 @@ def _metric(scores: pd.DataFrame, name: str) -> float:
     return float(scores.loc[scores["metric"] == name, "value"].iloc[0])
 
 
-def _delayed(profile, units: list[Unit]) -> pd.DataFrame:
+def _delayed(profile, units: list) -> pd.DataFrame:
     """Per delayed child and model (condition, target, heads): the prediction averaged over
     folds and repeats, its brain-age gap and its on-time twin's."""
     found = _read(profile, units, "delayed")

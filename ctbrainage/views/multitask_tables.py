@@ -12,6 +12,15 @@ METRIC_LABELS = {"mae": "MAE", "rmse": "RMSE", "r2": "R²", "r": "r", "rho": "ρ
 AGE_LABELS = {"mae_vs_age": "MAE vs chronological", "mae_vs_biological_age": "MAE vs biological"}
 
 
+def _text(frame: pd.DataFrame, digits: int) -> pd.DataFrame:
+    """Every float column as text with ``digits`` decimals (– where missing); counts stay."""
+    out = frame.copy()
+    for column in out.columns:
+        if pd.api.types.is_float_dtype(out[column]):
+            out[column] = out[column].map(lambda v: "–" if pd.isna(v) else f"{v:.{digits}f}")
+    return out
+
+
 def _mean_sd(row: pd.Series, metric: str) -> str:
     mean, sd = row[f"{metric}_mean"], row[f"{metric}_sd"]
     digits = 2 if metric in ("mae", "rmse") or metric.startswith("mae_vs_") else 3
@@ -66,7 +75,7 @@ def site_table(site: pd.DataFrame) -> pd.DataFrame:
         index="condition", columns=["training", "site"], values="mae", sort=False
     )
     wide.columns = [f"{training}: site {s}" for training, s in wide.columns]
-    return wide.round(2)
+    return _text(wide, 2)
 
 
 def gradcam_table(gradcam: pd.DataFrame) -> pd.DataFrame:
@@ -75,10 +84,19 @@ def gradcam_table(gradcam: pd.DataFrame) -> pd.DataFrame:
     table = gradcam.set_index(["condition", "target"])[
         ["children", "correctness", "faithfulness", *shares]
     ]
-    return table.rename(columns={c: c.removeprefix("share_") for c in shares}).round(3)
+    table = table.rename(columns={c: f"{c.removeprefix('share_')} share" for c in shares})
+    return _text(table.rename(columns={"correctness": "correctness ρ",
+                                       "faithfulness": "faithfulness ρ"}), 3)  # fmt: skip
 
 
 def delayed_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per model and kind of delay: mean planted delay, mean gap, mean gap against the on-time
-    twin, the share seen younger than the twin."""
-    return summary.set_index(["condition", "target", "heads", "kind"]).round(2)
+    """Per model and kind of delay: the children, their mean planted delay, mean gap and mean
+    gap against the on-time twin (months), the share seen younger than the twin."""
+    names = {
+        "mean_planted_delay_months": "planted delay",
+        "mean_gap_months": "gap",
+        "mean_gap_vs_twin_months": "gap − twin's gap",
+        "seen_younger_share": "seen younger than the twin",
+    }
+    table = summary.set_index(["condition", "target", "heads", "kind"]).rename(columns=names)
+    return _text(table, 2)
