@@ -25,14 +25,16 @@ def multitask_conditions_figure(conditions: pd.DataFrame, ablation: pd.DataFrame
     sns.barplot(conditions, x="condition", y="mae", hue="target", order=order, hue_order=hue,
                 palette=palette, errorbar=None, alpha=0.5, ax=left)  # fmt: skip
     sns.stripplot(conditions, x="condition", y="mae", hue="target", order=order, hue_order=hue,
-                  palette=palette, dodge=True, legend=False, size=4, ax=left)  # fmt: skip
+                  palette=palette, dodge=True, legend=False, size=4, jitter=False,
+                  ax=left)  # fmt: skip
     left.set(xlabel="input condition", ylabel="MAE against the target (months)")
     left.tick_params(axis="x", labelrotation=15)
     left.set_title("Input conditions: MAE per fold (bars: mean)")
     heads = list(dict.fromkeys(ablation["heads"]))
     sns.barplot(ablation, x="heads", y="mae", order=heads, color="tab:grey", errorbar=None,
                 alpha=0.5, ax=right)  # fmt: skip
-    sns.stripplot(ablation, x="heads", y="mae", order=heads, color="black", size=4, ax=right)
+    sns.stripplot(ablation, x="heads", y="mae", order=heads, color="black", size=4, jitter=False,
+                  ax=right)  # fmt: skip
     right.set(xlabel="heads", ylabel="MAE (months)")
     right.tick_params(axis="x", labelrotation=15)
     condition = ablation["condition"].iloc[0] if len(ablation) else ""
