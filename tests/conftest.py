@@ -124,6 +124,7 @@ LONGEST_FIRST = (
     "test_localization",
     "test_step_attribution",
     "test_robustness",
+    "test_multitask",
     "test_stacking",
     "test_lobes_atlas",
 )

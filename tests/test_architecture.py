@@ -34,6 +34,8 @@ ALLOWED = {
     ("ctbrainage/steps/s08_stacking.py", "stacking"),  # the profile section step 08 reads
     ("ctbrainage/steps/s10_robustness.py", "robustness"),  # the profile section step 10 reads
     ("ctbrainage/views/docs.py", "robustness"),  # a results block's name
+    ("ctbrainage/steps/s11_multitask.py", "multitask"),  # the profile section step 11 reads
+    ("ctbrainage/views/docs.py", "multitask"),  # a results block's name
 }
 
 

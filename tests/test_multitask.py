@@ -279,7 +279,7 @@ def test_grad_cam_is_scored_against_both_truths(multitask_run):
     condition = profile.multitask.conditions[-1]  # two channels: Grad-CAM on a layer
     units = [u for u in s11_multitask.units(profile) if u.fold >= 0 and u.heads == "age"
              and (u.condition, u.target) == (condition, "biological")]  # fmt: skip
-    rows = pd.concat([pd.read_csv(layout.multitask_unit(u.name, "lobes")) for u in units])
+    rows = pd.concat([pd.read_csv(layout.multitask_unit(u.name, "lobe_shares")) for u in units])
     expected = rows.groupby("lobe")["importance"].mean()
     found = scored.loc[(condition, "biological")]
     for lobe, share in expected.items():

@@ -410,7 +410,7 @@ class RunLayout:
         return self.root / "multitask"
 
     def multitask_unit(self, unit: str, part: str) -> Path:
-        """One training's table (``test``, ``delayed``, ``curve``, ``lobes``)."""
+        """One training's table (``test``, ``delayed``, ``lobe_shares``)."""
         return self.multitask_dir / "trainings" / f"{unit}_{part}.csv"
 
     def multitask_log_name(self, unit: str) -> str:

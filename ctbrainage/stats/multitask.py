@@ -39,7 +39,7 @@ def summary(metrics: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     present = [c for c in metrics.columns if c in METRICS or c.startswith("mae_vs_")]
     grouped = metrics.groupby(by, sort=False)[present]
     mean, sd = grouped.mean().add_suffix("_mean"), grouped.std(ddof=1).add_suffix("_sd")
-    counts = metrics.groupby(by, sort=False).size().rename("folds")
+    counts = metrics.groupby(by, sort=False).size().rename("cv_folds")
     return pd.concat([counts, mean, sd], axis=1).reset_index()
 
 

@@ -70,7 +70,7 @@ def _on_grid(made: dict, size: int) -> dict:
     out = {k: made[k] for k in ("subject_id", "grey_hu", "biological_age_months") if k in made}
     out["channels"] = {c: to_grid(v[None, None], size)[0, 0] for c, v in made["channels"].items()}
     out["brain"] = to_grid(made["brain"][None, None].astype(np.float32), size)[0, 0] >= 0.5
-    for name in ("lobes", "labels"):
+    for name in ("lobe_map", "labels"):
         if made.get(name) is not None:
             out[name] = made[name][pick]
     if made.get("slopes") is not None:
@@ -91,8 +91,8 @@ def _subject(item: dict) -> dict:
     hu, grey = channels.scan_on_grid(scan.image, grid, work_brain)
     made = channels.hu_channels(hu, brain, grey, item["contrast"]) | {"ptile": ptile}
     out = {"subject_id": sid, "grey_hu": grey, "brain": brain, "channels": made}
-    out["lobes"] = np.asarray(nib.load(layout.lobes(sid)).dataobj, np.uint8)
-    if item["synthetic"]:
+    out["lobe_map"] = np.asarray(nib.load(layout.lobes(sid)).dataobj, np.uint8)
+    if item["has_truth"]:
         cores = ctio.read_map(layout.synthetic.truth_wm(sid))
         out["labels"] = map_to_grid(cores, grid, labels=True).astype(np.uint8)
     if item.get("signal") is not None:
@@ -133,7 +133,7 @@ def _stack(results: list[dict], ids: list[str], size: int) -> Inputs:
         ids=ids,
         channels={c: np.stack([r["channels"][c] for r in ordered]) for c in CHANNELS},
         brain=stacked("brain"),
-        lobes=stacked("lobes"),
+        lobes=stacked("lobe_map"),
         labels=stacked("labels"),
         grey_hu=np.array([r["grey_hu"] for r in ordered]),
         slopes={r["subject_id"]: r["slopes"] for r in ordered if "slopes" in r},
@@ -153,7 +153,7 @@ def cohort_inputs(profile: Profile, ids: list[str], scored: list[str], progress:
             "image_path": cohort.loc[sid, "image_path"],
             "series": cohort.loc[sid].get("series") if "series" in cohort else None,
             "contrast": contrast(profile),
-            "synthetic": synthetic,
+            "has_truth": synthetic,
             "signal": planted.get(sid),
         }
         for sid in ids

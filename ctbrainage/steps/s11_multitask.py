@@ -60,7 +60,7 @@ HEADS = ("segment", "reconstruct")
 OUT_OF_SITE = -1  # a unit's fold: trained on site A, tested on site B
 REPEAT_STRIDE = 100  # repeat r > 0 draws its folds with the profile's seed + REPEAT_STRIDE × r
 SCORED_FOLD = 0  # the test fold whose children's maps are scored against the model's own s_k
-UNIT_PARTS = ("test", "delayed", "lobes")
+UNIT_PARTS = ("test", "delayed", "lobe_shares")
 RESULTS = ("summary", "tests", "site", "gradcam", "delayed_summary")
 TABLES = ("multitask_conditions", "multitask_ablation", "delayed")
 
@@ -229,7 +229,7 @@ def _final_check(profile):
     return STEP.record(RunLayout(profile.run_path), "_final"), STEP.settings_of(profile), parts
 
 
-TABLES_VERSION = f"{STEP.version}/tables1"  # bump when s11_tables changes a table
+TABLES_VERSION = f"{STEP.version}/tables2"  # bump when s11_tables changes a table
 
 
 def is_fresh(profile: Profile | Settings, fold: int | None = None) -> bool:
@@ -345,7 +345,7 @@ def run_unit(profile, unit: Unit, table: pd.DataFrame, arrays: dict, gpu) -> Non
         delayed = rows.assign(predicted_months=scaler.to_months(unit_age))
     write_table(layout.multitask_unit(unit.name, "delayed"), delayed)
     lobes = _lobes(profile, unit, model, test, cohort, scaler) if unit.heads == "age" else None
-    write_table(layout.multitask_unit(unit.name, "lobes"), _or_empty(lobes))
+    write_table(layout.multitask_unit(unit.name, "lobe_shares"), _or_empty(lobes))
 
 
 LOBE_COLUMNS = ["subject_id", "age_months", "lobe", "importance", "reference", "s_chain"]

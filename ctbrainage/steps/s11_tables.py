@@ -120,7 +120,7 @@ def _gradcam(profile, units: list) -> pd.DataFrame:
     """Per condition and target: Grad-CAM's lobe shares scored against the data's truth (the
     ideal observer's Fisher shares: correctness) and the model's own |s_k| (faithfulness,
     the children of the scored fold), step 07's scoring; NaN without a planted truth."""
-    lobes = _read(profile, [u for u in units if u.repeat == 0], "lobes")
+    lobes = _read(profile, [u for u in units if u.repeat == 0], "lobe_shares")
     columns = ["condition", "target", "children", "correctness", "faithfulness"]
     if profile.data or lobes.empty:
         return pd.DataFrame(columns=columns)

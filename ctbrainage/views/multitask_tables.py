@@ -38,7 +38,7 @@ def summary_table(summary: pd.DataFrame, family: str = "conditions") -> pd.DataF
         {labels[m]: [_mean_sd(r, m) for _, r in rows.iterrows()] for m in present},
         index=pd.MultiIndex.from_frame(rows[keys]) if len(keys) > 1 else rows[keys[0]],
     )
-    return table.assign(folds=rows["folds"].to_numpy())
+    return table.assign(folds=rows["cv_folds"].to_numpy())
 
 
 def tests_table(tests: pd.DataFrame, family: str) -> pd.DataFrame:
