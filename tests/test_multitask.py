@@ -323,3 +323,29 @@ def test_grad_cam_takes_several_input_channels_and_the_gradients_refuse_them():
     assert attribution.voxel_map(net, x, "gradcam").shape == (2, 8, 8, 8)
     with pytest.raises(ValueError, match=r"inputs must be \[batch, 1, X, Y, Z\]"):
         attribution.voxel_map(net, x, "saliency")
+
+
+def test_a_later_repeat_draws_its_own_stratified_folds_and_out_of_site_tests_site_b():
+    profile = load_profile("tiny", {"train.folds": 3})
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"subject_id": [f"s{i}" for i in range(30)],
+                          "age_months": rng.uniform(0, 48, 30), "fold": np.arange(30) % 3,
+                          "site": ["A", "B"] * 15})  # fmt: skip
+    table["biological_age_months"] = table["age_months"] + 1.0
+
+    def folds(**unit):
+        fields = {"condition": "ptile", "target": "chronological", "heads": "age"} | unit
+        return s11_multitask.unit_folds(profile, s11_multitask.Unit(**fields), table)
+
+    first, later = folds(repeat=0, fold=0), folds(repeat=1, fold=0)
+    np.testing.assert_array_equal(first["fold"], table["fold"])  # repeat 0: step 03's folds
+    assert not np.array_equal(later["fold"], table["fold"])
+    np.testing.assert_array_equal(later["fold"], folds(repeat=1, fold=2)["fold"])  # per repeat
+    assert sorted(np.bincount(later["fold"])) == [10, 10, 10]
+    by_third = pd.cut(table["age_months"], [0, 16, 32, 48]).cat.codes  # age-stratified
+    assert (pd.crosstab(by_third, later["fold"]).max(axis=1)
+            - pd.crosstab(by_third, later["fold"]).min(axis=1)).max() <= 1  # fmt: skip
+    site = folds(repeat=0, fold=s11_multitask.OUT_OF_SITE)
+    assert set(table.loc[site["fold"] == 1, "site"]) == {"B"}
+    bio = folds(repeat=0, fold=0, target="biological")
+    np.testing.assert_allclose(bio["age_months"], table["biological_age_months"])
