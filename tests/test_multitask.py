@@ -17,7 +17,6 @@ from ctbrainage.learn import train
 from ctbrainage.learn.multitask import SEGMENT_CLASSES, MultiTaskNet, MultiTaskRegressor
 from ctbrainage.stats import multitask as mt
 from ctbrainage.steps import s11_inputs, s11_multitask
-from ctbrainage.steps.contract import up_to_date
 
 
 def _phantom(offset_hu: float = 0.0):
@@ -295,15 +294,9 @@ def test_adding_a_condition_trains_only_its_units(multitask_run):
         "tiny", {"run_dir": str(profile.run_path), "multitask.conditions": conditions}
     )
     assert not s11_multitask.is_fresh(more)
-    table = s11_multitask.subjects(more)
-    files = s11_multitask.inputs(more, table)
-    stale = []
-    for unit in s11_multitask.units(more):
-        record, settings = s11_multitask._unit_check(more, unit, table)
-        made = s11_multitask.unit_outputs(more, unit)
-        if not up_to_date(record, settings, s11_multitask.STEP.version, files, made):
-            stale.append(unit.condition)
-    assert set(stale) == {"brain"}
+    stale = s11_multitask._stale(more, s11_multitask.subjects(more))
+    assert {s.unit.condition for s in stale} == {"brain"}
+    assert len(stale) == 2 * more.train.folds + 1  # both targets, every fold; out of site
 
 
 def test_a_wrong_condition_or_head_is_refused_with_its_name():

@@ -119,8 +119,9 @@ class MultiTaskRegressor(AgeRegressor):
     """:class:`~ctbrainage.learn.train.AgeRegressor` with the heads' losses added: the age loss
     (``train.loss``) + ``segment_weight`` × Dice-cross-entropy of the white-matter labels
     (MONAI ``DiceCELoss``; batches carry them as a third item) + ``reconstruct_weight`` × MSE
-    of the input. The validation loss (early stopping, best weights) is the age loss alone, so
-    that every variant of the ablation is chosen by the same criterion."""
+    of the input. With an inner validation split (``train.val_fraction``; step 11 trains a
+    fixed number of epochs without one) the validation loss is the age loss alone, so that every
+    variant of an ablation would be chosen by the same criterion."""
 
     def __init__(
         self, profile, net: MultiTaskNet, segment_weight: float, reconstruct_weight: float

@@ -257,6 +257,29 @@ def up_to_date(record: Record, settings: Any, version: str, inputs, outputs) -> 
     return done is not None and not done.get("retry")
 
 
+@dataclasses.dataclass(frozen=True)
+class StaleUnit:
+    """A unit of a unit-wise step (10, 11: one training each) to run: its record, the settings
+    to record and its input files."""
+
+    unit: Any
+    record: Record
+    settings: dict
+    inputs: list[Path]
+
+
+def stale_units(units, check, inputs, outputs, version: str) -> list[StaleUnit]:
+    """The ``units`` whose record is not up to date: ``check(unit)`` gives its record and
+    settings, ``inputs(unit)`` and ``outputs(unit)`` its files."""
+    found = []
+    for unit in units:
+        record, settings = check(unit)
+        files = inputs(unit)
+        if not up_to_date(record, settings, version, files, outputs(unit)):
+            found.append(StaleUnit(unit, record, settings, files))
+    return found
+
+
 def read_exclusions(layout: RunLayout) -> pd.DataFrame:
     """``exclusions.csv`` (empty with its columns when there is none)."""
     if not layout.exclusions.exists():

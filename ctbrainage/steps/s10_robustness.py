@@ -32,7 +32,15 @@ from ctbrainage.core.config import Profile
 from ctbrainage.core.layout import RunLayout
 from ctbrainage.interpret.attribution import VOXEL_MAPS
 from ctbrainage.steps import s03_train
-from ctbrainage.steps.contract import Settings, Step, kept_subjects, up_to_date, write_table
+from ctbrainage.steps.contract import (
+    Settings,
+    StaleUnit,
+    Step,
+    kept_subjects,
+    stale_units,
+    up_to_date,
+    write_table,
+)
 from ctbrainage.steps.s10_seed import Arrays, Unit, run_unit
 
 STEP = Step(
@@ -161,6 +169,16 @@ def _unit_check(profile, unit: Unit, table: pd.DataFrame):
     return STEP.record(RunLayout(profile.run_path), f"_{unit.name}"), settings
 
 
+def _stale(profile, table: pd.DataFrame) -> list[StaleUnit]:
+    return stale_units(
+        units(profile),
+        lambda unit: _unit_check(profile, unit, table),
+        lambda unit: unit_inputs(profile, unit, table),
+        lambda unit: unit_outputs(profile, unit),
+        STEP.version,
+    )
+
+
 def _final_check(profile):
     parts = [p for u in units(profile) for p in unit_outputs(profile, u)]
     return STEP.record(RunLayout(profile.run_path), "_final"), STEP.settings_of(profile), parts
@@ -173,12 +191,8 @@ def is_fresh(profile: Profile | Settings, fold: int | None = None) -> bool:
     """True when every unit and the tables across seeds are up to date."""
     profile = STEP.view(profile)
     _check(profile)
-    table = folds(profile)
-    for unit in units(profile):
-        record, settings = _unit_check(profile, unit, table)
-        made = unit_outputs(profile, unit)
-        if not up_to_date(record, settings, STEP.version, unit_inputs(profile, unit, table), made):
-            return False
+    if _stale(profile, folds(profile)):
+        return False
     record, settings, parts = _final_check(profile)
     return up_to_date(record, settings, TABLES_VERSION, parts, outputs(profile))
 
@@ -190,20 +204,15 @@ def run(profile: Profile, gpu: int | None = None, progress: bool = True) -> Resu
     profile = STEP.view(profile)
     _check(profile)
     table = folds(profile)
-    todo = []
-    for unit in units(profile):
-        record, settings = _unit_check(profile, unit, table)
-        files = unit_inputs(profile, unit, table)
-        if not up_to_date(record, settings, STEP.version, files, unit_outputs(profile, unit)):
-            todo.append((unit, record, settings, files))
+    todo = _stale(profile, table)
     arrays = None
     with progress_bar(total=len(todo), desc="step 10", progress=progress, unit="training") as bar:
-        for unit, record, settings, files in todo:
-            prints = record.fingerprints(files)
+        for stale in todo:
+            prints = stale.record.fingerprints(stale.inputs)
             arrays = arrays or Arrays(profile, table, _tested(profile, table), progress)
-            bar.set_postfix_str(unit.name)
-            run_unit(profile, unit, table, arrays, gpu)
-            record.write(settings, STEP.version, prints)
+            bar.set_postfix_str(stale.unit.name)
+            run_unit(profile, stale.unit, table, arrays, gpu)
+            stale.record.write(stale.settings, STEP.version, prints)
             bar.update()
     record, settings, parts = _final_check(profile)
     if not up_to_date(record, settings, TABLES_VERSION, parts, outputs(profile)):

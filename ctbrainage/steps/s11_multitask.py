@@ -35,7 +35,15 @@ from ctbrainage.learn import train
 from ctbrainage.learn.datasets import AgeScaler
 from ctbrainage.learn.multitask import SEGMENT_CLASSES, MultiTaskNet, MultiTaskRegressor
 from ctbrainage.steps import s03_train
-from ctbrainage.steps.contract import Settings, Step, kept_subjects, up_to_date, write_table
+from ctbrainage.steps.contract import (
+    Settings,
+    StaleUnit,
+    Step,
+    kept_subjects,
+    stale_units,
+    up_to_date,
+    write_table,
+)
 from ctbrainage.steps.s11_inputs import Inputs, cohort_inputs, delayed_inputs, grid_size
 
 STEP = Step(
@@ -224,6 +232,17 @@ def _unit_check(profile, unit: Unit, table: pd.DataFrame):
     return STEP.record(RunLayout(profile.run_path), f"_{unit.name}"), settings
 
 
+def _stale(profile, table: pd.DataFrame) -> list[StaleUnit]:
+    files = inputs(profile, table)  # the same for every unit
+    return stale_units(
+        units(profile),
+        lambda unit: _unit_check(profile, unit, table),
+        lambda unit: files,
+        lambda unit: unit_outputs(profile, unit),
+        STEP.version,
+    )
+
+
 def _final_check(profile):
     parts = [p for u in units(profile) for p in unit_outputs(profile, u)]
     return STEP.record(RunLayout(profile.run_path), "_final"), STEP.settings_of(profile), parts
@@ -236,12 +255,8 @@ def is_fresh(profile: Profile | Settings, fold: int | None = None) -> bool:
     """True when every unit and the tables are up to date."""
     profile = STEP.view(profile)
     _check(profile)
-    table = subjects(profile)
-    files = inputs(profile, table)
-    for unit in units(profile):
-        record, settings = _unit_check(profile, unit, table)
-        if not up_to_date(record, settings, STEP.version, files, unit_outputs(profile, unit)):
-            return False
+    if _stale(profile, subjects(profile)):
+        return False
     record, settings, parts = _final_check(profile)
     return up_to_date(record, settings, TABLES_VERSION, parts, outputs(profile))
 
@@ -253,20 +268,15 @@ def run(profile: Profile, gpu: int | None = None, progress: bool = True) -> Resu
     profile = STEP.view(profile)
     _check(profile)
     table = subjects(profile)
-    files = inputs(profile, table)
-    todo = []
-    for unit in units(profile):
-        record, settings = _unit_check(profile, unit, table)
-        if not up_to_date(record, settings, STEP.version, files, unit_outputs(profile, unit)):
-            todo.append((unit, record, settings))
+    todo = _stale(profile, table)
     arrays = None
     with progress_bar(total=len(todo), desc="step 11", progress=progress, unit="training") as bar:
-        for unit, record, settings in todo:
-            prints = record.fingerprints(files)
+        for stale in todo:
+            prints = stale.record.fingerprints(stale.inputs)
             arrays = arrays or _arrays(profile, table, progress)
-            bar.set_postfix_str(unit.name)
-            run_unit(profile, unit, table, arrays, gpu)
-            record.write(settings, STEP.version, prints)
+            bar.set_postfix_str(stale.unit.name)
+            run_unit(profile, stale.unit, table, arrays, gpu)
+            stale.record.write(stale.settings, STEP.version, prints)
             bar.update()
     record, settings, parts = _final_check(profile)
     if not up_to_date(record, settings, TABLES_VERSION, parts, outputs(profile)):

@@ -275,7 +275,7 @@ def _sample_attenuation(
         for name in LOBES.values()
     }
     age = spec.age_months if cue_age is None else cue_age
-    central_age = max(0.0, on_time - spec.lobe_delay("central"))  # only a global delay
+    central_age = max(0.0, on_time - (0.0 if spec.delay_lobe else spec.delay_months))
     cue_bio_age = central_age if cue_age is None else cue_age
     central = schedule.central_wm_hu(cue_bio_age) + INDIVIDUAL_SD_HU * rng.standard_normal()
     growth = 1.0 - math.exp(-age / 14.0)
